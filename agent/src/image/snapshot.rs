@@ -1,0 +1,77 @@
+//! Snapshot directories: `<root>/snapshots/<n>/fs`, one per unpacked layer (and, later, per
+//! container upper dir). Numbers stay short so overlay mount options fit in a page.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// The metadata record of an unpacked layer, keyed by chain id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub chain_id: String,
+    pub n: u64,
+    pub diff_id: String,
+    pub size: u64,
+    pub inodes: u64,
+}
+
+pub struct Snapshots {
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+impl Snapshots {
+    /// Opens the snapshot directory; numbers continue after the highest one present.
+    pub fn open(root: &Path) -> io::Result<Snapshots> {
+        let dir = root.join("snapshots");
+        std::fs::create_dir_all(&dir)?;
+        let mut max = 0;
+        for entry in std::fs::read_dir(&dir)? {
+            if let Ok(n) = entry?.file_name().to_string_lossy().parse::<u64>() {
+                max = max.max(n);
+            }
+        }
+        Ok(Snapshots { dir, next: AtomicU64::new(max + 1) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<root>/snapshots/<n>/fs`
+    pub fn fs_path(&self, n: u64) -> PathBuf {
+        self.dir.join(n.to_string()).join("fs")
+    }
+
+    /// Allocates a new number and creates its `fs` directory.
+    pub fn create(&self) -> io::Result<u64> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        std::fs::create_dir_all(self.fs_path(n))?;
+        Ok(n)
+    }
+
+    pub fn remove(&self, n: u64) -> io::Result<()> {
+        match std::fs::remove_dir_all(self.dir.join(n.to_string())) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every snapshot directory whose number is not in `keep` (left by a crash).
+    pub fn sweep(&self, keep: &HashSet<u64>) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let known = name.parse::<u64>().is_ok_and(|n| keep.contains(&n));
+            if !known {
+                std::fs::remove_dir_all(entry.path())?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}
