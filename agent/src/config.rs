@@ -34,6 +34,10 @@ pub struct Config {
     pub state: PathBuf,
     /// Log filter (`info`, `debug`, `agent=trace`, ...); `RUST_LOG` wins over it.
     pub log_level: String,
+    /// The corral-shim binary; empty means `corral-shim` next to corrald, else on PATH.
+    pub shim_path: PathBuf,
+    /// cgroup under which pods get their cgroup when the sandbox config names no parent.
+    pub cgroup_parent: String,
     /// Image registry settings.
     pub registry: RegistryConfig,
 }
@@ -62,6 +66,8 @@ impl Default for Config {
             root: PathBuf::from("/var/lib/corral"),
             state: PathBuf::from("/run/corral"),
             log_level: "info".to_string(),
+            shim_path: PathBuf::new(),
+            cgroup_parent: "/corral".to_string(),
             registry: RegistryConfig::default(),
         }
     }
@@ -90,6 +96,9 @@ impl Config {
             if !dir.is_absolute() {
                 return Err(ConfigError::Invalid(format!("{name} must be an absolute path, got {}", dir.display())));
             }
+        }
+        if !self.cgroup_parent.starts_with('/') {
+            return Err(ConfigError::Invalid(format!("cgroup_parent must start with '/', got {:?}", self.cgroup_parent)));
         }
         for (host, mirror) in &self.registry.mirrors {
             for endpoint in &mirror.endpoints {

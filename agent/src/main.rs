@@ -5,8 +5,11 @@
 mod config;
 mod image;
 mod lock;
+mod runtime;
 mod server;
+mod shim_client;
 mod store;
+mod sys;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,12 @@ struct Args {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG wins
     #[arg(long)]
     log_level: Option<String>,
+    /// The corral-shim binary [default: next to corrald, else on PATH]
+    #[arg(long)]
+    shim_path: Option<PathBuf>,
+    /// Parent cgroup of pods whose config names none [default: /corral]
+    #[arg(long)]
+    cgroup_parent: Option<String>,
 }
 
 fn load_config(args: Args) -> anyhow::Result<Config> {
@@ -58,6 +67,12 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.log_level {
         cfg.log_level = v;
+    }
+    if let Some(v) = args.shim_path {
+        cfg.shim_path = v;
+    }
+    if let Some(v) = args.cgroup_parent {
+        cfg.cgroup_parent = v;
     }
     cfg.validate()?;
     Ok(cfg)
@@ -91,6 +106,19 @@ async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The shim binary: as configured, else next to corrald, else `corral-shim` on PATH.
+fn shim_path(configured: &Path) -> PathBuf {
+    if !configured.as_os_str().is_empty() {
+        return configured.to_path_buf();
+    }
+    if let Some(beside) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("corral-shim"))) {
+        if beside.exists() {
+            return beside;
+        }
+    }
+    PathBuf::from("corral-shim")
+}
+
 async fn shutdown_signal() {
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
@@ -114,9 +142,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = lock::RootLock::acquire(&cfg.root)?;
     let store = Arc::new(store::Store::open(&cfg.root.join("meta.redb"))?);
     let images = image::ImageService::open(&cfg.root, Arc::clone(&store), cfg.registry.clone())?;
+    let rt_config = runtime::RuntimeConfig {
+        root: cfg.root.clone(),
+        state: cfg.state.clone(),
+        shim: shim_path(&cfg.shim_path),
+        cgroup_parent: cfg.cgroup_parent.clone(),
+    };
+    let rt = runtime::Runtime::open(rt_config, Arc::clone(&store), Arc::clone(&images)).await?;
     let listener = bind(&cfg.listen).await?;
     info!(socket = %cfg.listen.display(), root = %cfg.root.display(), state = %cfg.state.display(), "corrald serving CRI");
-    let served = server::router(images)
+    let served = server::router(images, rt)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
     if let Err(e) = std::fs::remove_file(&cfg.listen) {

@@ -32,17 +32,23 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 pub enum Table {
     /// image id (config digest) → image record
     Images,
-    /// layer chain id → snapshot record
+    /// layer chain id (or `container:<id>`) → snapshot record
     Snapshots,
+    /// pod sandbox id → pod record
+    Pods,
+    /// container id → container record
+    Containers,
 }
 
 impl Table {
-    const ALL: [Table; 2] = [Table::Images, Table::Snapshots];
+    const ALL: [Table; 4] = [Table::Images, Table::Snapshots, Table::Pods, Table::Containers];
 
     fn name(self) -> &'static str {
         match self {
             Table::Images => "images",
             Table::Snapshots => "snapshots",
+            Table::Pods => "pods",
+            Table::Containers => "containers",
         }
     }
 

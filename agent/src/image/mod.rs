@@ -100,6 +100,15 @@ impl ImageRecord {
     }
 }
 
+/// A container's writable snapshot and the image layers under it.
+#[derive(Debug, Clone)]
+pub struct ContainerSnapshot {
+    /// Top layer first, as overlay's lowerdir wants.
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
 /// Disk use of the image store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsUsage {
@@ -152,15 +161,49 @@ impl ImageService {
 
     /// Lower dirs of an image for an overlay mount, top layer first.
     pub fn layer_paths(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, ImageError> {
+        self.chain_paths(&image.chain_ids)
+    }
+
+    fn chain_paths(&self, chain_ids: &[String]) -> Result<Vec<PathBuf>, ImageError> {
         let mut out = Vec::new();
-        for chain in image.chain_ids.iter().rev() {
+        for chain in chain_ids.iter().rev() {
             let rec: SnapshotRecord = self
                 .store
                 .get(Table::Snapshots, chain)?
-                .ok_or_else(|| ImageError::Internal(format!("image {} lacks snapshot {chain}", image.id)))?;
+                .ok_or_else(|| ImageError::Internal(format!("layer snapshot {chain} is missing")))?;
             out.push(self.snapshots.fs_path(rec.n));
         }
         Ok(out)
+    }
+
+    /// Creates the writable snapshot of a container on `image`, recorded before it is made.
+    /// Returns (lower dirs top first, upper dir, work dir).
+    pub async fn prepare_container_snapshot(&self, container_id: &str, image: &ImageRecord) -> Result<ContainerSnapshot, ImageError> {
+        let _gc = self.gc_lock.read().await;
+        let lowers = self.chain_paths(&image.chain_ids)?;
+        let n = self.snapshots.create().map_err(io_err("creating container snapshot"))?;
+        let key = format!("{}{container_id}", snapshot::CONTAINER_PREFIX);
+        let record = SnapshotRecord { chain_id: key.clone(), n, diff_id: String::new(), size: 0, inodes: 0, parents: image.chain_ids.clone() };
+        let made = self.store.put(Table::Snapshots, &key, &record).map_err(ImageError::from).and_then(|_| {
+            std::fs::create_dir_all(self.snapshots.work_path(n)).map_err(io_err("creating overlay work dir"))
+        });
+        if let Err(e) = made {
+            let _ = self.store.delete(Table::Snapshots, &key);
+            let _ = self.snapshots.remove(n);
+            return Err(e);
+        }
+        Ok(ContainerSnapshot { lowers, upper: self.snapshots.fs_path(n), work: self.snapshots.work_path(n) })
+    }
+
+    /// Removes a container's writable snapshot (idempotent), then layers nothing uses anymore.
+    pub async fn remove_container_snapshot(&self, container_id: &str) -> Result<(), ImageError> {
+        let _gc = self.gc_lock.write().await;
+        let key = format!("{}{container_id}", snapshot::CONTAINER_PREFIX);
+        if let Some(rec) = self.store.get::<SnapshotRecord>(Table::Snapshots, &key)? {
+            self.store.delete(Table::Snapshots, &key)?;
+            self.snapshots.remove(rec.n).map_err(io_err("removing container snapshot"))?;
+        }
+        self.collect_garbage()
     }
 
     /// Pulls `image`; concurrent pulls of the same image with the same credentials share one.
@@ -319,7 +362,14 @@ impl ImageService {
         if unpacked.diff_id != diff_id {
             return fail(ImageError::DiffId { image: image.into(), layer: desc.digest.clone(), expected: diff_id.into(), actual: unpacked.diff_id });
         }
-        let record = SnapshotRecord { chain_id: chain_id.into(), n, diff_id: diff_id.into(), size: unpacked.size, inodes: unpacked.inodes };
+        let record = SnapshotRecord {
+            chain_id: chain_id.into(),
+            n,
+            diff_id: diff_id.into(),
+            size: unpacked.size,
+            inodes: unpacked.inodes,
+            parents: Vec::new(),
+        };
         if let Err(e) = self.store.put(Table::Snapshots, chain_id, &record) {
             return fail(e.into());
         }
@@ -424,12 +474,20 @@ impl ImageService {
     /// records a crash left behind. Callers hold the GC lock (or run before serving).
     fn collect_garbage(&self) -> Result<(), ImageError> {
         let images = self.list();
-        let chains: HashSet<&String> = images.iter().flat_map(|i| &i.chain_ids).collect();
+        let snapshots = self.store.list::<SnapshotRecord>(Table::Snapshots)?;
+        // Layers stay while an image or a container (even of a removed image) uses them.
+        let mut chains: HashSet<&String> = images.iter().flat_map(|i| &i.chain_ids).collect();
+        for snap in &snapshots {
+            if snap.chain_id.starts_with(snapshot::CONTAINER_PREFIX) {
+                chains.insert(&snap.chain_id);
+                chains.extend(&snap.parents);
+            }
+        }
         let blobs: HashSet<&String> = images.iter().flat_map(|i| &i.blobs).collect();
         let mut keep = HashSet::new();
         let mut batch = Batch::new();
         let mut drop = Vec::new();
-        for snap in self.store.list::<SnapshotRecord>(Table::Snapshots)? {
+        for snap in snapshots.iter().cloned() {
             if chains.contains(&snap.chain_id) {
                 keep.insert(snap.n);
             } else {

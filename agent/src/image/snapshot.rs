@@ -16,7 +16,13 @@ pub struct SnapshotRecord {
     pub diff_id: String,
     pub size: u64,
     pub inodes: u64,
+    /// For a container's writable snapshot: the chain ids of its image layers, bottom first.
+    #[serde(default)]
+    pub parents: Vec<String>,
 }
+
+/// Key prefix of container snapshots in the snapshot table.
+pub const CONTAINER_PREFIX: &str = "container:";
 
 pub struct Snapshots {
     dir: PathBuf,
@@ -44,6 +50,11 @@ impl Snapshots {
     /// `<root>/snapshots/<n>/fs`
     pub fn fs_path(&self, n: u64) -> PathBuf {
         self.dir.join(n.to_string()).join("fs")
+    }
+
+    /// `<root>/snapshots/<n>/work`, overlay's work dir for a writable snapshot.
+    pub fn work_path(&self, n: u64) -> PathBuf {
+        self.dir.join(n.to_string()).join("work")
     }
 
     /// Allocates a new number and creates its `fs` directory.

@@ -12,13 +12,14 @@ use tonic::transport::server::Router;
 use tonic::transport::Server;
 
 use crate::image::ImageService;
+use crate::runtime::Runtime;
 
 /// Biggest message accepted or sent (container logs and image lists can be large).
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// Both CRI services, ready to serve.
-pub fn router(images: Arc<ImageService>) -> Router {
-    let runtime = runtime::Runtime::new();
+pub fn router(images: Arc<ImageService>, rt: Arc<Runtime>) -> Router {
+    let runtime = runtime::CriRuntime::new(rt);
     let image = image::Images::new(images);
     Server::builder()
         .add_service(RuntimeServiceServer::new(runtime).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))

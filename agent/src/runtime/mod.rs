@@ -1,0 +1,217 @@
+//! Pods and containers: their records, in-memory state, and recovery after a restart.
+//! `pod.rs` holds the sandbox lifecycle, `container.rs` the container lifecycle.
+
+mod cgroup;
+mod container;
+mod namespaces;
+mod pod;
+mod podfiles;
+mod spec;
+mod user;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+
+pub use self::container::{ContainerFilter, ContainerState, ContainerView, CreateContainer, Profile};
+pub use self::pod::{NsMode, PodDns, PodFilter, PodPhase, PodRecord, RunPod};
+
+/// The OCI-level types a CreateContainer request carries.
+pub mod spec_types {
+    pub use super::spec::{BindMount, Propagation, Resources};
+}
+use crate::image::{ImageError, ImageService};
+use crate::shim_client::ShimError;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// invalid argument
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// not found
+    #[error("{0}")]
+    NotFound(String),
+    /// already exists
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// failed precondition
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// deadline exceeded
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// image error
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// shim error
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    /// store error
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// {what}: {source}
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
+/// Settings the runtime needs from corrald's configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub shim: PathBuf,
+    /// Parent cgroup of pods whose sandbox config names none.
+    pub cgroup_parent: String,
+}
+
+/// Serializes operations on one pod or container id.
+#[derive(Default)]
+struct IdLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl IdLocks {
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            Arc::clone(map.entry(id.to_string()).or_default())
+        };
+        m.lock_owned().await
+    }
+}
+
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    store: Arc<Store>,
+    images: Arc<ImageService>,
+    cgroups: Option<cgroup::Hierarchies>,
+    pods: Mutex<BTreeMap<String, PodRecord>>,
+    containers: Mutex<BTreeMap<String, ContainerView>>,
+    locks: IdLocks,
+}
+
+impl Runtime {
+    /// Loads pods and containers from the store, reconnects to live shims and cleans up what a
+    /// crash left half made.
+    pub async fn open(cfg: RuntimeConfig, store: Arc<Store>, images: Arc<ImageService>) -> Result<Arc<Runtime>> {
+        for dir in [cfg.state.join("pods"), cfg.state.join("containers"), cfg.root.join("pods")] {
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let cgroups = match cgroup::Hierarchies::detect() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(error = %e, "no cgroups: pods run without resource control");
+                None
+            }
+        };
+        let rt = Arc::new(Runtime {
+            cfg,
+            store,
+            images,
+            cgroups,
+            pods: Mutex::new(BTreeMap::new()),
+            containers: Mutex::new(BTreeMap::new()),
+            locks: IdLocks::default(),
+        });
+        rt.recover_pods().await?;
+        rt.recover_containers().await?;
+        Ok(rt)
+    }
+
+    fn pod_state_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state.join("pods").join(id)
+    }
+
+    fn pod_root_dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join("pods").join(id)
+    }
+
+    fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state.join("containers").join(id)
+    }
+
+    fn pod(&self, id: &str) -> Option<PodRecord> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Resolves a full id or a unique prefix among `ids`.
+    fn resolve_id<'a>(ids: impl Iterator<Item = &'a String>, wanted: &str, what: &str) -> Result<Option<String>> {
+        if wanted.is_empty() {
+            return Err(RuntimeError::InvalidArgument(format!("{what} id is required")));
+        }
+        let mut found = None;
+        for id in ids {
+            if id == wanted {
+                return Ok(Some(id.clone()));
+            }
+            if id.starts_with(wanted) {
+                if found.is_some() {
+                    return Err(RuntimeError::InvalidArgument(format!("{what} id prefix {wanted:?} is ambiguous")));
+                }
+                found = Some(id.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    fn find_pod_id(&self, wanted: &str) -> Result<Option<String>> {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        Self::resolve_id(pods.keys(), wanted, "pod sandbox")
+    }
+
+    fn find_container_id(&self, wanted: &str) -> Result<Option<String>> {
+        let containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        Self::resolve_id(containers.keys(), wanted, "container")
+    }
+}
+
+/// A fresh 64-hex-character id.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        if f.read_exact(&mut bytes).is_ok() {
+            return hex::encode(bytes);
+        }
+    }
+    // Fallback: time and pid, hashed.
+    use sha2::Digest;
+    let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    hex::encode(sha2::Sha256::digest(seed.as_bytes()))
+}
+
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether every key=value of `selector` is in `labels`.
+pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn remove_dir_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn log_recovered(kind: &str, count: usize) {
+    if count > 0 {
+        info!(count, "recovered {kind}");
+    }
+}

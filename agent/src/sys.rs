@@ -1,0 +1,103 @@
+//! The few privileged system calls corrald makes itself (the shim makes the rest): mounts,
+//! namespaces, hostname, loopback. Each is a small safe wrapper returning io::Result.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// mount(2). `fstype` and `data` may be empty.
+pub fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+    let src = CString::new(source).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let tgt = cstr(target)?;
+    let fs = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dat = CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call; a
+    // null fstype/data is passed where empty.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            if fstype.is_empty() { std::ptr::null() } else { fs.as_ptr() },
+            flags,
+            if data.is_empty() { std::ptr::null() } else { dat.as_ptr().cast() },
+        )
+    })
+}
+
+/// Detaches the mount at `target`; a path that is not a mount point (or is gone) is not an error.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    let tgt = cstr(target)?;
+    // SAFETY: tgt is a valid NUL-terminated string.
+    match check(unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `path` is a mount point (per /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.as_os_str().as_bytes();
+    info.lines().any(|line| line.split(' ').nth(4).is_some_and(|p| unescape_mountinfo(p).as_bytes() == want))
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// unshare(2) for the calling thread.
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare has no memory-safety preconditions.
+    check(unsafe { libc::unshare(flags) })
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+}
+
+/// Sets the loopback interface of the calling thread's network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket creation; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let result = (|| {
+        // SAFETY: ifreq is plain old data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        // SAFETY: fd is a valid socket and req a valid ifreq for these ioctls.
+        check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) })?;
+        // SAFETY: reading and writing the flags member of the union this ioctl filled.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: as above.
+        check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) })
+    })();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    check(unsafe { libc::kill(pid, signal) })
+}
+
