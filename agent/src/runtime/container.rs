@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::pod::{process_alive, NsMode, PodPhase, PodRecord};
 use super::spec::{self, BindMount, ContainerSpec, Device, Namespaces, Propagation, Resources};
-use super::{io_err, labels_match, new_id, now_nanos, remove_dir_if_exists, Result, Runtime, RuntimeError};
+use super::{fresh_id, io_err, labels_match, now_nanos, remove_dir_if_exists, Result, Runtime, RuntimeError};
 use crate::image::manifest::ImageConfig;
 use crate::shim_client::{self, Shim, ShimError};
 use crate::store::Table;
@@ -249,7 +249,10 @@ impl Runtime {
         let config = ImageConfig::parse(&self.images.config(&image)?).map_err(|e| RuntimeError::FailedPrecondition(format!("image {}: {e}", image.id)))?;
         let container_config = config.config.clone().unwrap_or_default();
 
-        let id = new_id();
+        let id = {
+            let containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+            fresh_id(containers.keys())
+        };
         let reservation = format!("{}_{}_{}_{}_{}", req.name, pod.name, pod.namespace, pod.uid, req.attempt);
         let log_path = if req.log_path.is_empty() || pod.log_directory.is_empty() {
             String::new()
@@ -464,11 +467,24 @@ impl Runtime {
     async fn tear_down_container(&self, id: &str) -> Result<()> {
         let bundle = self.bundle_dir(id);
         let shim = self.shim(id);
+        let mut shim_gone = true;
         if bundle.join(proto::SOCKET_NAME).exists() {
             let _ = shim.kill(libc::SIGKILL, true).await;
             let _ = shim.wait(Some(Duration::from_secs(10))).await;
-            if let Err(e) = shim.shutdown().await {
-                debug!(container = %id, error = %e, "shim shutdown");
+            match shim.shutdown().await {
+                Ok(()) => shim_gone = false,
+                Err(e) => debug!(container = %id, error = %e, "shim shutdown"),
+            }
+        }
+        if shim_gone {
+            // Without its shim the container process may still run: end it ourselves.
+            if let Some(pid) = self.view(id).map(|v| v.pid).filter(|p| process_alive(*p) && in_cgroup_of(*p, id)) {
+                warn!(container = %id, pid, "the shim is gone; killing the container process");
+                let _ = sys::kill(pid as i32, libc::SIGKILL);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while process_alive(pid) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         }
         let rootfs = self.rootfs_dir(id);
@@ -699,6 +715,11 @@ impl Runtime {
         super::log_recovered("containers", kept);
         Ok(())
     }
+}
+
+/// Guards against pid reuse: the process sits in a cgroup named for the container.
+fn in_cgroup_of(pid: u32, id: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map(|c| c.contains(id)).unwrap_or(false)
 }
 
 /// A host device node for the container.

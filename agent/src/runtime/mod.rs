@@ -129,16 +129,18 @@ impl Runtime {
         Ok(rt)
     }
 
+    // Directories are named by the first 16 hex digits of the id (unique, see `fresh_id`) so
+    // that `<bundle>/shim.sock` stays under the 108-byte limit of unix socket paths.
     fn pod_state_dir(&self, id: &str) -> PathBuf {
-        self.cfg.state.join("pods").join(id)
+        self.cfg.state.join("pods").join(dir_name(id))
     }
 
     fn pod_root_dir(&self, id: &str) -> PathBuf {
-        self.cfg.root.join("pods").join(id)
+        self.cfg.root.join("pods").join(dir_name(id))
     }
 
     fn bundle_dir(&self, id: &str) -> PathBuf {
-        self.cfg.state.join("containers").join(id)
+        self.cfg.state.join("containers").join(dir_name(id))
     }
 
     fn pod(&self, id: &str) -> Option<PodRecord> {
@@ -173,6 +175,22 @@ impl Runtime {
     fn find_container_id(&self, wanted: &str) -> Result<Option<String>> {
         let containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
         Self::resolve_id(containers.keys(), wanted, "container")
+    }
+}
+
+const DIR_NAME_LEN: usize = 16;
+
+fn dir_name(id: &str) -> &str {
+    id.get(..DIR_NAME_LEN).unwrap_or(id)
+}
+
+/// A new id whose directory name no existing id shares.
+fn fresh_id<'a>(existing: impl Iterator<Item = &'a String> + Clone) -> String {
+    loop {
+        let id = new_id();
+        if !existing.clone().any(|e| dir_name(e) == dir_name(&id)) {
+            return id;
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::podfiles::{self, Dns};
-use super::{io_err, labels_match, namespaces, new_id, now_nanos, remove_dir_if_exists, Result, Runtime, RuntimeError};
+use super::{fresh_id, io_err, labels_match, namespaces, now_nanos, remove_dir_if_exists, Result, Runtime, RuntimeError};
 use crate::shim_client::{self, Shim};
 use crate::store::Table;
 use crate::sys;
@@ -134,7 +134,10 @@ impl Runtime {
 
     pub async fn run_pod(self: &Arc<Self>, req: RunPod) -> Result<String> {
         Self::validate_run_pod(&req)?;
-        let id = new_id();
+        let id = {
+            let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+            fresh_id(pods.keys())
+        };
         let hostname = if req.network == NsMode::Node {
             std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
         } else if req.hostname.is_empty() {

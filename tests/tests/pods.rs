@@ -1,0 +1,705 @@
+//! Pods and containers end to end: a real corrald with corral-shim, driven through the CRI.
+//!
+//! Each test gets its own corrald, state dirs and cgroup parent (`/corral/it-<random>`), and a
+//! `Node` guard that removes every pod through the CRI and then, whatever happened, kills the
+//! shims this corrald started, unmounts what is left under its directories and removes its
+//! cgroups, so a failing test leaks nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tests::k8s_cri::v1 as cri;
+use tests::{require_env, require_root, rpc, Corrald, TestEnv};
+use tonic::Code;
+
+const BUSYBOX: &str = "corral/busybox:latest";
+
+/// containerd's default capability set as a CapEff mask.
+const DEFAULT_CAP_EFF: &str = "00000000a80425fb";
+
+struct Node {
+    c: Corrald,
+    env: TestEnv,
+    cgroup_parent: String,
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 6];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).expect("urandom");
+    hex::encode(b)
+}
+
+impl Node {
+    async fn boot(env: TestEnv) -> Node {
+        let cgroup_parent = format!("/corral/it-{}", random_suffix());
+        let c = Corrald::with_config(&format!("cgroup_parent = \"{cgroup_parent}\"\n")).await;
+        let node = Node { c, env, cgroup_parent };
+        node.c.pull(&node.env.image(BUSYBOX)).await.expect("pulling busybox");
+        node
+    }
+
+    fn rt(&self) -> tests::Runtime {
+        self.c.runtime()
+    }
+
+    fn pod_config(&self, name: &str, pid: cri::NamespaceMode) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+            hostname: name.into(),
+            log_directory: self.c.dir().join("logs").join(name).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption { pid: pid as i32, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_pod_with(&self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+        rpc(self.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }))
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    async fn run_pod(&self, name: &str, pid: cri::NamespaceMode) -> (String, cri::PodSandboxConfig) {
+        let config = self.pod_config(name, pid);
+        let id = self.run_pod_with(config.clone()).await.expect("RunPodSandbox");
+        (id, config)
+    }
+
+    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(tests::spec(&self.env.image(BUSYBOX))),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        }
+    }
+
+    async fn create(&self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
+        let req = cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) };
+        rpc(self.rt().create_container(req)).await.map(|r| r.into_inner().container_id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), tonic::Status> {
+        rpc(self.rt().start_container(cri::StartContainerRequest { container_id: id.into() })).await.map(|_| ())
+    }
+
+    async fn run(&self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
+        let id = self.create(pod, pod_config, config).await.expect("CreateContainer");
+        self.start(&id).await.expect("StartContainer");
+        id
+    }
+
+    async fn status(&self, id: &str) -> cri::ContainerStatus {
+        rpc(self.rt().container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false }))
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    async fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let s = self.status(id).await;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "container {id} did not exit within {timeout:?}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let req = cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
+        rpc(self.rt().exec_sync(req)).await.map(|r| r.into_inner())
+    }
+
+    async fn sh(&self, id: &str, script: &str) -> String {
+        let out = self.exec(id, &["sh", "-c", script], 30).await.unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+        assert_eq!(out.exit_code, 0, "exec {script:?}: stderr {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+
+    async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        rpc(self.rt().stop_container(cri::StopContainerRequest { container_id: id.into(), timeout })).await.map(|_| ())
+    }
+
+    async fn remove_pod(&self, id: &str) -> Result<(), tonic::Status> {
+        rpc(self.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })).await?;
+        rpc(self.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })).await.map(|_| ())
+    }
+
+    fn log_path(&self, pod: &str, name: &str) -> PathBuf {
+        self.c.dir().join("logs").join(pod).join(format!("{name}.log"))
+    }
+
+    /// Host pids of corral-shim processes serving this corrald's bundles.
+    fn shim_pids(&self) -> Vec<u32> {
+        let needle = self.c.state.display().to_string();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let cmd = String::from_utf8_lossy(&cmdline);
+            if cmd.contains("corral-shim") && cmd.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Mount points under this corrald's temp dir.
+    fn mounts(&self) -> Vec<String> {
+        let base = self.c.dir().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .filter(|m| m.starts_with(&base))
+            .collect()
+    }
+
+    /// Cgroup directories under this test's parent, in any hierarchy.
+    fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let dir = h.path().join(self.cgroup_parent.trim_start_matches('/'));
+            collect_dirs(&dir, &mut out);
+        }
+        out
+    }
+
+    /// What must be gone once every pod is removed.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for pid in self.shim_pids() {
+            left.push(format!("shim process {pid}"));
+        }
+        for m in self.mounts() {
+            left.push(format!("mount {m}"));
+        }
+        for d in self.cgroups() {
+            // The parent itself is shared by every pod and stays; anything below it is a leak.
+            if !d.ends_with(self.cgroup_parent.trim_start_matches('/')) {
+                left.push(format!("cgroup {}", d.display()));
+            }
+        }
+        for sub in ["pods", "containers"] {
+            for name in tests::dir_names(&self.c.state.join(sub)) {
+                left.push(format!("state {sub}/{name}"));
+            }
+        }
+        for name in tests::dir_names(&self.c.root.join("pods")) {
+            left.push(format!("root pods/{name}"));
+        }
+        left
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect_dirs(&e.path(), out);
+        }
+    }
+    out.push(dir.to_path_buf());
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // 1. Remove every pod through the CRI, from a thread with a runtime of its own.
+        let socket = self.c.socket.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                let Ok(ch) = tests::connect(&socket).await else { return };
+                let mut client = cri::runtime_service_client::RuntimeServiceClient::new(ch);
+                let fut = async {
+                    if let Ok(list) = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+                        for pod in list.into_inner().items {
+                            let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
+                            let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(60), fut).await;
+            })
+        })
+        .join();
+        // 2. Whatever is left: shims by pid, mounts, cgroups.
+        for pid in self.shim_pids() {
+            // SAFETY: kill has no memory preconditions; these shims were started by our corrald.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let mut mounts = self.mounts();
+        mounts.reverse();
+        for m in mounts {
+            let c = std::ffi::CString::new(m).expect("mount path");
+            // SAFETY: c is a valid NUL-terminated string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for d in self.cgroups() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim_end().to_string()
+}
+
+#[tokio::test]
+async fn pod_with_a_long_running_container_and_full_cleanup() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("web", cri::NamespaceMode::Container).await;
+    let ctr = node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
+
+    let s = node.status(&ctr).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32, "{s:?}");
+    assert!(s.started_at > 0 && s.created_at > 0 && s.started_at >= s.created_at);
+    assert!(s.image_ref.contains("@sha256:"), "image ref {}", s.image_ref);
+    assert!(s.log_path.ends_with("app.log"));
+
+    // Prefix resolution and list filters.
+    let short = &ctr[..12];
+    assert_eq!(node.status(short).await.id, ctr);
+    let list = |filter: cri::ContainerFilter| {
+        let mut rt = node.rt();
+        async move { rt.list_containers(cri::ListContainersRequest { filter: Some(filter) }).await.unwrap().into_inner().containers }
+    };
+    assert_eq!(list(cri::ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }).await.len(), 1);
+    assert_eq!(list(cri::ContainerFilter { id: short.into(), ..Default::default() }).await.len(), 1);
+    let exited = cri::ContainerStateValue { state: cri::ContainerState::ContainerExited as i32 };
+    assert!(list(cri::ContainerFilter { state: Some(exited), ..Default::default() }).await.is_empty());
+
+    // PID 1 is the container's own process in its own PID namespace.
+    assert_eq!(node.sh(&ctr, "cat /proc/1/cmdline | tr '\\0' ' '").await, "sleep 3600");
+    let pod_status = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })).await.unwrap().into_inner();
+    let st = pod_status.status.unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(st.metadata.unwrap().name, "web");
+
+    // sleep as PID 1 ignores SIGTERM: stop falls back to SIGKILL after the timeout.
+    node.stop_container(&ctr, 1).await.unwrap();
+    let s = node.status(&ctr).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137, "{s:?}");
+    assert_eq!(s.reason, "Error");
+    // Idempotent stop and remove, also of ids that never existed.
+    node.stop_container(&ctr, 1).await.unwrap();
+    node.stop_container(&"f".repeat(64), 1).await.unwrap();
+    rpc(node.rt().remove_container(cri::RemoveContainerRequest { container_id: "0".repeat(64) })).await.unwrap();
+
+    node.remove_pod(&pod).await.unwrap();
+    node.remove_pod(&pod).await.unwrap();
+    let err = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn log_file_format_exit_codes_and_reasons() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("logs", cri::NamespaceMode::Container).await;
+    let script = "echo hello; echo oops >&2; head -c 20000 /dev/zero | tr '\\0' a; echo; exit 3";
+    let ctr = node.run(&pod, &pc, node.container_config("writer", &["sh", "-c", script])).await;
+    let s = node.wait_exited(&ctr, Duration::from_secs(30)).await;
+    assert_eq!(s.exit_code, 3);
+    assert_eq!(s.reason, "Error");
+    assert!(s.finished_at >= s.started_at && s.started_at > 0);
+
+    let log = std::fs::read_to_string(node.log_path("logs", "writer")).expect("log file");
+    let lines: Vec<(&str, &str, &str, &str)> = log
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(4, ' ');
+            (p.next().unwrap(), p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""))
+        })
+        .collect();
+    for (ts, ..) in &lines {
+        assert!(ts.ends_with('Z') && ts.contains('T') && ts.len() >= 20, "timestamp {ts:?}");
+    }
+    let stdout: Vec<_> = lines.iter().filter(|l| l.1 == "stdout").collect();
+    let stderr: Vec<_> = lines.iter().filter(|l| l.1 == "stderr").collect();
+    assert_eq!(stderr.len(), 1);
+    assert_eq!((stderr[0].2, stderr[0].3), ("F", "oops"));
+    assert_eq!((stdout[0].2, stdout[0].3), ("F", "hello"));
+    // The 20000-byte line is split at 16 KiB: P chunks, then F.
+    let long: Vec<_> = stdout[1..].iter().collect();
+    assert_eq!(long.last().unwrap().2, "F");
+    assert!(long[..long.len() - 1].iter().all(|l| l.2 == "P"), "{long:?}");
+    assert_eq!(long.iter().map(|l| l.3.len()).sum::<usize>(), 20000);
+    assert_eq!(long[0].3.len(), 16384);
+
+    let ok = node.run(&pod, &pc, node.container_config("ok", &["true"])).await;
+    let s = node.wait_exited(&ok, Duration::from_secs(30)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    node.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn stop_signals_trap_and_stop_signal_timeout() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("stopper", cri::NamespaceMode::Container).await;
+    let trap = "trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done";
+    let ctr = node.run(&pod, &pc, node.container_config("trapper", &["sh", "-c", trap])).await;
+    // Give the shell time to install the trap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    node.stop_container(&ctr, 30).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(20), "the trapping container should stop on SIGTERM, not on the timeout");
+    let s = node.status(&ctr).await;
+    assert_eq!(s.exit_code, 7, "{s:?}");
+    assert!(std::fs::read_to_string(node.log_path("stopper", "trapper")).unwrap().contains("got-term"));
+    node.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn env_workdir_users_and_security_context() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env.clone()).await;
+    node.c.pull(&env.image("corral/nonroot:latest")).await.unwrap();
+    let (pod, pc) = node.run_pod("sec", cri::NamespaceMode::Container).await;
+
+    let mut cfg = node.container_config("plain", &["sleep", "3600"]);
+    cfg.envs = vec![cri::KeyValue { key: "FOO".into(), value: "bar baz".into() }];
+    cfg.working_dir = "/var/work".into();
+    let plain = node.run(&pod, &pc, cfg).await;
+    assert_eq!(node.sh(&plain, "echo \"$FOO\"; pwd; id -u; id -g; echo $HOSTNAME").await, "bar baz\n/var/work\n0\n0\nsec");
+    let status = node.sh(&plain, "grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status").await;
+    for line in status.lines() {
+        assert!(line.ends_with(DEFAULT_CAP_EFF), "{line}");
+    }
+    // Masked and read-only paths (containerd's defaults).
+    assert_eq!(node.sh(&plain, "cat /proc/timer_list | wc -c").await, "0");
+    assert_eq!(node.sh(&plain, "ls /sys/firmware | wc -l").await, "0");
+    let out = node.exec(&plain, &["sh", "-c", "echo 1 > /proc/sys/kernel/panic"], 10).await.unwrap();
+    assert_ne!(out.exit_code, 0, "/proc/sys must be read-only");
+
+    // The image's USER and WorkingDir.
+    let mut cfg = node.container_config("nonroot", &["sleep", "3600"]);
+    cfg.image = Some(tests::spec(&env.image("corral/nonroot:latest")));
+    let nonroot = node.run(&pod, &pc, cfg).await;
+    assert_eq!(node.sh(&nonroot, "id -un; id -u; id -g; pwd").await, "corral\n1000\n1000\n/home/corral");
+
+    // run_as_user/group, supplemental groups, readonly rootfs, added and dropped caps.
+    let mut cfg = node.container_config("ctx", &["sleep", "3600"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1234 }),
+            run_as_group: Some(cri::Int64Value { value: 5678 }),
+            supplemental_groups: vec![4242],
+            readonly_rootfs: true,
+            capabilities: Some(cri::Capability { add_capabilities: vec!["NET_ADMIN".into()], drop_capabilities: vec!["ALL".into()], ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let ctx = node.run(&pod, &pc, cfg).await;
+    assert_eq!(node.sh(&ctx, "id -u; id -g; id -G").await, "1234\n5678\n5678 4242");
+    assert_eq!(node.sh(&ctx, "grep CapBnd /proc/self/status").await, "CapBnd:\t0000000000001000");
+    let out = node.exec(&ctx, &["touch", "/newfile"], 10).await.unwrap();
+    assert_ne!(out.exit_code, 0, "rootfs must be read-only");
+    assert!(text(&out.stderr).contains("Read-only"), "{}", text(&out.stderr));
+
+    // Refused security settings.
+    let mut cfg = node.container_config("seccomp", &["true"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = node.create(&pod, &pc, cfg).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("seccomp"), "{}", err.message());
+    let mut cfg = node.container_config("privileged", &["true"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() }),
+        ..Default::default()
+    });
+    assert_eq!(node.create(&pod, &pc, cfg).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // A missing host path for a mount is a clear error, and nothing is left of the attempt.
+    let mut cfg = node.container_config("badmount", &["true"]);
+    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: "/nonexistent/corral".into(), ..Default::default() }];
+    let err = node.create(&pod, &pc, cfg).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("/nonexistent/corral"), "{}", err.message());
+
+    // A host bind mount, read-only.
+    let host_dir = node.c.dir().join("shared");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("hello"), "from host\n").unwrap();
+    let mut cfg = node.container_config("mounted", &["sleep", "3600"]);
+    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: host_dir.display().to_string(), readonly: true, ..Default::default() }];
+    let mounted = node.run(&pod, &pc, cfg).await;
+    assert_eq!(node.sh(&mounted, "cat /data/hello").await, "from host");
+    assert_ne!(node.exec(&mounted, &["touch", "/data/x"], 10).await.unwrap().exit_code, 0);
+    let s = node.status(&mounted).await;
+    assert_eq!(s.mounts.len(), 1);
+    assert!(s.mounts[0].readonly);
+
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn hostname_dns_sysctls_and_shared_ipc() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let mut pc = node.pod_config("dns", cri::NamespaceMode::Container);
+    pc.hostname = "web-1".into();
+    pc.dns_config = Some(cri::DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["default.svc.cluster.local".into()], options: vec!["ndots:5".into()] });
+    pc.linux.as_mut().unwrap().sysctls = HashMap::from([("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())]);
+    let pod = node.run_pod_with(pc.clone()).await.unwrap();
+    let a = node.run(&pod, &pc, node.container_config("a", &["sleep", "3600"])).await;
+    let b = node.run(&pod, &pc, node.container_config("b", &["sleep", "3600"])).await;
+    assert_eq!(node.sh(&a, "hostname; cat /etc/hostname").await, "web-1\nweb-1");
+    assert_eq!(node.sh(&a, "cat /etc/resolv.conf").await, "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5");
+    assert!(node.sh(&a, "cat /etc/hosts").await.contains("localhost"));
+    assert_eq!(node.sh(&a, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start").await, "0");
+    // One IPC, UTS and network namespace for the pod; the host's is not it.
+    let ns = "for n in ipc uts net; do readlink /proc/self/ns/$n; done";
+    assert_eq!(node.sh(&a, ns).await, node.sh(&b, ns).await);
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap().display().to_string();
+    assert!(!node.sh(&a, ns).await.contains(&host_ipc));
+    // Loopback is up.
+    assert!(node.sh(&a, "cat /sys/class/net/lo/operstate; ip addr show lo 2>/dev/null || true").await.len() > 0);
+    // /dev/shm is shared in the pod.
+    node.sh(&a, "echo shared > /dev/shm/x").await;
+    assert_eq!(node.sh(&b, "cat /dev/shm/x").await, "shared");
+
+    // A non-namespaced sysctl is refused and leaves nothing.
+    let mut bad = node.pod_config("badsysctl", cri::NamespaceMode::Container);
+    bad.linux.as_mut().unwrap().sysctls = HashMap::from([("kernel.panic".to_string(), "1".to_string())]);
+    let err = node.run_pod_with(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // An unknown runtime handler is refused.
+    let err = rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(node.pod_config("h", cri::NamespaceMode::Container)), runtime_handler: "kata".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // The same pod name twice is refused, naming the holder.
+    let err = node.run_pod_with(pc.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains(&pod), "{}", err.message());
+    let err = node.create(&pod, &pc, node.container_config("a", &["true"])).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains(&a), "{}", err.message());
+
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn shared_pid_namespace_has_the_pause_process_as_pid_1() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("shared", cri::NamespaceMode::Pod).await;
+    let mut cfg = node.container_config("a", &["sleep", "3600"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let a = node.run(&pod, &pc, cfg.clone()).await;
+    let mut cfg_b = cfg;
+    cfg_b.metadata.as_mut().unwrap().name = "b".into();
+    cfg_b.command = vec!["sleep".into(), "2400".into()];
+    let b = node.run(&pod, &pc, cfg_b).await;
+    let pid1 = node.sh(&a, "cat /proc/1/cmdline | tr '\\0' ' '").await;
+    assert!(pid1.contains("corral-shim") && pid1.contains("pause"), "PID 1 is {pid1:?}");
+    let ps = node.sh(&b, "ps -o args").await;
+    assert!(ps.contains("sleep 3600") && ps.contains("sleep 2400"), "{ps}");
+    // Stopping the pod ends the shared namespace and every container in it.
+    rpc(node.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).await.unwrap();
+    assert_eq!(node.status(&a).await.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(node.status(&b).await.state, cri::ContainerState::ContainerExited as i32);
+    let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner();
+    assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn exec_timeout_background_children_and_start_failure() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("exec", cri::NamespaceMode::Container).await;
+    let ctr = node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
+
+    let out = node.exec(&ctr, &["sh", "-c", "echo out; echo err >&2; exit 4"], 10).await.unwrap();
+    assert_eq!((text(&out.stdout), text(&out.stderr), out.exit_code), ("out".into(), "err".into(), 4));
+
+    let t0 = std::time::Instant::now();
+    let err = node.exec(&ctr, &["sleep", "37"], 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while node.sh(&ctr, "ps -o args").await.contains("sleep 37") {
+        assert!(std::time::Instant::now() < deadline, "the timed-out command must be gone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A background child keeping the output open does not hang ExecSync.
+    let t0 = std::time::Instant::now();
+    let out = node.exec(&ctr, &["sh", "-c", "sleep 30 & echo started"], 20).await.unwrap();
+    assert_eq!(text(&out.stdout), "started");
+    assert!(t0.elapsed() < Duration::from_secs(10), "ExecSync waited for the background child");
+
+    // A missing executable: CreateContainer works, StartContainer fails with the message.
+    let bad = node.create(&pod, &pc, node.container_config("bad", &["nosuch"])).await.unwrap();
+    let err = node.start(&bad).await.unwrap_err();
+    assert!(err.message().contains("executable file not found"), "{}", err.message());
+    let s = node.status(&bad).await;
+    assert_eq!((s.state, s.exit_code, s.reason.as_str()), (cri::ContainerState::ContainerExited as i32, 128, "StartError"));
+    assert!(s.message.contains("nosuch"), "{}", s.message);
+
+    // ExecSync in a stopped container is refused.
+    node.stop_container(&ctr, 0).await.unwrap();
+    assert_eq!(node.exec(&ctr, &["true"], 5).await.unwrap_err().code(), Code::FailedPrecondition);
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn memory_limit_oom_kill_is_reported() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("oom", cri::NamespaceMode::Container).await;
+    let mut cfg = node.container_config("hog", &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() }),
+        ..Default::default()
+    });
+    let ctr = node.run(&pod, &pc, cfg).await;
+    let s = node.wait_exited(&ctr, Duration::from_secs(60)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{s:?}");
+    node.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn containers_survive_a_corrald_crash_and_a_lost_shim_is_reported() {
+    require_root!();
+    let env = require_env!();
+    let mut node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("crash", cri::NamespaceMode::Pod).await;
+    let ctr = node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
+    let victim = node.run(&pod, &pc, node.container_config("victim", &["sleep", "3600"])).await;
+    let created = node.create(&pod, &pc, node.container_config("later", &["sh", "-c", "echo late"])).await.unwrap();
+
+    node.c.kill9();
+    node.c.restart().await;
+
+    assert_eq!(node.status(&ctr).await.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(node.sh(&ctr, "echo alive").await, "alive");
+    let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner();
+    assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
+    // A container created before the crash can still be started.
+    node.start(&created).await.unwrap();
+    let s = node.wait_exited(&created, Duration::from_secs(30)).await;
+    assert_eq!(s.exit_code, 0);
+
+    // Kill the victim's shim: its state is reported, not hidden, and it can be removed.
+    let victim_shim: Vec<u32> = node
+        .shim_pids()
+        .into_iter()
+        .filter(|pid| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&victim))
+        .collect();
+    assert_eq!(victim_shim.len(), 1);
+    // SAFETY: kill has no memory preconditions; this shim belongs to the test's corrald.
+    unsafe { libc::kill(victim_shim[0] as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = node.status(&victim).await;
+        if s.state == cri::ContainerState::ContainerUnknown as i32 || s.state == cri::ContainerState::ContainerExited as i32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lost shim not noticed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    node.stop_container(&ctr, 1).await.unwrap();
+    assert_eq!(node.status(&ctr).await.state, cri::ContainerState::ContainerExited as i32);
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn reopen_container_log_after_rotation() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("rotate", cri::NamespaceMode::Container).await;
+    let ctr = node.run(&pod, &pc, node.container_config("ticker", &["sh", "-c", "while true; do echo tick; sleep 0.05; done"])).await;
+    let log = node.log_path("rotate", "ticker");
+    assert!(tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).map(|l| l.contains("tick")).unwrap_or(false)).await);
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    rpc(node.rt().reopen_container_log(cri::ReopenContainerLogRequest { container_id: ctr.clone() })).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).map(|l| l.contains("tick")).unwrap_or(false)).await);
+    node.stop_container(&ctr, 0).await.unwrap();
+    let err = rpc(node.rt().reopen_container_log(cri::ReopenContainerLogRequest { container_id: ctr.clone() })).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    node.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test]
+async fn host_network_pod_uses_the_node_hostname() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let mut pc = node.pod_config("hostnet", cri::NamespaceMode::Container);
+    pc.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = cri::NamespaceMode::Node as i32;
+    let pod = node.run_pod_with(pc.clone()).await.unwrap();
+    let ctr = node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    assert_eq!(node.sh(&ctr, "hostname").await, host);
+    assert_eq!(node.sh(&ctr, "readlink /proc/self/ns/net").await, std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string());
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let err = rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: None, runtime_handler: String::new() })).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let (pod, pc) = node.run_pod("bad", cri::NamespaceMode::Container).await;
+    let mut cfg = node.container_config("noimage", &["true"]);
+    cfg.image = Some(tests::spec("127.0.0.1:1/never/pulled:latest"));
+    assert_eq!(node.create(&pod, &pc, cfg).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(node.create(&"e".repeat(64), &pc, node.container_config("x", &["true"])).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(node.start(&"e".repeat(64)).await.unwrap_err().code(), Code::NotFound);
+    let ctr = node.run(&pod, &pc, node.container_config("once", &["true"])).await;
+    node.wait_exited(&ctr, Duration::from_secs(30)).await;
+    assert_eq!(node.start(&ctr).await.unwrap_err().code(), Code::FailedPrecondition);
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
