@@ -38,6 +38,10 @@ pub struct Config {
     pub shim_path: PathBuf,
     /// cgroup under which pods get their cgroup when the sandbox config names no parent.
     pub cgroup_parent: String,
+    /// CNI network configs: the first .conflist/.conf/.json in lexical order is used.
+    pub cni_conf_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries, in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
     /// Image registry settings.
     pub registry: RegistryConfig,
 }
@@ -68,6 +72,8 @@ impl Default for Config {
             log_level: "info".to_string(),
             shim_path: PathBuf::new(),
             cgroup_parent: "/corral".to_string(),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin")],
             registry: RegistryConfig::default(),
         }
     }

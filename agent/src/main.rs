@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod cni;
 mod config;
 mod image;
 mod lock;
@@ -49,6 +50,12 @@ struct Args {
     /// Parent cgroup of pods whose config names none [default: /corral]
     #[arg(long)]
     cgroup_parent: Option<String>,
+    /// CNI network config directory [default: /etc/cni/net.d]
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directories, colon-separated [default: /opt/cni/bin]
+    #[arg(long)]
+    cni_bin_dir: Option<String>,
 }
 
 fn load_config(args: Args) -> anyhow::Result<Config> {
@@ -73,6 +80,12 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.cgroup_parent {
         cfg.cgroup_parent = v;
+    }
+    if let Some(v) = args.cni_conf_dir {
+        cfg.cni_conf_dir = v;
+    }
+    if let Some(v) = args.cni_bin_dir {
+        cfg.cni_bin_dirs = cni::exec::split_dirs(&v);
     }
     cfg.validate()?;
     Ok(cfg)
@@ -147,6 +160,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         state: cfg.state.clone(),
         shim: shim_path(&cfg.shim_path),
         cgroup_parent: cfg.cgroup_parent.clone(),
+        cni: Arc::new(cni::Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone(), cfg.root.join("cni").join("results"))),
     };
     let rt = runtime::Runtime::open(rt_config, Arc::clone(&store), Arc::clone(&images)).await?;
     let listener = bind(&cfg.listen).await?;

@@ -22,6 +22,33 @@ struct Node {
     c: Corrald,
     env: TestEnv,
     cgroup_parent: String,
+    /// CNI conf and bin dirs with a recording fake plugin (real networks: tests/tests/network.rs).
+    cni: tempfile::TempDir,
+}
+
+/// A CNI plugin that hands out a fixed address and records every call in `calls`.
+const FAKE_PLUGIN: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+cat > "$dir/last-stdin"
+echo "$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME" >> "$dir/calls"
+case "$CNI_COMMAND" in
+ADD)
+  if [ -e "$dir/fail" ]; then echo '{"cniVersion":"1.0.0","code":11,"msg":"fake failure","details":"asked to fail"}'; exit 1; fi
+  echo '{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"'"$CNI_NETNS"'"}],"ips":[{"address":"10.99.0.2/24","interface":0}]}' ;;
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
+esac
+"#;
+
+fn fake_cni() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("corral-it-cni.").tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("net.d")).unwrap();
+    std::fs::create_dir(dir.path().join("bin")).unwrap();
+    let plugin = dir.path().join("bin").join("fake-cni");
+    std::fs::write(&plugin, FAKE_PLUGIN).unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("net.d").join("10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni"}]}"#).unwrap();
+    dir
 }
 
 fn random_suffix() -> String {
@@ -33,8 +60,14 @@ fn random_suffix() -> String {
 impl Node {
     async fn boot(env: TestEnv) -> Node {
         let cgroup_parent = format!("/corral/it-{}", random_suffix());
-        let c = Corrald::with_config(&format!("cgroup_parent = \"{cgroup_parent}\"\n")).await;
-        let node = Node { c, env, cgroup_parent };
+        let cni = fake_cni();
+        let config = format!(
+            "cgroup_parent = \"{cgroup_parent}\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\"]\n",
+            cni.path().join("net.d").display(),
+            cni.path().join("bin").display()
+        );
+        let c = Corrald::with_config(&config).await;
+        let node = Node { c, env, cgroup_parent, cni };
         node.c.pull(&node.env.image(BUSYBOX)).await.expect("pulling busybox");
         node
     }
@@ -702,4 +735,72 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(node.start(&ctr).await.unwrap_err().code(), Code::FailedPrecondition);
     node.remove_pod(&pod).await.unwrap();
     assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn pod_network_through_a_cni_plugin_and_its_failures() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let status = rpc(node.rt().status(cri::StatusRequest { verbose: false })).await.unwrap().into_inner().status.unwrap();
+    let net = status.conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(net.status, "{net:?}");
+
+    let mut pc = node.pod_config("net", cri::NamespaceMode::Container);
+    pc.port_mappings = vec![cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: 18080, host_ip: String::new() }];
+    let pod = node.run_pod_with(pc.clone()).await.unwrap();
+    let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner().status.unwrap();
+    assert_eq!(st.network.unwrap().ip, "10.99.0.2");
+    let ctr = node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
+    assert!(node.sh(&ctr, "cat /etc/hosts").await.contains("10.99.0.2\tnet"));
+    let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
+    assert_eq!(calls.lines().next().unwrap(), format!("ADD {pod} eth0"));
+
+    // The plugin saw the name, version and (declared) capability args.
+    let stdin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(node.cni.path().join("bin/last-stdin")).unwrap()).unwrap();
+    assert_eq!((stdin["name"].as_str(), stdin["cniVersion"].as_str()), (Some("fake"), Some("1.0.0")));
+
+    // A new config after ADD: DEL still uses the one ADD used (cached).
+    std::fs::write(node.cni.path().join("net.d/10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"missing-plugin"}]}"#).unwrap();
+    let status = rpc(node.rt().status(cri::StatusRequest { verbose: false })).await.unwrap().into_inner().status.unwrap();
+    let net = status.conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(!net.status && net.reason == "NetworkPluginNotReady" && net.message.contains("missing-plugin"), "{net:?}");
+    node.remove_pod(&pod).await.unwrap();
+    let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
+    assert!(calls.contains(&format!("DEL {pod} eth0")), "{calls}");
+    let stdin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(node.cni.path().join("bin/last-stdin")).unwrap()).unwrap();
+    assert_eq!(stdin["name"], "fake");
+    assert_eq!(stdin["prevResult"]["ips"][0]["address"], "10.99.0.2/24");
+
+    // A failing ADD fails RunPodSandbox with the plugin's message; DEL is called and nothing stays.
+    std::fs::write(node.cni.path().join("net.d/10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni"}]}"#).unwrap();
+    std::fs::write(node.cni.path().join("bin/fail"), "").unwrap();
+    let err = node.run_pod_with(node.pod_config("failing", cri::NamespaceMode::Container)).await.unwrap_err();
+    assert!(err.message().contains("fake failure"), "{}", err.message());
+    let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
+    assert!(calls.lines().last().unwrap().starts_with("DEL "), "{calls}");
+    let pods = rpc(node.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })).await.unwrap().into_inner().items;
+    assert!(pods.is_empty(), "{pods:?}");
+    // The name is free again.
+    std::fs::remove_file(node.cni.path().join("bin/fail")).unwrap();
+    let again = node.run_pod_with(node.pod_config("failing", cri::NamespaceMode::Container)).await.unwrap();
+    node.remove_pod(&again).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty());
+}
+
+#[tokio::test]
+async fn kill_9_between_run_and_remove_leaks_nothing() {
+    require_root!();
+    let env = require_env!();
+    let mut node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("crashy", cri::NamespaceMode::Pod).await;
+    node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
+    node.c.kill9();
+    node.c.restart().await;
+    node.remove_pod(&pod).await.unwrap();
+    let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
+    assert!(calls.contains(&format!("DEL {pod} eth0")), "{calls}");
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty());
 }

@@ -46,6 +46,9 @@ pub enum RuntimeError {
     /// image error
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// network error
+    #[error(transparent)]
+    Network(#[from] crate::cni::CniError),
     /// shim error
     #[error(transparent)]
     Shim(#[from] ShimError),
@@ -65,13 +68,14 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
 }
 
 /// Settings the runtime needs from corrald's configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     pub root: PathBuf,
     pub state: PathBuf,
     pub shim: PathBuf,
     /// Parent cgroup of pods whose sandbox config names none.
     pub cgroup_parent: String,
+    pub cni: Arc<crate::cni::Cni>,
 }
 
 /// Serializes operations on one pod or container id.
@@ -126,6 +130,7 @@ impl Runtime {
         });
         rt.recover_pods().await?;
         rt.recover_containers().await?;
+        rt.collect_network_garbage().await;
         Ok(rt)
     }
 
@@ -141,6 +146,11 @@ impl Runtime {
 
     fn bundle_dir(&self, id: &str) -> PathBuf {
         self.cfg.state.join("containers").join(dir_name(id))
+    }
+
+    /// Ok(network name) when pods can get a network, else why not.
+    pub fn network_status(&self) -> std::result::Result<String, String> {
+        self.cfg.cni.status()
     }
 
     fn pod(&self, id: &str) -> Option<PodRecord> {

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::podfiles::{self, Dns};
 use super::{fresh_id, io_err, labels_match, namespaces, now_nanos, remove_dir_if_exists, Result, Runtime, RuntimeError};
+use crate::cni::{Attachment, PortMapping};
 use crate::shim_client::{self, Shim};
 use crate::store::Table;
 use crate::sys;
@@ -57,6 +58,11 @@ pub struct PodRecord {
     /// Host pid of the pause process (shared PID namespace only).
     pub pause_pid: u32,
     pub ips: Vec<String>,
+    /// Set before CNI ADD runs, cleared after a successful DEL.
+    #[serde(default)]
+    pub net_attached: bool,
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl PodRecord {
@@ -86,6 +92,7 @@ pub struct RunPod {
     pub ipc: NsMode,
     pub target_id: String,
     pub privileged: bool,
+    pub port_mappings: Vec<PortMapping>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -173,6 +180,8 @@ impl Runtime {
             sysctls: req.sysctls.clone(),
             pause_pid: 0,
             ips: Vec::new(),
+            net_attached: false,
+            port_mappings: req.port_mappings.clone(),
         };
         let _lock = self.locks.lock(&id).await;
         // Reserve the name and record the pod before any side effect.
@@ -242,7 +251,14 @@ impl Runtime {
             .map_err(io_err("creating pod namespaces"))?;
 
         let host_network = record.network == NsMode::Node;
-        podfiles::write(&self.pod_root_dir(&id), &record.hostname, dns, host_network).map_err(io_err("writing pod hosts, resolv.conf and hostname"))?;
+        if !host_network {
+            record.net_attached = true;
+            self.save_pod(record)?;
+            record.ips = self.cfg.cni.add(&self.attachment(record)).await?;
+            self.save_pod(record)?;
+        }
+        podfiles::write(&self.pod_root_dir(&id), &record.hostname, dns, host_network, &record.ips)
+            .map_err(io_err("writing pod hosts, resolv.conf and hostname"))?;
 
         if record.ipc != NsMode::Node {
             let shm = self.shm_dir(&id);
@@ -301,6 +317,9 @@ impl Runtime {
             }
         };
         self.stop_pause(record).await;
+        if record.net_attached {
+            note(self.cfg.cni.del(&self.attachment(record)).await.map_err(RuntimeError::from));
+        }
         let shm = self.shm_dir(&record.id);
         note(sys::unmount(&shm).map_err(io_err(format!("unmounting {}", shm.display()))));
         note(namespaces::remove(&self.ns_dir(&record.id)).map_err(io_err("removing pod namespaces")));
@@ -330,6 +349,11 @@ impl Runtime {
         self.stop_pause(&record).await;
         let shm = self.shm_dir(&id);
         sys::unmount(&shm).map_err(io_err(format!("unmounting {}", shm.display())))?;
+        if record.net_attached {
+            self.cfg.cni.del(&self.attachment(&record)).await?;
+            record.net_attached = false;
+            self.save_pod(&record)?;
+        }
         if record.phase != PodPhase::NotReady {
             record.phase = PodPhase::NotReady;
             self.save_pod(&record)?;
@@ -392,6 +416,28 @@ impl Runtime {
         }
         super::log_recovered("pod sandboxes", kept);
         Ok(())
+    }
+
+    fn attachment(&self, record: &PodRecord) -> Attachment {
+        Attachment {
+            pod_id: record.id.clone(),
+            netns: self.ns_dir(&record.id).join("net"),
+            ifname: "eth0".into(),
+            pod_name: record.name.clone(),
+            pod_namespace: record.namespace.clone(),
+            pod_uid: record.uid.clone(),
+            port_mappings: record.port_mappings.clone(),
+        }
+    }
+
+    /// Releases network attachments no pod owns (a crash between ADD and recording, or a pod
+    /// removed while corrald was down) and runs the plugins' GC.
+    pub(super) async fn collect_network_garbage(&self) {
+        let valid: Vec<(String, String)> = {
+            let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+            pods.values().filter(|p| p.net_attached).map(|p| (p.id.clone(), "eth0".to_string())).collect()
+        };
+        self.cfg.cni.gc(&valid).await;
     }
 
     fn pod_alive(&self, record: &PodRecord) -> bool {

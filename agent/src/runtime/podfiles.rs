@@ -40,10 +40,11 @@ pub fn resolv_conf(dns: &Dns) -> String {
     out
 }
 
-/// Writes the three files into `dir`: resolv.conf from `dns`, or the host's when `dns` is None.
-pub fn write(dir: &Path, hostname: &str, dns: Option<&Dns>, host_hosts: bool) -> io::Result<()> {
+/// Writes the three files into `dir`: resolv.conf from `dns`, or the host's when `dns` is None;
+/// /etc/hosts with the pod's IPs, or the host's for a host-network pod.
+pub fn write(dir: &Path, hostname: &str, dns: Option<&Dns>, host_network: bool, ips: &[String]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let hosts_content = if host_hosts { std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname, &[])) } else { hosts(hostname, &[]) };
+    let hosts_content = if host_network { std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname, ips)) } else { hosts(hostname, ips) };
     std::fs::write(dir.join(HOSTS), hosts_content)?;
     let resolv = match dns {
         Some(d) => resolv_conf(d),

@@ -37,7 +37,7 @@ pub fn status_of(err: RuntimeError) -> Status {
         RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Image(e) => return super::image::status_of(e),
-        RuntimeError::Shim(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } => Code::Unknown,
+        RuntimeError::Shim(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } | RuntimeError::Network(_) => Code::Unknown,
     };
     Status::new(code, err.to_string())
 }
@@ -99,6 +99,20 @@ fn run_pod_request(config: cri::PodSandboxConfig, runtime_handler: String) -> st
         ipc: ns_mode(ns.ipc),
         target_id: ns.target_id,
         privileged: sec.privileged,
+        port_mappings: config
+            .port_mappings
+            .into_iter()
+            .map(|p| crate::cni::PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: match cri::Protocol::try_from(p.protocol) {
+                    Ok(cri::Protocol::Udp) => "udp".into(),
+                    Ok(cri::Protocol::Sctp) => "sctp".into(),
+                    _ => "tcp".into(),
+                },
+                host_ip: p.host_ip,
+            })
+            .collect(),
     })
 }
 
@@ -229,11 +243,14 @@ impl RuntimeService for CriRuntime {
     async fn status(&self, _req: Request<cri::StatusRequest>) -> Result<cri::StatusResponse> {
         let conditions = vec![
             cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() },
-            cri::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "corral: pod networking is not available yet".into(),
+            match self.rt.network_status() {
+                Ok(_) => cri::RuntimeCondition { r#type: "NetworkReady".into(), status: true, reason: String::new(), message: String::new() },
+                Err(why) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: false,
+                    reason: "NetworkPluginNotReady".into(),
+                    message: format!("network plugin is not ready: {why}"),
+                },
             },
         ];
         Ok(Response::new(cri::StatusResponse {
