@@ -25,6 +25,9 @@ use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
+/// How long requests in flight may run on after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The corral CRI server. Every flag can also be set in the config file; flags win.
 #[derive(Debug, Parser)]
 #[command(name = "corrald", version)]
@@ -165,9 +168,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let rt = runtime::Runtime::open(rt_config, Arc::clone(&store), Arc::clone(&images)).await?;
     let listener = bind(&cfg.listen).await?;
     info!(socket = %cfg.listen.display(), root = %cfg.root.display(), state = %cfg.state.display(), "corrald serving CRI");
-    let served = server::router(images, rt)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let signalled = async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    };
+    let serve = server::router(images, rt).serve_with_incoming_shutdown(UnixListenerStream::new(listener), signalled);
+    // Requests in flight get a grace period, not forever: a pull stalled on a registry must
+    // not keep corrald from stopping. What they leave is cleaned up at the next start.
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        warn!(grace = ?SHUTDOWN_GRACE, "requests still running after the grace period; exiting anyway");
+    };
+    let served = tokio::select! {
+        r = serve => r,
+        _ = grace => Ok(()),
+    };
     if let Err(e) = std::fs::remove_file(&cfg.listen) {
         warn!(socket = %cfg.listen.display(), error = %e, "removing socket");
     }

@@ -11,6 +11,7 @@ pub mod unpack;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -223,6 +224,13 @@ impl ImageService {
                     // A task of its own, so a client that goes away does not abort a pull others wait on.
                     let handle = tokio::spawn(async move {
                         let result = svc.pull_now(&reference, &creds).await.map_err(Arc::new);
+                        if result.is_err() {
+                            // Layers this pull finished belong to no image: remove them.
+                            let _gc = svc.gc_lock.write().await;
+                            if let Err(e) = svc.collect_garbage() {
+                                warn!(image = %reference, error = %e, "cleaning up after a failed pull");
+                            }
+                        }
                         if let Ok(mut m) = svc.inflight.lock() {
                             m.remove(&task_key);
                         }
@@ -328,11 +336,10 @@ impl ImageService {
                 return Ok(());
             }
             let _slot = self.downloads.acquire().await.map_err(|e| ImageError::Internal(e.to_string()))?;
-            let tmp = self.content.temp_path(&desc.digest);
-            session.download(desc, &tmp).await.map_err(|source| ImageError::Registry { image: image.to_string(), source })?;
-            let result = self.unpack_layer(image, &tmp, desc, diff_id, chain_id).await;
-            let _ = std::fs::remove_file(&tmp);
-            result
+            // Removed however this ends, also when the pull is abandoned mid-download.
+            let tmp = TempFile(self.content.temp_path(&desc.digest));
+            session.download(desc, &tmp.0).await.map_err(|source| ImageError::Registry { image: image.to_string(), source })?;
+            self.unpack_layer(image, &tmp.0, desc, diff_id, chain_id).await
         }
         .await;
         if let Ok(mut locks) = self.layer_locks.lock() {
@@ -345,22 +352,33 @@ impl ImageService {
 
     async fn unpack_layer(&self, image: &str, blob: &Path, desc: &Descriptor, diff_id: &str, chain_id: &str) -> Result<(), ImageError> {
         let n = self.snapshots.create().map_err(io_err("creating snapshot"))?;
+        let snapshot_dir = self.snapshots.dir().join(n.to_string());
         let fs = self.snapshots.fs_path(n);
         let file = std::fs::File::open(blob).map_err(io_err(format!("opening {}", blob.display())))?;
-        let unpacked = tokio::task::spawn_blocking(move || unpack::unpack(file, &fs)).await;
-        let fail = |e: ImageError| {
-            if let Err(rm) = self.snapshots.remove(n) {
-                warn!(snapshot = n, error = %rm, "removing failed snapshot");
+        // If this pull is abandoned (another layer failed), the blocking unpack stops at its
+        // next entry and removes its own directory.
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = Arc::clone(&cancel.0);
+        let expected = diff_id.to_string();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let result = unpack::unpack_cancellable(file, &fs, &flag);
+            let keep = matches!(&result, Ok(u) if u.diff_id == expected) && !flag.load(Ordering::Relaxed);
+            if !keep {
+                let _ = std::fs::remove_dir_all(&snapshot_dir);
             }
-            Err(e)
-        };
+            result
+        })
+        .await;
         let unpacked = match unpacked {
             Ok(Ok(u)) => u,
-            Ok(Err(source)) => return fail(ImageError::Unpack { image: image.into(), layer: desc.digest.clone(), source }),
-            Err(e) => return fail(ImageError::Internal(format!("unpack task: {e}"))),
+            Ok(Err(source)) => return Err(ImageError::Unpack { image: image.into(), layer: desc.digest.clone(), source }),
+            Err(e) => {
+                let _ = self.snapshots.remove(n);
+                return Err(ImageError::Internal(format!("unpack task: {e}")));
+            }
         };
         if unpacked.diff_id != diff_id {
-            return fail(ImageError::DiffId { image: image.into(), layer: desc.digest.clone(), expected: diff_id.into(), actual: unpacked.diff_id });
+            return Err(ImageError::DiffId { image: image.into(), layer: desc.digest.clone(), expected: diff_id.into(), actual: unpacked.diff_id });
         }
         let record = SnapshotRecord {
             chain_id: chain_id.into(),
@@ -371,7 +389,8 @@ impl ImageService {
             parents: Vec::new(),
         };
         if let Err(e) = self.store.put(Table::Snapshots, chain_id, &record) {
-            return fail(e.into());
+            let _ = self.snapshots.remove(n);
+            return Err(e.into());
         }
         debug!(image, layer = %desc.digest, snapshot = n, "unpacked layer");
         Ok(())
@@ -523,6 +542,24 @@ impl ImageService {
         usage.bytes += bytes;
         usage.inodes += inodes;
         Ok(usage)
+    }
+}
+
+/// A temporary file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -11,6 +11,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -29,6 +30,9 @@ pub enum UnpackError {
     /// reading layer: {0}
     #[error("reading layer: {0}")]
     Read(io::Error),
+    /// unpacking was cancelled
+    #[error("unpacking was cancelled")]
+    Cancelled,
 }
 
 /// What an unpack produced.
@@ -45,7 +49,13 @@ pub struct Unpacked {
 }
 
 /// Unpacks the (possibly compressed) layer read from `input` into `dest`, which must exist.
+#[cfg(test)]
 pub fn unpack(input: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
+    unpack_cancellable(input, dest, &AtomicBool::new(false))
+}
+
+/// As [`unpack`], stopping with `Cancelled` between entries once `cancel` is set.
+pub fn unpack_cancellable(input: impl Read, dest: &Path, cancel: &AtomicBool) -> Result<Unpacked, UnpackError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, input);
     let magic = buffered.fill_buf().map_err(UnpackError::Read)?.to_vec();
     let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
@@ -56,7 +66,7 @@ pub fn unpack(input: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
         Box::new(buffered)
     };
     let mut hashing = HashingReader { inner: decoded, hasher: Sha256::new() };
-    let mut out = unpack_tar(&mut hashing, dest)?;
+    let mut out = unpack_tar(&mut hashing, dest, cancel)?;
     // The digest covers the whole stream, including the end-of-archive padding.
     io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
     out.diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
@@ -76,13 +86,16 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-fn unpack_tar(input: &mut impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
+fn unpack_tar(input: &mut impl Read, dest: &Path, cancel: &AtomicBool) -> Result<Unpacked, UnpackError> {
     let mut archive = tar::Archive::new(input);
     let mut stats = Unpacked::default();
     // Directory times are set last: creating children changes them.
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     let mut seen_dirs: HashSet<PathBuf> = HashSet::new();
     for entry in archive.entries().map_err(UnpackError::Read)? {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(UnpackError::Cancelled);
+        }
         let mut entry = entry.map_err(UnpackError::Read)?;
         let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
         let name = raw.display().to_string();

@@ -38,7 +38,7 @@ pub fn status_of(err: &ImageError) -> Status {
         ImageError::Registry { source, .. } => match source {
             RegistryError::NotFound { .. } => Code::NotFound,
             RegistryError::Unauthorized { .. } => Code::Unauthenticated,
-            RegistryError::Unreachable { .. } => Code::Unavailable,
+            RegistryError::Unreachable { .. } | RegistryError::Transfer { .. } => Code::Unavailable,
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => Code::DataLoss,
             _ => Code::Unknown,
         },
