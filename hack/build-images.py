@@ -228,6 +228,9 @@ def build_all():
         ("corral/docker", "latest", Image([base], docker=True)),
         ("corral/multiarch", "latest", multiarch),
         ("corral/multilayer", "latest", Image([base] + blobs)),
+        # A sandbox ("pause") image for the reference runtime in corral-cni's containerd test.
+        ("corral/pause", "latest",
+         Image([base], Entrypoint=["/bin/sleep", "2147483647"], Cmd=None)),
     ]
 
 

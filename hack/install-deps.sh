@@ -5,7 +5,8 @@
 set -euo pipefail
 
 pkgs=(protobuf-compiler docker-registry busybox-static zstd apache2-utils
-      iproute2 iptables jq curl ca-certificates)
+      iproute2 iptables jq curl ca-certificates
+      containernetworking-plugins containerd runc)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -101,3 +101,15 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid, signal) })
 }
 
+
+/// Whether `path` is a namespace file (nsfs), e.g. a still-pinned netns; false for the empty
+/// file left when the pin is gone.
+pub fn is_nsfs(path: &Path) -> bool {
+    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+    let Ok(p) = cstr(path) else { return false };
+    // SAFETY: statfs is plain old data; zeroed is a valid value to be filled in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: p is a valid NUL-terminated string and st a valid out pointer.
+    let rc = unsafe { libc::statfs(p.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as libc::c_long == NSFS_MAGIC
+}

@@ -208,7 +208,9 @@ impl Cni {
             },
         };
         let args = a.cni_args();
-        let netns = if a.netns.exists() { a.netns.display().to_string() } else { String::new() };
+        // A netns that is gone (unpinned, or /run cleared by a reboot) is passed as empty, as
+        // the spec allows for DEL.
+        let netns = if crate::sys::is_nsfs(&a.netns) { a.netns.display().to_string() } else { String::new() };
         let inv = Invocation { command: "DEL", container_id: &a.pod_id, netns: &netns, ifname: &a.ifname, args: &args, bin_dirs: &self.bin_dirs };
         for plugin in list.plugins.iter().rev() {
             let conf = Self::plugin_conf(&list, plugin, Some(&prev), &runtime_config);

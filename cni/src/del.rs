@@ -1,0 +1,82 @@
+//! DEL: idempotent. Rules, the veth pair and the allocation of (container id, ifname) go,
+//! whether or not the netns, the link or the allocation still exist.
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::add::rule_sets;
+use crate::config::{validate_ports, Env, NetConf};
+use crate::ipam::Ipam;
+use crate::iptables::Family;
+use crate::netlink;
+use crate::netns::Netns;
+use crate::rules::{self, Owner};
+use crate::spec::{CniError, CniResult};
+
+pub async fn del(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> {
+    env.validate_attachment(false)?;
+    let ipam = Ipam::from_conf(conf)?;
+    let owner = Owner::new(&conf.name, &env.container_id, &env.ifname);
+    // Invalid port mappings can't have been applied; whatever exists is found by comment.
+    let ports = validate_ports(&conf.runtime_config.port_mappings).unwrap_or_default();
+
+    // The rule batches run while the veth goes (the kernel takes ~25 ms for that); the
+    // allocation is released only once the rules are gone, so a reused address never
+    // inherits stale DNAT.
+    let removal = if conf.ip_masq || !conf.runtime_config.port_mappings.is_empty() {
+        let mut ips: Vec<IpNet> = ipam.held(conf, env).unwrap_or_default();
+        if ips.is_empty() {
+            if let Some(prev) = &conf.prev_result {
+                if let Ok(r) = CniResult::from_json(prev) {
+                    ips = r.ips.iter().map(|i| i.address).collect();
+                }
+            }
+        }
+        let expected = rule_sets(&owner, conf.ip_masq, &ports, ips.iter().copied());
+        let mut fams: Vec<Family> = Vec::new();
+        for (f, _) in &expected {
+            if !fams.contains(f) {
+                fams.push(*f);
+            }
+        }
+        if fams.is_empty() {
+            fams = vec![Family::V4, Family::V6];
+        }
+        Some(rules::start_remove(&owner, &expected, &fams))
+    } else {
+        None
+    };
+
+    let links = del_links(env, &owner).await;
+    if let Some(r) = removal {
+        r.finish()?;
+    }
+    links?;
+    ipam.del(conf, raw, env)
+}
+
+async fn del_links(env: &Env, owner: &Owner) -> Result<(), CniError> {
+    let host = netlink::connect()?;
+    match netlink::link_by_name(&host, &owner.host_veth()).await? {
+        Some(l) => netlink::del_link(&host, l.index).await?,
+        None => del_in_netns(env).await?,
+    }
+    Ok(())
+}
+
+/// The host side is gone or renamed: remove CNI_IFNAME in the netns if it is a veth.
+async fn del_in_netns(env: &Env) -> Result<(), CniError> {
+    if env.netns.is_empty() {
+        return Ok(());
+    }
+    let Ok(ns) = Netns::open(&env.netns) else {
+        return Ok(());
+    };
+    let nsh = netlink::connect_in(&ns)?;
+    if let Some(l) = netlink::link_by_name(&nsh, &env.ifname).await? {
+        if l.kind == Some(rtnetlink::packet_route::link::InfoKind::Veth) {
+            netlink::del_link(&nsh, l.index).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! The container cgroup, on cgroup v1 (one dir per mounted controller hierarchy) or v2:
+//! creation, resource limits, joining, listing, OOM counter and removal.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::LinuxResources;
+
+use crate::error::{Context, Error, Result};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The container's dir in one v1 hierarchy.
+#[derive(Clone, Debug)]
+pub struct CgDir {
+    /// Name of the hierarchy's mount dir ("memory", "cpu,cpuacct").
+    pub name: String,
+    pub controllers: Vec<String>,
+    /// The container's cgroup dir in this hierarchy.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub enum Cgroup {
+    V1 {
+        dirs: Vec<CgDir>,
+        created: Vec<PathBuf>,
+    },
+    V2 {
+        path: PathBuf,
+        created: Vec<PathBuf>,
+    },
+}
+
+/// The v1 controller hierarchies from a mountinfo text: (mount point, controllers).
+pub fn v1_hierarchies(mountinfo: &str) -> Vec<(PathBuf, Vec<String>)> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if post.first() != Some(&"cgroup") || pre.len() < 5 || pre[3] != "/" {
+            continue;
+        }
+        let opts = post.get(2).unwrap_or(&"");
+        // Named hierarchies (name=systemd) hold no controller.
+        if opts.split(',').any(|o| o.starts_with("name=")) {
+            continue;
+        }
+        let controllers: Vec<String> = opts
+            .split(',')
+            .filter(|o| {
+                !matches!(
+                    *o,
+                    "rw" | "ro" | "" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode"
+                ) && !o.contains('=')
+            })
+            .map(str::to_string)
+            .collect();
+        if !controllers.is_empty() {
+            out.push((PathBuf::from(pre[4]), controllers));
+        }
+    }
+    out
+}
+
+fn rel(p: &Path) -> &Path {
+    p.strip_prefix("/").unwrap_or(p)
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).ctx(|| format!("writing {value:?} to {}", path.display()))
+}
+
+/// Creates `dir` and its missing ancestors below `top`, recording the created ones.
+fn create_dirs(top: &Path, dir: &Path, cpuset: bool, created: &mut Vec<PathBuf>) -> Result<()> {
+    let mut cur = top.to_path_buf();
+    for (depth, c) in rel(dir.strip_prefix(top).unwrap_or(dir))
+        .components()
+        .enumerate()
+    {
+        let parent = cur.clone();
+        cur.push(c);
+        match fs::create_dir(&cur) {
+            Ok(()) => {
+                // The top dir (/corral) is shared by every shim: never removed.
+                if depth > 0 {
+                    created.push(cur.clone());
+                }
+                if cpuset {
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        let mine = fs::read_to_string(cur.join(f)).unwrap_or_default();
+                        if mine.trim().is_empty() {
+                            let theirs = fs::read_to_string(parent.join(f))
+                                .ctx(|| format!("reading {f} of {}", parent.display()))?;
+                            write(&cur.join(f), theirs.trim())?;
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).ctx(|| format!("creating cgroup {}", cur.display())),
+        }
+    }
+    Ok(())
+}
+
+pub fn is_v2() -> bool {
+    Path::new(ROOT).join("cgroup.controllers").exists()
+}
+
+impl Cgroup {
+    /// Creates (or finds) the cgroup at `path` in every hierarchy.
+    pub fn create(path: &Path) -> Result<Cgroup> {
+        let mut created = Vec::new();
+        let cg = if is_v2() {
+            let top = PathBuf::from(ROOT);
+            let full = top.join(rel(path));
+            // Controllers must be enabled on every ancestor for the limits to exist.
+            let mut cur = top.clone();
+            for (depth, c) in rel(path).components().enumerate() {
+                for ctl in ["cpu", "cpuset", "io", "memory", "pids"] {
+                    let _ = fs::write(cur.join("cgroup.subtree_control"), format!("+{ctl}"));
+                }
+                cur.push(c);
+                match fs::create_dir(&cur) {
+                    Ok(()) if depth > 0 => created.push(cur.clone()),
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        Cgroup::V2 {
+                            path: full.clone(),
+                            created,
+                        }
+                        .remove();
+                        return Err(e).ctx(|| format!("creating cgroup {}", cur.display()));
+                    }
+                }
+            }
+            Cgroup::V2 {
+                path: full,
+                created,
+            }
+        } else {
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+                .ctx(|| "reading /proc/self/mountinfo".into())?;
+            let mut dirs = Vec::new();
+            for (mnt, controllers) in v1_hierarchies(&mountinfo) {
+                let full = mnt.join(rel(path));
+                let cpuset = controllers.iter().any(|c| c == "cpuset");
+                if let Err(e) = create_dirs(&mnt, &full, cpuset, &mut created) {
+                    Cgroup::V1 {
+                        dirs: vec![],
+                        created,
+                    }
+                    .remove();
+                    return Err(e);
+                }
+                let name = mnt
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                dirs.push(CgDir {
+                    name,
+                    controllers,
+                    path: full,
+                });
+            }
+            if dirs.is_empty() {
+                return Err(Error::Msg(
+                    "no cgroup v1 controller hierarchy is mounted".into(),
+                ));
+            }
+            Cgroup::V1 { dirs, created }
+        };
+        Ok(cg)
+    }
+
+    fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        match self {
+            Cgroup::V1 { dirs, .. } => dirs
+                .iter()
+                .find(|d| d.controllers.iter().any(|c| c == controller))
+                .map(|d| d.path.as_path()),
+            Cgroup::V2 { .. } => None,
+        }
+    }
+
+    /// Applies the spec's resource limits.
+    pub fn apply(&self, r: &LinuxResources) -> Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        match self {
+            Cgroup::V1 { .. } => {
+                if let (Some(rules), Some(dir)) = (r.devices(), self.v1_dir("devices")) {
+                    for rule in rules {
+                        let typ = rule
+                            .typ()
+                            .map(|t| t.as_str().to_string())
+                            .unwrap_or_else(|| "a".into());
+                        let num = |n: Option<i64>| {
+                            n.filter(|n| *n >= 0)
+                                .map_or("*".to_string(), |n| n.to_string())
+                        };
+                        let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
+                        let line =
+                            format!("{typ} {}:{} {access}", num(rule.major()), num(rule.minor()));
+                        let file = if rule.allow() {
+                            "devices.allow"
+                        } else {
+                            "devices.deny"
+                        };
+                        write(&dir.join(file), &line)?;
+                    }
+                }
+                if let (Some(m), Some(dir)) = (r.memory(), self.v1_dir("memory")) {
+                    if let Some(limit) = m.limit() {
+                        write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+                    }
+                    if let Some(swap) = m.swap() {
+                        let f = dir.join("memory.memsw.limit_in_bytes");
+                        if f.exists() {
+                            write(&f, &swap.to_string())?;
+                        } else {
+                            warnings.push("swap limit ignored: no swap accounting".into());
+                        }
+                    }
+                }
+                if let Some(c) = r.cpu() {
+                    if let Some(dir) = self.v1_dir("cpu") {
+                        if let Some(s) = c.shares() {
+                            write(&dir.join("cpu.shares"), &s.to_string())?;
+                        }
+                        if let Some(p) = c.period() {
+                            write(&dir.join("cpu.cfs_period_us"), &p.to_string())?;
+                        }
+                        if let Some(q) = c.quota() {
+                            write(&dir.join("cpu.cfs_quota_us"), &q.to_string())?;
+                        }
+                    }
+                    if let Some(dir) = self.v1_dir("cpuset") {
+                        if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+                            write(&dir.join("cpuset.cpus"), cpus)?;
+                        }
+                        if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+                            write(&dir.join("cpuset.mems"), mems)?;
+                        }
+                    }
+                }
+                if let (Some(p), Some(dir)) = (r.pids(), self.v1_dir("pids")) {
+                    let v = if p.limit() > 0 {
+                        p.limit().to_string()
+                    } else {
+                        "max".into()
+                    };
+                    write(&dir.join("pids.max"), &v)?;
+                }
+            }
+            Cgroup::V2 { path, .. } => {
+                if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+                    warnings.push("device rules are not enforced on cgroup v2".into());
+                }
+                if let Some(m) = r.memory() {
+                    let max = |v: i64| {
+                        if v < 0 {
+                            "max".to_string()
+                        } else {
+                            v.to_string()
+                        }
+                    };
+                    if let Some(limit) = m.limit() {
+                        write(&path.join("memory.max"), &max(limit))?;
+                        if let Some(swap) = m.swap() {
+                            let f = path.join("memory.swap.max");
+                            if f.exists() {
+                                let v = if swap < 0 { -1 } else { (swap - limit).max(0) };
+                                write(&f, &max(v))?;
+                            }
+                        }
+                    }
+                }
+                if let Some(c) = r.cpu() {
+                    if let Some(s) = c.shares() {
+                        let w = if s == 0 {
+                            100
+                        } else {
+                            1 + ((s.clamp(2, 262_144) - 2) * 9999) / 262_142
+                        };
+                        write(&path.join("cpu.weight"), &w.to_string())?;
+                    }
+                    if c.quota().is_some() || c.period().is_some() {
+                        let q = c
+                            .quota()
+                            .filter(|q| *q > 0)
+                            .map_or("max".to_string(), |q| q.to_string());
+                        write(
+                            &path.join("cpu.max"),
+                            &format!("{q} {}", c.period().unwrap_or(100_000)),
+                        )?;
+                    }
+                    if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+                        write(&path.join("cpuset.cpus"), cpus)?;
+                    }
+                    if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+                        write(&path.join("cpuset.mems"), mems)?;
+                    }
+                }
+                if let Some(p) = r.pids() {
+                    let v = if p.limit() > 0 {
+                        p.limit().to_string()
+                    } else {
+                        "max".into()
+                    };
+                    write(&path.join("pids.max"), &v)?;
+                }
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// The cgroup.procs files to write a pid into to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        match self {
+            Cgroup::V1 { dirs, .. } => dirs.iter().map(|d| d.path.join("cgroup.procs")).collect(),
+            Cgroup::V2 { path, .. } => vec![path.join("cgroup.procs")],
+        }
+    }
+
+    /// Moves `pid` (0: the caller) into the cgroup in every hierarchy.
+    pub fn join(&self, pid: i32) -> Result<()> {
+        for f in self.procs_files() {
+            write(&f, &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The pids in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(f) = self.procs_files().into_iter().next() else {
+            return vec![];
+        };
+        fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// The kernel's count of OOM kills in this cgroup.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let (file, key) = match self {
+            Cgroup::V1 { .. } => (
+                self.v1_dir("memory")?.join("memory.oom_control"),
+                "oom_kill",
+            ),
+            Cgroup::V2 { path, .. } => (path.join("memory.events"), "oom_kill"),
+        };
+        let text = fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// Removes the dirs this shim created, deepest first, retrying while the last
+    /// processes leave. Best effort.
+    pub fn remove(&self) -> Vec<String> {
+        let created = match self {
+            Cgroup::V1 { created, .. } | Cgroup::V2 { created, .. } => created,
+        };
+        let mut errors = Vec::new();
+        for dir in created.iter().rev() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        errors.push(format!("removing cgroup {}: {e}", dir.display()));
+                        break;
+                    }
+                }
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hierarchies_from_mountinfo() {
+        let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n\
+                  35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                  40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        let h = v1_hierarchies(mi);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].0, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(h[0].1, vec!["cpu", "cpuacct"]);
+        assert_eq!(h[1].1, vec!["memory"]);
+    }
+}

@@ -1,0 +1,331 @@
+//! Creating the container process from the plan, runc-style: a first child joins the cgroup
+//! and namespaces and creates the new ones, a second child (the container process, PID 1 of a
+//! new pid namespace) sets up the rootfs and everything up to exec, reports ready, and waits
+//! on the start pipe. Every failure in a child comes back as a message on the sync pipe.
+
+pub mod cgroup;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
+pub mod spec;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, PipeReader, PipeWriter, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use cgroup::Cgroup;
+use namespaces::Ns;
+use spec::Plan;
+
+use crate::error::{Context, Error, Result};
+use crate::sys;
+
+/// A message from a container child to the shim (one line each).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChildMsg {
+    Pid(i32),
+    Ready,
+    Warn(String),
+    Error(String),
+}
+
+impl ChildMsg {
+    pub fn encode(&self) -> String {
+        let clean = |s: &str| {
+            let mut s = s.replace('\n', " ");
+            if s.len() > 3000 {
+                let mut cut = 3000;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                s.truncate(cut);
+            }
+            s
+        };
+        match self {
+            ChildMsg::Pid(p) => format!("pid {p}\n"),
+            ChildMsg::Ready => "ready\n".into(),
+            ChildMsg::Warn(m) => format!("warn {}\n", clean(m)),
+            ChildMsg::Error(m) => format!("error {}\n", clean(m)),
+        }
+    }
+
+    pub fn decode(line: &str) -> Option<ChildMsg> {
+        let line = line.trim_end_matches('\n');
+        let (k, v) = line.split_once(' ').unwrap_or((line, ""));
+        Some(match k {
+            "pid" => ChildMsg::Pid(v.parse().ok()?),
+            "ready" => ChildMsg::Ready,
+            "warn" => ChildMsg::Warn(v.into()),
+            "error" => ChildMsg::Error(v.into()),
+            _ => return None,
+        })
+    }
+}
+
+/// Sends one message; a single write below PIPE_BUF, so messages never interleave.
+pub fn send(w: &mut impl Write, msg: &ChildMsg) {
+    let _ = w.write_all(msg.encode().as_bytes());
+}
+
+/// Reads the next message (None at EOF).
+pub fn recv(r: &mut BufReader<PipeReader>) -> Option<ChildMsg> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {
+                if let Some(m) = ChildMsg::decode(&line) {
+                    return Some(m);
+                }
+            }
+        }
+    }
+}
+
+/// The shim's ends of the container's stdio.
+#[derive(Default)]
+pub struct Stdio {
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    /// The pty master (tty mode): the container's output, logged as stdout.
+    pub pty: Option<File>,
+    /// Kept open so the container's stdin stays open.
+    pub stdin: Option<PipeWriter>,
+}
+
+/// The created container process, waiting for Start.
+pub struct Created {
+    pub pid: i32,
+    pub start: PipeWriter,
+    pub sync: BufReader<PipeReader>,
+    pub stdio: Stdio,
+    pub warnings: Vec<String>,
+}
+
+fn devnull(write: bool) -> Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")
+        .ctx(|| "opening /dev/null".into())?;
+    Ok(f.into())
+}
+
+/// The child's stdio fds (0, 1, 2) and the shim's ends.
+fn make_stdio(plan: &Plan, capture: bool) -> Result<([OwnedFd; 3], Stdio, bool)> {
+    let mut ours = Stdio::default();
+    let terminal = plan.process.as_ref().is_some_and(|p| p.terminal);
+    if terminal {
+        let (master, slave) = sys::openpty().ctx(|| "creating a pty".into())?;
+        let s1 = slave.try_clone().ctx(|| "dup pty".into())?;
+        let s2 = slave.try_clone().ctx(|| "dup pty".into())?;
+        ours.pty = Some(File::from(master));
+        return Ok(([slave, s1, s2], ours, true));
+    }
+    let stdin: OwnedFd = if plan.stdin {
+        let (r, w) = io::pipe().ctx(|| "creating the stdin pipe".into())?;
+        ours.stdin = Some(w);
+        r.into()
+    } else {
+        devnull(false)?
+    };
+    let out = |slot: &mut Option<File>| -> Result<OwnedFd> {
+        if capture {
+            let (r, w) = io::pipe().ctx(|| "creating an output pipe".into())?;
+            *slot = Some(File::from(OwnedFd::from(r)));
+            Ok(w.into())
+        } else {
+            devnull(true)
+        }
+    };
+    let stdout = out(&mut ours.stdout)?;
+    let stderr = out(&mut ours.stderr)?;
+    Ok(([stdin, stdout, stderr], ours, false))
+}
+
+/// Forks the container process and brings it up to just before exec.
+pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Created> {
+    let joins = namespaces::open_joins(&plan.namespaces)?;
+    let flags = namespaces::new_flags(&plan.namespaces);
+    let last_cap = process::last_cap();
+    let (child_stdio, stdio, tty) = make_stdio(plan, capture)?;
+    let (sync_r, sync_w) = io::pipe().ctx(|| "creating the sync pipe".into())?;
+    let (start_r, start_w) = io::pipe().ctx(|| "creating the start pipe".into())?;
+
+    let c1 = match sys::fork().ctx(|| "fork".into())? {
+        sys::Fork::Child => {
+            drop(sync_r);
+            drop(start_w);
+            let mut w = sync_w;
+            let r = stage1(
+                plan,
+                cgroup,
+                &joins,
+                flags,
+                &mut w,
+                start_r,
+                child_stdio,
+                tty,
+                last_cap,
+            );
+            if let Err(e) = r {
+                send(&mut w, &ChildMsg::Error(e.to_string()));
+            }
+            sys::exit_now(1);
+        }
+        sys::Fork::Parent(pid) => pid,
+    };
+    drop(sync_w);
+    drop(start_r);
+    drop(child_stdio);
+    let mut sync = BufReader::new(sync_r);
+    let mut pid = None;
+    let mut warnings = Vec::new();
+    let result = loop {
+        match recv(&mut sync) {
+            Some(ChildMsg::Pid(p)) => pid = Some(p),
+            Some(ChildMsg::Warn(w)) => warnings.push(w),
+            Some(ChildMsg::Ready) => break Ok(()),
+            Some(ChildMsg::Error(e)) => break Err(Error::Msg(e)),
+            None => {
+                break Err(Error::Msg(
+                    "container process exited during setup without a message".into(),
+                ))
+            }
+        }
+    };
+    // The first child exits right after forking; the container process is then ours
+    // (we are its subreaper).
+    let _ = sys::waitpid(c1, false);
+    match (result, pid) {
+        (Ok(()), Some(pid)) => Ok(Created {
+            pid,
+            start: start_w,
+            sync,
+            stdio,
+            warnings,
+        }),
+        (r, pid) => {
+            if let Some(pid) = pid {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::waitpid(pid, false);
+            }
+            Err(r
+                .err()
+                .unwrap_or_else(|| Error::Msg("container process pid never reported".into())))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stage1(
+    plan: &Plan,
+    cgroup: Option<&Cgroup>,
+    joins: &namespaces::Joins,
+    flags: i32,
+    w: &mut PipeWriter,
+    start: PipeReader,
+    stdio: [OwnedFd; 3],
+    tty: bool,
+    last_cap: u32,
+) -> Result<()> {
+    if let Some(cg) = cgroup {
+        cg.join(0)?;
+    }
+    joins.enter()?;
+    namespaces::unshare(flags)?;
+    match sys::fork().ctx(|| "fork".into())? {
+        sys::Fork::Child => {
+            let r = stage2(plan, cgroup, w, start, &stdio, tty, last_cap);
+            if let Err(e) = r {
+                send(w, &ChildMsg::Error(e.to_string()));
+            }
+            sys::exit_now(1);
+        }
+        sys::Fork::Parent(pid) => {
+            send(w, &ChildMsg::Pid(pid));
+            Ok(())
+        }
+    }
+}
+
+fn stage2(
+    plan: &Plan,
+    cgroup: Option<&Cgroup>,
+    w: &mut PipeWriter,
+    mut start: PipeReader,
+    stdio: &[OwnedFd; 3],
+    tty: bool,
+    last_cap: u32,
+) -> Result<()> {
+    let p = plan
+        .process
+        .as_ref()
+        .ok_or_else(|| Error::Spec("process is missing".into()))?;
+    sys::setsid().ctx(|| "setsid".into())?;
+    rootfs::prepare(plan)?;
+    rootfs::mount_all(plan, cgroup)?;
+    rootfs::create_devices(plan)?;
+    rootfs::create_cwd(plan)?;
+    rootfs::pivot_root(&plan.rootfs)?;
+    rootfs::apply_sysctls(&plan.sysctl)?;
+    for path in &plan.readonly_paths {
+        rootfs::readonly_path(path)?;
+    }
+    for path in &plan.masked_paths {
+        rootfs::mask_path(path)?;
+    }
+    if plan.root_readonly {
+        rootfs::readonly_root()?;
+    }
+    if namespaces::has_new(&plan.namespaces, Ns::Uts) {
+        if let Some(h) = &plan.hostname {
+            sys::sethostname(h).ctx(|| format!("sethostname({h})"))?;
+        }
+    }
+    for warn in process::apply_rlimits(p)? {
+        send(w, &ChildMsg::Warn(warn));
+    }
+    if let Some(warn) = process::apply_oom_score_adj(p) {
+        send(w, &ChildMsg::Warn(warn));
+    }
+    for (i, fd) in stdio.iter().enumerate() {
+        sys::dup2(fd.as_raw_fd(), i as RawFd).ctx(|| format!("dup2 to fd {i}"))?;
+    }
+    if tty {
+        sys::set_controlling_tty(0).ctx(|| "setting the controlling terminal".into())?;
+    }
+    send(w, &ChildMsg::Ready);
+    let mut b = [0u8; 1];
+    if !matches!(start.read(&mut b), Ok(1)) {
+        // The shim went away or gave up on this container.
+        sys::exit_now(1);
+    }
+    process::finalize(p, last_cap)?;
+    let msg = process::exec(&p.args, &p.env);
+    send(w, &ChildMsg::Error(msg));
+    sys::exit_now(127);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_messages_round_trip() {
+        for m in [
+            ChildMsg::Pid(42),
+            ChildMsg::Ready,
+            ChildMsg::Warn("w x".into()),
+            ChildMsg::Error("mounting proc at /proc: EPERM".into()),
+        ] {
+            assert_eq!(ChildMsg::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(
+            ChildMsg::decode(&ChildMsg::Error("a\nb".into()).encode()),
+            Some(ChildMsg::Error("a b".into()))
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! Reaping (the shim is a child subreaper, or PID 1 in pause mode) and the exit record
+//! `<bundle>/exit`, written atomically before the exit is reported anywhere.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::v1::Exit;
+
+use crate::daemon::Shim;
+use crate::sys;
+
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes the exit record as JSON through a temp file and a rename.
+pub fn write_record(bundle: &Path, exit: &Exit) -> io::Result<()> {
+    let json = serde_json::to_vec(exit).map_err(io::Error::other)?;
+    let tmp = bundle.join(format!("{}.tmp", proto::EXIT_FILE));
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, bundle.join(proto::EXIT_FILE))
+}
+
+/// Reaps every child on a small thread, handing each status to the shim.
+pub fn spawn_reaper(shim: Arc<Shim>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .stack_size(64 * 1024)
+        .spawn(move || loop {
+            while let Ok(Some((pid, status))) = sys::waitpid(-1, true) {
+                shim.child_exited(pid, status);
+            }
+            sys::wait_signal(&[libc::SIGCHLD], 1000);
+        })?;
+    Ok(())
+}

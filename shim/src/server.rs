@@ -1,0 +1,92 @@
+//! The shim socket: one framed Request and one framed Response per connection, each
+//! connection on its own small thread.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1::{request, response, Empty, ErrorKind, Request, Response};
+
+use crate::daemon::{Fail, Shim};
+use crate::{exec, warn};
+
+fn answer(kind: std::result::Result<response::Kind, Fail>) -> Response {
+    match kind {
+        Ok(k) => Response {
+            error: String::new(),
+            error_kind: ErrorKind::Unspecified as i32,
+            kind: Some(k),
+        },
+        Err(f) => Response {
+            error: f.msg,
+            error_kind: f.kind as i32,
+            kind: None,
+        },
+    }
+}
+
+fn empty(r: std::result::Result<(), Fail>) -> std::result::Result<response::Kind, Fail> {
+    r.map(|()| response::Kind::Empty(Empty {}))
+}
+
+/// Runs one request.
+pub fn dispatch(shim: &Shim, req: Request) -> Response {
+    let Some(kind) = req.kind else {
+        return answer(Err(Fail::new(ErrorKind::InvalidArgument, "empty request")));
+    };
+    answer(match kind {
+        request::Kind::State(_) => Ok(response::Kind::State(shim.state())),
+        request::Kind::Start(_) => empty(shim.start()),
+        request::Kind::Kill(k) => empty(shim.kill(k.signal, k.all)),
+        request::Kind::Wait(w) => {
+            let timeout = (w.timeout_ms > 0).then(|| Duration::from_millis(w.timeout_ms));
+            match shim.wait_exit(timeout) {
+                Some(e) => Ok(response::Kind::Exit(e)),
+                None => Err(Fail::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!("container did not exit within {} ms", w.timeout_ms),
+                )),
+            }
+        }
+        request::Kind::Exec(e) => exec::run(shim, &e).map(response::Kind::Exec),
+        request::Kind::ReopenLog(_) => empty(shim.reopen_log()),
+        request::Kind::Shutdown(_) => empty(shim.shutdown()),
+    })
+}
+
+fn handle(shim: &Shim, mut conn: UnixStream) {
+    let req: Request = match proto::read_frame(&mut conn) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("bad request: {e}");
+            return;
+        }
+    };
+    let resp = dispatch(shim, req);
+    let _ = proto::write_frame(&mut conn, &resp);
+    drop(conn);
+    if shim.exit_requested() {
+        shim.teardown_and_exit();
+    }
+}
+
+/// Serves the socket forever (the process ends through Shutdown or a pause Kill).
+pub fn serve(listener: UnixListener, shim: Arc<Shim>) -> ! {
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                let shim = shim.clone();
+                let spawned = std::thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || handle(&shim, conn));
+                if let Err(e) = spawned {
+                    warn!("spawning a connection thread: {e}");
+                }
+            }
+            Err(e) => {
+                warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! corral-shim end to end, as root, on hand-made busybox bundles.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use proto::v1::{request, response, ErrorKind, Status};
+use serde_json::json;
+
+fn exec_ok(r: proto::v1::Response) -> proto::v1::ExecResult {
+    match r.kind {
+        Some(response::Kind::Exec(e)) => e,
+        _ => panic!("exec failed: {} ({:?})", r.error, r.error_kind),
+    }
+}
+
+fn status_field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Shuts the shim down and checks it left nothing: no socket, no cgroup, no daemon.
+fn shutdown_clean(fx: &Fixture, b: &Bundle) {
+    let r = shutdown(b);
+    assert!(r.error.is_empty(), "shutdown: {}", r.error);
+    let daemon = *fx.daemons.last().unwrap();
+    assert!(eventually(5, || !alive(daemon)), "daemon still alive");
+    assert!(!b.dir.join("shim.sock").exists());
+    for d in fx.cgroup_dirs(&b.cgroup) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
+
+#[test]
+fn logs_exit_code_and_exit_record() {
+    if !is_root("logs_exit_code_and_exit_record") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("logs");
+    let script = "echo hello; echo oops >&2; head -c 20000 /dev/zero | tr '\\0' a; echo; printf tail; exit 3";
+    let pid = fx.create(&b, &spec(&b, &["sh", "-c", script])).unwrap();
+    let st = state(&b);
+    assert_eq!(st.status, Status::Created as i32);
+    assert_eq!(st.pid as i32, pid);
+    assert!(start(&b).error.is_empty());
+    let exit = wait(&b, 10_000).expect("exit");
+    assert_eq!(
+        (exit.exit_code, exit.signal, exit.oom_killed),
+        (3, 0, false)
+    );
+    assert!(exit.finished_at > 0 && exit.started_at > 0);
+    let record: proto::v1::Exit =
+        serde_json::from_slice(&fs::read(b.dir.join("exit")).unwrap()).unwrap();
+    assert_eq!(record, exit);
+    let st = state(&b);
+    assert_eq!(st.status, Status::Stopped as i32);
+    assert_eq!(st.exit.unwrap().exit_code, 3);
+
+    let entries = log_entries(&b.log);
+    let stdout: Vec<_> = entries.iter().filter(|e| e.0 == "stdout").collect();
+    assert_eq!(stdout[0], &("stdout".into(), "F".into(), "hello".into()));
+    assert!(entries.contains(&("stderr".into(), "F".into(), "oops".into())));
+    assert_eq!(stdout[1].1, "P");
+    assert_eq!(stdout[1].2, "a".repeat(16384));
+    assert_eq!(stdout[2].1, "F");
+    assert_eq!(stdout[2].2, "a".repeat(20000 - 16384));
+    assert_eq!(stdout[3], &("stdout".into(), "F".into(), "tail".into()));
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn kill_wait_state_and_shutdown() {
+    if !is_root("kill_wait_state_and_shutdown") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("kill");
+    let pid = fx.create(&b, &spec(&b, &["sleep", "1000"])).unwrap();
+    assert!(start(&b).error.is_empty());
+    let st = state(&b);
+    assert_eq!(st.status, Status::Running as i32);
+    assert!(st.started_at >= st.created_at && st.created_at > 0);
+    let daemon = *fx.daemons.last().unwrap();
+    if let Some(rss) = vm_rss_kib(daemon) {
+        eprintln!("corral-shim daemon VmRSS with a sleeping container: {rss} kB");
+        if std::env::var_os("SHIMTEST_SMAPS").is_some() {
+            eprintln!(
+                "{}",
+                fs::read_to_string(format!("/proc/{daemon}/smaps_rollup")).unwrap_or_default()
+            );
+            let smaps = fs::read_to_string(format!("/proc/{daemon}/smaps")).unwrap_or_default();
+            let mut cur = String::new();
+            for l in smaps.lines() {
+                if l.contains('-') && !l.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    cur = l.to_string();
+                }
+                if let Some(v) = l.strip_prefix("Rss:") {
+                    if v.trim() != "0 kB" {
+                        eprintln!("{v:>10} {cur}");
+                    }
+                }
+            }
+        }
+    }
+    let err = wait(&b, 200).unwrap_err();
+    assert_eq!(err.error_kind, ErrorKind::DeadlineExceeded as i32);
+    let r = shutdown(&b);
+    assert_eq!(
+        r.error_kind,
+        ErrorKind::FailedPrecondition as i32,
+        "shutdown of a running container"
+    );
+    // The cgroup holds the container process.
+    let procs = fs::read_to_string(fx.cgroup_dirs(&b.cgroup)[0].join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "{procs}"
+    );
+    assert!(kill(&b, 9, false).error.is_empty());
+    let exit = wait(&b, 10_000).expect("exit");
+    assert_eq!(
+        (exit.exit_code, exit.signal, exit.oom_killed),
+        (137, 9, false)
+    );
+    assert!(!alive(pid));
+    eprintln!(
+        "shim.log:\n{}",
+        fs::read_to_string(b.dir.join("shim.log")).unwrap_or_default()
+    );
+    // Killing an exited container is not an error.
+    assert!(kill(&b, 9, true).error.is_empty());
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn sigterm_trap_exit_code() {
+    if !is_root("sigterm_trap_exit_code") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("trap");
+    let script = "trap 'echo bye; exit 3' TERM; echo ready; while true; do sleep 0.05; done";
+    fx.create(&b, &spec(&b, &["sh", "-c", script])).unwrap();
+    assert!(start(&b).error.is_empty());
+    assert!(eventually(10, || log_entries(&b.log)
+        .iter()
+        .any(|e| e.2 == "ready")));
+    assert!(kill(&b, 15, false).error.is_empty());
+    let exit = wait(&b, 10_000).expect("exit");
+    assert_eq!((exit.exit_code, exit.signal), (3, 0));
+    assert!(log_entries(&b.log).iter().any(|e| e.2 == "bye"));
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn exec_output_timeout_and_background_child() {
+    if !is_root("exec_output_timeout_and_background_child") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("exec");
+    let mut s = spec(&b, &["sleep", "1000"]);
+    s["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("FOO=spec"));
+    let pid = fx.create(&b, &s).unwrap();
+    let r = exec(&b, &["true"], 0);
+    assert_eq!(
+        r.error_kind,
+        ErrorKind::FailedPrecondition as i32,
+        "exec before start"
+    );
+    assert!(start(&b).error.is_empty());
+
+    let res = exec_ok(exec(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "echo out $FOO $BAR; echo err >&2; pwd; echo $$; exit 7",
+        ],
+        0,
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&res.stdout).lines().next(),
+        Some("out spec")
+    );
+    assert_eq!(res.stderr, b"err\n");
+    assert_eq!(res.exit_code, 7);
+    let lines: Vec<String> = String::from_utf8_lossy(&res.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines[1], "/");
+    assert_ne!(
+        lines[2], "1",
+        "exec runs inside the pid namespace, not as its init"
+    );
+    assert!(
+        lines[2].parse::<u32>().unwrap() < 100,
+        "pid {} is a namespace pid",
+        lines[2]
+    );
+
+    // env override and cwd
+    let r = call(
+        &b,
+        request::Kind::Exec(proto::v1::ExecRequest {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $FOO; pwd; cat /proc/self/status".into(),
+            ],
+            env: vec!["FOO=req".into()],
+            cwd: "/tmp".into(),
+            timeout_ms: 5000,
+        }),
+    );
+    let res = exec_ok(r);
+    let out = String::from_utf8_lossy(&res.stdout).to_string();
+    assert!(out.starts_with("req\n/tmp\n"), "{out}");
+    assert_eq!(
+        u64::from_str_radix(&status_field(&out, "CapEff:"), 16).unwrap(),
+        DEFAULT_CAPS_MASK
+    );
+    assert_eq!(status_field(&out, "NoNewPrivs:"), "1");
+
+    // missing command
+    let r = exec(&b, &["nosuch"], 5000);
+    assert!(
+        r.error
+            .contains(r#"exec: "nosuch": executable file not found in $PATH"#),
+        "{}",
+        r.error
+    );
+
+    // timeout: the command is killed and gone afterwards
+    let t = Instant::now();
+    let r = exec(&b, &["sh", "-c", "sleep 1000; echo never"], 500);
+    assert_eq!(
+        r.error_kind,
+        ErrorKind::DeadlineExceeded as i32,
+        "{}",
+        r.error
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let cg = fx.cgroup_dirs(&b.cgroup)[0].join("cgroup.procs");
+    assert!(
+        eventually(5, || fs::read_to_string(&cg)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>()
+            == vec![pid.to_string()]),
+        "exec'd processes left: {}",
+        fs::read_to_string(&cg).unwrap()
+    );
+
+    // a background child holding stdout does not hang the answer
+    let t = Instant::now();
+    let res = exec_ok(exec(&b, &["sh", "-c", "sleep 30 & echo done"], 0));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(res.stdout, b"done\n");
+    assert_eq!(res.exit_code, 0);
+
+    assert!(kill(&b, 9, true).error.is_empty());
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 137);
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn missing_executable_is_a_start_error() {
+    if !is_root("missing_executable_is_a_start_error") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("nosuch");
+    fx.create(&b, &spec(&b, &["nosuch"])).unwrap();
+    let r = start(&b);
+    assert_eq!(
+        r.error,
+        r#"exec: "nosuch": executable file not found in $PATH"#
+    );
+    let st = state(&b);
+    assert_eq!(st.status, Status::Stopped as i32);
+    let exit = st.exit.unwrap();
+    assert_eq!(exit.exit_code, 128);
+    assert_eq!(exit.start_error, r.error);
+    let record: proto::v1::Exit =
+        serde_json::from_slice(&fs::read(b.dir.join("exit")).unwrap()).unwrap();
+    assert_eq!(record.exit_code, 128);
+    shutdown_clean(&fx, &b);
+
+    // A path that is not executable.
+    let b = fx.bundle("noexec");
+    fs::write(b.rootfs.join("notexec"), "x").unwrap();
+    fx.create(&b, &spec(&b, &["/notexec"])).unwrap();
+    assert_eq!(start(&b).error, r#"exec: "/notexec": permission denied"#);
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn identity_caps_and_isolation() {
+    if !is_root("identity_caps_and_isolation") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("ident");
+    let script = "cat /proc/self/status; echo host=$(hostname); echo pid=$$; echo timer=$(cat /proc/timer_list | wc -c); \
+                  touch /rofile 2>/dev/null && echo root=rw || echo root=ro; touch /tmp/x && echo tmp=rw; \
+                  echo sysrq=$(echo 1 2>/dev/null > /proc/sysrq-trigger && echo rw || echo ro); ls /sys/fs/cgroup";
+    let mut s = spec(&b, &["sh", "-c", script]);
+    s["root"]["readonly"] = json!(true);
+    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}));
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
+    let out: Vec<String> = log_entries(&b.log).into_iter().map(|e| e.2).collect();
+    let text = out.join("\n");
+    assert_eq!(
+        u64::from_str_radix(&status_field(&text, "CapEff:"), 16).unwrap(),
+        DEFAULT_CAPS_MASK,
+        "{text}"
+    );
+    assert_eq!(
+        u64::from_str_radix(&status_field(&text, "CapBnd:"), 16).unwrap(),
+        DEFAULT_CAPS_MASK
+    );
+    assert_eq!(
+        u64::from_str_radix(&status_field(&text, "CapInh:"), 16).unwrap(),
+        0
+    );
+    for line in [
+        "host=shimtest",
+        "pid=1",
+        "timer=0",
+        "root=ro",
+        "tmp=rw",
+        "sysrq=ro",
+    ] {
+        assert!(out.iter().any(|l| l == line), "{line} missing in {text}");
+    }
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        assert!(out.iter().any(|l| l == "memory"), "cgroup v1 mount: {text}");
+    }
+    shutdown_clean(&fx, &b);
+
+    // A non-root user with groups.
+    let b = fx.bundle("user");
+    let mut s = spec(&b, &["sh", "-c", "cat /proc/self/status; id"]);
+    s["process"]["user"] =
+        json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 18});
+    // A non-root process keeps capabilities across exec only through the ambient set.
+    s["process"]["capabilities"]["inheritable"] = json!(DEFAULT_CAPS);
+    s["process"]["capabilities"]["ambient"] = json!(DEFAULT_CAPS);
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
+    let text: String = log_entries(&b.log)
+        .into_iter()
+        .map(|e| e.2 + "\n")
+        .collect();
+    assert_eq!(
+        status_field(&text, "Uid:")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec!["1000"; 4]
+    );
+    assert_eq!(
+        status_field(&text, "Gid:")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec!["1000"; 4]
+    );
+    assert_eq!(status_field(&text, "Groups:"), "10 20");
+    assert_eq!(
+        u64::from_str_radix(&status_field(&text, "CapEff:"), 16).unwrap(),
+        DEFAULT_CAPS_MASK
+    );
+    assert_eq!(
+        u64::from_str_radix(&status_field(&text, "CapAmb:"), 16).unwrap(),
+        DEFAULT_CAPS_MASK
+    );
+    assert_eq!(status_field(&text, "Umask:"), "0022");
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn pause_is_pid1_of_the_pod() {
+    if !is_root("pause_is_pid1_of_the_pod") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let p = fx.bundle("pause");
+    let pause_spec = json!({
+        "ociVersion": "1.0.2",
+        "linux": {"namespaces": [{"type": "pid"}], "cgroupsPath": p.cgroup}
+    });
+    let pause_pid = fx.pause(&p, &pause_spec).unwrap();
+    let st = state(&p);
+    assert_eq!(
+        (st.status, st.pid as i32),
+        (Status::Running as i32, pause_pid)
+    );
+    assert_eq!(
+        status_field(
+            &fs::read_to_string(format!("/proc/{pause_pid}/status")).unwrap(),
+            "NSpid:"
+        ),
+        format!("{pause_pid}\t1")
+    );
+
+    let b = fx.bundle("member");
+    let mut s = spec(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "echo one=$(tr '\\0' ' ' < /proc/1/cmdline); echo me=$$; sleep 1000 & sleep 1000",
+        ],
+    );
+    s["linux"]["namespaces"][0] =
+        json!({"type": "pid", "path": format!("/proc/{pause_pid}/ns/pid")});
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    assert!(eventually(10, || log_entries(&b.log)
+        .iter()
+        .any(|e| e.2.starts_with("me="))));
+    let out: Vec<String> = log_entries(&b.log).into_iter().map(|e| e.2).collect();
+    assert!(
+        out[0].starts_with("one=") && out[0].contains("corral-shim pause"),
+        "{out:?}"
+    );
+    assert_ne!(out[1], "me=1");
+
+    // Killing the pause ends the pod's pid namespace, and with it the container.
+    assert!(kill(&p, 15, false).error.is_empty());
+    assert!(eventually(5, || !alive(pause_pid)), "pause still alive");
+    let exit: proto::v1::Exit =
+        serde_json::from_slice(&fs::read(p.dir.join("exit")).unwrap()).unwrap();
+    assert_eq!((exit.exit_code, exit.signal), (143, 15));
+    let exit = wait(&b, 10_000).expect("container exit");
+    assert_eq!((exit.exit_code, exit.signal), (137, 9));
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn memory_limit_oom_kill() {
+    if !is_root("memory_limit_oom_kill") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("oom");
+    let mut s = spec(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    s["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20});
+    fx.create(&b, &s).unwrap();
+    let limit = fs::read_to_string(
+        fx.cgroup_dirs(&b.cgroup)
+            .iter()
+            .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+            .unwrap()
+            .join("memory.limit_in_bytes"),
+    )
+    .unwrap();
+    assert_eq!(limit.trim(), (32u64 << 20).to_string());
+    // An exec'd process killed by the OOM killer is not the container's OOM.
+    assert!(start(&b).error.is_empty());
+    let exit = wait(&b, 60_000).expect("exit");
+    assert_eq!(
+        (exit.exit_code, exit.signal, exit.oom_killed),
+        (137, 9, true)
+    );
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn exec_oom_is_not_the_containers() {
+    if !is_root("exec_oom_is_not_the_containers") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("execoom");
+    let mut s = spec(&b, &["sleep", "1000"]);
+    s["linux"]["resources"]["memory"] = json!({"limit": 32 << 20});
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    let res = exec_ok(exec(
+        &b,
+        &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a)"],
+        60_000,
+    ));
+    assert_eq!(res.exit_code, 137);
+    assert!(kill(&b, 9, false).error.is_empty());
+    let exit = wait(&b, 10_000).unwrap();
+    assert_eq!((exit.exit_code, exit.oom_killed), (137, false));
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn shim_survives_its_launchers_parent() {
+    if !is_root("shim_survives_its_launchers_parent") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("orphan");
+    fs::write(
+        b.dir.join("config.json"),
+        serde_json::to_vec(&spec(&b, &["sleep", "1000"])).unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} create --bundle {} --id {} & wait",
+            bin(),
+            b.dir.display(),
+            b.id
+        ))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = v["pid"].as_i64().expect("pid") as i32;
+    let daemon = ppid(pid).unwrap();
+    fx.daemons.push(daemon);
+    assert!(alive(daemon));
+    assert!(start(&b).error.is_empty());
+    assert_eq!(state(&b).status, Status::Running as i32);
+    kill(&b, 9, false);
+    wait(&b, 10_000).unwrap();
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn reopen_log_after_rename() {
+    if !is_root("reopen_log_after_rename") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("rotate");
+    let trig = fx.path().join("trigger");
+    fs::create_dir(&trig).unwrap();
+    let mut s = spec(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "echo one; while [ ! -e /trig/go ]; do sleep 0.02; done; echo two",
+        ],
+    );
+    s["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/trig", "type": "bind", "source": trig, "options": ["rbind", "rw"]}),
+    );
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    assert!(eventually(10, || log_entries(&b.log)
+        .iter()
+        .any(|e| e.2 == "one")));
+    let rotated = b.log.with_extension("log.1");
+    fs::rename(&b.log, &rotated).unwrap();
+    let r = call(&b, request::Kind::ReopenLog(Default::default()));
+    assert!(r.error.is_empty(), "{}", r.error);
+    fs::write(trig.join("go"), "").unwrap();
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
+    assert_eq!(
+        log_entries(&rotated)
+            .into_iter()
+            .map(|e| e.2)
+            .collect::<Vec<_>>(),
+        vec!["one"]
+    );
+    assert_eq!(
+        log_entries(&b.log)
+            .into_iter()
+            .map(|e| e.2)
+            .collect::<Vec<_>>(),
+        vec!["two"]
+    );
+
+    // The log dir is gone: an error, and no new file.
+    let logs = b.log.parent().unwrap().to_path_buf();
+    let moved = fx.path().join("logs.gone");
+    fs::rename(&logs, &moved).unwrap();
+    let r = call(&b, request::Kind::ReopenLog(Default::default()));
+    assert!(!r.error.is_empty());
+    assert!(!logs.exists());
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn tty_mode() {
+    if !is_root("tty_mode") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("tty");
+    let mut s = spec(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo isatty; echo err >&2",
+        ],
+    );
+    s["process"]["terminal"] = json!(true);
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
+    let entries = log_entries(&b.log);
+    assert!(entries.iter().all(|e| e.0 == "stdout"), "{entries:?}");
+    let texts: Vec<&str> = entries.iter().map(|e| e.2.trim_end_matches('\r')).collect();
+    assert_eq!(texts, vec!["isatty", "err"]);
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn create_failures_leave_nothing() {
+    if !is_root("create_failures_leave_nothing") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    // A failure inside the container child comes back as a message.
+    let b = fx.bundle("badmount");
+    let mut s = spec(&b, &["true"]);
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}));
+    let err = fx.create(&b, &s).unwrap_err();
+    assert_eq!(err, "mounting nosuchfs none at /x: ENODEV");
+    // A failure in the shim before forking.
+    let b2 = fx.bundle("badbind");
+    let mut s = spec(&b2, &["true"]);
+    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/y", "type": "bind", "source": "/nonexistent-shimtest", "options": ["rbind"]}));
+    let err = fx.create(&b2, &s).unwrap_err();
+    assert!(
+        err.contains("/nonexistent-shimtest") && err.contains("ENOENT"),
+        "{err}"
+    );
+    // seccomp is refused clearly.
+    let b3 = fx.bundle("seccomp");
+    let mut s = spec(&b3, &["true"]);
+    s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"});
+    assert!(fx.create(&b3, &s).unwrap_err().contains("seccomp"));
+    for b in [&b, &b2, &b3] {
+        assert!(!b.dir.join("shim.sock").exists());
+        for d in fx.cgroup_dirs(&b.cgroup) {
+            assert!(!d.exists(), "{} left behind", d.display());
+        }
+    }
+    assert!(fx.daemons.is_empty());
+    for b in [&b, &b2, &b3] {
+        assert!(
+            eventually(5, || processes_mentioning(&b.id).is_empty()),
+            "{:?}",
+            processes_mentioning(&b.id)
+        );
+    }
+}

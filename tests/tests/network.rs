@@ -1,0 +1,321 @@
+//! Pod networking end to end: corrald calling a real CNI chain (corral-cni, and the reference
+//! bridge + host-local + portmap from Debian's containernetworking-plugins) for pods that serve
+//! HTTP to each other and on a hostPort at 127.0.0.1.
+//!
+//! Every test has its own corrald, bridge name, subnet, CNI conf dir and IPAM dataDir, and a
+//! guard that removes the pods, then the bridge, whatever happens.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tests::k8s_cri::v1 as cri;
+use tests::{require_env, require_root, rpc, Corrald, TestEnv};
+
+const BUSYBOX: &str = "corral/busybox:latest";
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Chain {
+    Corral,
+    Reference,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("urandom");
+    b
+}
+
+fn target_debug() -> PathBuf {
+    tests::corrald_binary().parent().expect("target dir").to_path_buf()
+}
+
+struct Net {
+    c: Corrald,
+    env: TestEnv,
+    bridge: String,
+    subnet: String,
+    cgroup_parent: String,
+    _cni: tempfile::TempDir,
+    data_dir: PathBuf,
+}
+
+impl Net {
+    async fn boot(env: TestEnv, chain: Chain) -> Net {
+        let r = random_bytes::<4>();
+        let bridge = format!("crlt{}", hex::encode(&r[..3]));
+        let subnet = format!("10.{}.{}.0/24", 200 + r[3] % 50, r[0]);
+        let cni = tempfile::Builder::new().prefix("corral-it-net.").tempdir().expect("temp dir");
+        let conf_dir = cni.path().join("net.d");
+        let data_dir = cni.path().join("ipam");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let name = format!("it-{}", hex::encode(&r[..3]));
+        let bridge_conf = serde_json::json!({
+            "type": if chain == Chain::Corral { "corral-cni" } else { "bridge" },
+            "bridge": bridge,
+            "isGateway": true,
+            "ipMasq": true,
+            "hairpinMode": true,
+            "ipam": { "type": "host-local", "ranges": [[{ "subnet": subnet }]], "dataDir": data_dir },
+        });
+        let plugins = match chain {
+            Chain::Corral => {
+                let mut p = bridge_conf;
+                p["capabilities"] = serde_json::json!({ "portMappings": true });
+                vec![p]
+            }
+            Chain::Reference => vec![bridge_conf, serde_json::json!({ "type": "portmap", "capabilities": { "portMappings": true }, "snat": true })],
+        };
+        let conflist = serde_json::json!({ "cniVersion": "1.0.0", "name": name, "plugins": plugins });
+        std::fs::write(conf_dir.join("10-it.conflist"), conflist.to_string()).unwrap();
+        let cgroup_parent = format!("/corral/it-{}", hex::encode(&r[..3]));
+        let config = format!(
+            "cgroup_parent = \"{cgroup_parent}\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\", \"{REFERENCE_PLUGINS}\"]\n",
+            conf_dir.display(),
+            target_debug().display()
+        );
+        let c = Corrald::with_config(&config).await;
+        let net = Net { c, env, bridge, subnet, cgroup_parent, _cni: cni, data_dir };
+        net.c.pull(&net.env.image(BUSYBOX)).await.expect("pulling busybox");
+        net
+    }
+
+    fn rt(&self) -> tests::Runtime {
+        self.c.runtime()
+    }
+
+    fn pod_config(&self, name: &str, host_port: Option<i32>) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "net".into(), attempt: 0 }),
+            hostname: name.into(),
+            log_directory: self.c.dir().join("logs").join(name).display().to_string(),
+            port_mappings: host_port
+                .map(|hp| vec![cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: hp, host_ip: String::new() }])
+                .unwrap_or_default(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A pod with one container running `script`; returns (pod id, container id, pod IP).
+    async fn pod(&self, name: &str, host_port: Option<i32>, script: &str) -> (String, String, String) {
+        let pc = self.pod_config(name, host_port);
+        let pod = rpc(self.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc.clone()), runtime_handler: String::new() }))
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        let cfg = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
+            image: Some(tests::spec(&self.env.image(BUSYBOX))),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: "main.log".into(),
+            ..Default::default()
+        };
+        let ctr = rpc(self.rt().create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(cfg), sandbox_config: Some(pc) }))
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        rpc(self.rt().start_container(cri::StartContainerRequest { container_id: ctr.clone() })).await.expect("StartContainer");
+        let st = rpc(self.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        let ip = st.network.expect("network status").ip;
+        assert!(!ip.is_empty(), "pod {name} has no IP");
+        (pod, ctr, ip)
+    }
+
+    async fn exec(&self, ctr: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+        let req = cri::ExecSyncRequest { container_id: ctr.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 20 };
+        rpc(self.rt().exec_sync(req)).await.expect("ExecSync").into_inner()
+    }
+
+    async fn remove_pod(&self, id: &str) {
+        rpc(self.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })).await.expect("StopPodSandbox");
+        rpc(self.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })).await.expect("RemovePodSandbox");
+    }
+
+    /// veths enslaved to this test's bridge.
+    fn veths(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["-o", "link", "show", "master", &self.bridge]).output().expect("ip link");
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    }
+
+    /// Addresses host-local holds in the dataDir.
+    fn allocations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for net in tests::dir_names(&self.data_dir) {
+            for f in tests::dir_names(&self.data_dir.join(&net)) {
+                if f.parse::<std::net::IpAddr>().is_ok() {
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+}
+
+const HTTPD: &str = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// GET / from addr, retried until it answers or the deadline passes.
+fn http_get(addr: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr.parse().expect("socket addr"), Duration::from_secs(2)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").is_ok() {
+                let mut body = String::new();
+                if s.read_to_string(&mut body).is_ok() && body.contains("200") {
+                    return Some(body);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let socket = self.c.socket.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                let Ok(ch) = tests::connect(&socket).await else { return };
+                let mut client = cri::runtime_service_client::RuntimeServiceClient::new(ch);
+                let fut = async {
+                    if let Ok(list) = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+                        for pod in list.into_inner().items {
+                            let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
+                            let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(60), fut).await;
+            })
+        })
+        .join();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(h.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+async fn pods_reach_each_other_and_the_host_port(chain: Chain) {
+    let env = match TestEnv::from_env() {
+        Some(e) => e,
+        None => return,
+    };
+    if chain == Chain::Corral && !target_debug().join("corral-cni").exists() {
+        panic!("{} is missing: build the workspace first", target_debug().join("corral-cni").display());
+    }
+    let net = Net::boot(env, chain).await;
+    let host_port = 20000 + (u16::from_le_bytes(random_bytes::<2>()) % 20000) as i32;
+    let (pod_a, a, ip_a) = net.pod("server", Some(host_port), HTTPD).await;
+    let (pod_b, b, ip_b) = net.pod("client", None, "sleep 3600").await;
+    let subnet_prefix = net.subnet.rsplit_once('.').unwrap().0.to_string();
+    assert!(ip_a.starts_with(&subnet_prefix) && ip_b.starts_with(&subnet_prefix), "{ip_a} {ip_b} not in {}", net.subnet);
+    assert_ne!(ip_a, ip_b);
+
+    // Pod to pod over the bridge (retried while httpd starts).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        // Debian's static busybox wget crashes (SIGSEGV) in its resolver: speak HTTP with nc.
+        let out = net.exec(&b, &["sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $0 80", &ip_a]).await;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.exit_code == 0 && text.contains("200 OK") {
+            break text.rsplit("\r\n\r\n").next().unwrap_or("").to_string();
+        }
+        if Instant::now() > deadline {
+            let diag = net.exec(&b, &["sh", "-c", "ip addr; ip route; ping -c 1 -W 2 $0", &ip_a]).await;
+            let log_a = std::fs::read_to_string(net.c.dir().join("logs/server/main.log")).unwrap_or_default();
+            let in_a = net.exec(&a, &["sh", "-c", "ps -o args; ls -la /www"]).await;
+            let log_a = format!("{log_a}\n--- in a: {} {}", String::from_utf8_lossy(&in_a.stdout), String::from_utf8_lossy(&in_a.stderr));
+            panic!(
+                "pod b cannot reach {ip_a}: {}\n--- b: {}\n--- a's log: {log_a}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&diag.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(body.trim(), "hello-from-server");
+    // The pod's /etc/hosts names it with its IP.
+    let hosts = net.exec(&b, &["cat", "/etc/hosts"]).await;
+    assert!(String::from_utf8_lossy(&hosts.stdout).contains(&format!("{ip_b}\tclient")));
+
+    // hostPort from the host itself at 127.0.0.1.
+    let addr = format!("127.0.0.1:{host_port}");
+    let got = tokio::task::spawn_blocking(move || http_get(&addr, Duration::from_secs(20))).await.unwrap();
+    let got = got.unwrap_or_else(|| panic!("hostPort {host_port} not reachable at 127.0.0.1 ({chain:?})"));
+    assert!(got.contains("hello-from-server"), "{got}");
+
+    assert_eq!(net.veths().len(), 2, "{:?}", net.veths());
+    assert_eq!(net.allocations().len(), 2, "{:?}", net.allocations());
+    net.remove_pod(&pod_a).await;
+    net.remove_pod(&pod_b).await;
+    assert!(net.veths().is_empty(), "veths left: {:?}", net.veths());
+    assert!(net.allocations().is_empty(), "addresses left: {:?}", net.allocations());
+    let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    for pod in [&pod_a, &pod_b] {
+        assert!(!rules.contains(pod.as_str()), "iptables rules of {pod} left");
+    }
+    let addr = format!("127.0.0.1:{host_port}");
+    let after = tokio::task::spawn_blocking(move || http_get(&addr, Duration::from_millis(500))).await.unwrap();
+    assert!(after.is_none(), "hostPort still answers after the pod is gone");
+}
+
+#[tokio::test]
+async fn corral_cni_pods_reach_each_other_and_the_host_port() {
+    require_root!();
+    let _ = require_env!();
+    pods_reach_each_other_and_the_host_port(Chain::Corral).await;
+}
+
+#[tokio::test]
+async fn reference_plugins_pods_reach_each_other_and_the_host_port() {
+    require_root!();
+    let _ = require_env!();
+    if !Path::new(REFERENCE_PLUGINS).join("bridge").exists() {
+        panic!("{REFERENCE_PLUGINS}/bridge is missing: hack/install-deps.sh installs containernetworking-plugins");
+    }
+    pods_reach_each_other_and_the_host_port(Chain::Reference).await;
+}
+
+#[tokio::test]
+async fn removing_a_pod_whose_netns_vanished_releases_its_address() {
+    require_root!();
+    let env = require_env!();
+    let mut net = Net::boot(env, Chain::Reference).await;
+    let (pod, _c, _ip) = net.pod("gone", None, "sleep 3600").await;
+    assert_eq!(net.allocations().len(), 1);
+    // A crash, then the pinned namespaces vanish (as after a reboot clears /run).
+    net.c.kill9();
+    let ns_root = net.c.state.join("pods");
+    for dir in tests::dir_names(&ns_root) {
+        let ns = ns_root.join(&dir).join("ns");
+        for f in tests::dir_names(&ns) {
+            let p = std::ffi::CString::new(ns.join(&f).display().to_string()).unwrap();
+            // SAFETY: p is a valid NUL-terminated string.
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    net.c.restart().await;
+    net.remove_pod(&pod).await;
+    assert!(net.allocations().is_empty(), "addresses left: {:?}", net.allocations());
+    assert!(net.veths().is_empty(), "veths left: {:?}", net.veths());
+}
