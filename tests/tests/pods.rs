@@ -804,3 +804,108 @@ async fn kill_9_between_run_and_remove_leaks_nothing() {
     assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
     assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty());
 }
+
+fn ctr_security(pid: cri::NamespaceMode, target: &str) -> Option<cri::LinuxContainerSecurityContext> {
+    Some(cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption { pid: pid as i32, target_id: target.into(), ..Default::default() }),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn resources_oom_score_and_pid_namespace_modes() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("res", cri::NamespaceMode::Container).await;
+
+    let mut cfg = node.container_config("limited", &["sleep", "3600"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 64 << 20,
+            cpuset_cpus: "0".into(),
+            oom_score_adj: 500,
+            unified: HashMap::from([("pids.max".to_string(), "100".to_string())]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let limited = node.run(&pod, &pc, cfg).await;
+    let cgroup_file = |ctrl: &str, file: &str| -> String {
+        let base = Path::new("/sys/fs/cgroup").join(ctrl).join(node.cgroup_parent.trim_start_matches('/'));
+        for pod_dir in std::fs::read_dir(&base).unwrap_or_else(|e| panic!("{}: {e}", base.display())).flatten() {
+            let p = pod_dir.path().join(&limited).join(file);
+            if let Ok(v) = std::fs::read_to_string(&p) {
+                return v.trim().to_string();
+            }
+        }
+        panic!("no {ctrl}/{file} for {limited}");
+    };
+    assert_eq!(cgroup_file("cpu", "cpu.shares"), "512");
+    assert_eq!(cgroup_file("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cgroup_file("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(cgroup_file("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(cgroup_file("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(cgroup_file("pids", "pids.max"), "100");
+    assert_eq!(node.sh(&limited, "cat /proc/1/oom_score_adj").await, "500");
+
+    // Lowering oom_score_adj below corrald's is refused by this kind of host (no
+    // CAP_SYS_RESOURCE): the value is clamped, the container still runs.
+    let mine: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().parse().unwrap();
+    let mut cfg = node.container_config("lowered", &["sleep", "3600"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources { oom_score_adj: -999, ..Default::default() }),
+        ..Default::default()
+    });
+    let lowered = node.run(&pod, &pc, cfg).await;
+    let got: i32 = node.sh(&lowered, "cat /proc/1/oom_score_adj").await.parse().unwrap();
+    assert!(got == -999 || got >= mine.min(0), "oom_score_adj {got}");
+
+    // pid TARGET joins the target container's PID namespace.
+    let mut cfg = node.container_config("peer", &["sleep", "2400"]);
+    cfg.linux = Some(cri::LinuxContainerConfig { security_context: ctr_security(cri::NamespaceMode::Target, &limited), ..Default::default() });
+    let peer = node.run(&pod, &pc, cfg).await;
+    let ps = node.sh(&peer, "ps -o args").await;
+    assert!(ps.contains("sleep 3600") && ps.contains("sleep 2400"), "{ps}");
+    // pid NODE shares the host's.
+    let mut cfg = node.container_config("hostpid", &["sleep", "3600"]);
+    cfg.linux = Some(cri::LinuxContainerConfig { security_context: ctr_security(cri::NamespaceMode::Node, ""), ..Default::default() });
+    let hostpid = node.run(&pod, &pc, cfg).await;
+    assert_eq!(node.sh(&hostpid, "readlink /proc/self/ns/pid").await, std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string());
+
+    // A bidirectional mount: a mount made inside the container shows on the host.
+    let shared = node.c.dir().join("bidir");
+    std::fs::create_dir_all(&shared).unwrap();
+    let src = std::ffi::CString::new(shared.display().to_string()).unwrap();
+    // SAFETY: valid strings; makes the test's own directory a shared bind mount.
+    unsafe {
+        assert_eq!(libc::mount(src.as_ptr(), src.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()), 0);
+        assert_eq!(libc::mount(std::ptr::null(), src.as_ptr(), std::ptr::null(), libc::MS_SHARED, std::ptr::null()), 0);
+    }
+    let mut cfg = node.container_config("bidir", &["sleep", "3600"]);
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/shared".into(),
+        host_path: shared.display().to_string(),
+        propagation: cri::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let mut sec = ctr_security(cri::NamespaceMode::Container, "").unwrap();
+    sec.privileged = false;
+    sec.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() });
+    cfg.linux = Some(cri::LinuxContainerConfig { security_context: Some(sec), ..Default::default() });
+    let bidir = node.run(&pod, &pc, cfg).await;
+    node.sh(&bidir, "mkdir -p /shared/inner && mount -t tmpfs none /shared/inner && echo hi > /shared/inner/f").await;
+    assert!(tests::wait_for(Duration::from_secs(5), || shared.join("inner/f").exists()).await, "the container's mount did not propagate to the host");
+
+    node.remove_pod(&pod).await.unwrap();
+    let inner = std::ffi::CString::new(shared.join("inner").display().to_string()).unwrap();
+    // SAFETY: valid strings.
+    unsafe {
+        libc::umount2(inner.as_ptr(), libc::MNT_DETACH);
+        libc::umount2(src.as_ptr(), libc::MNT_DETACH);
+    }
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}

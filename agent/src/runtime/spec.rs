@@ -218,9 +218,9 @@ pub fn container_spec(s: &ContainerSpec) -> Value {
                 "rslave"
             }
             Propagation::Bidirectional => {
-                // The mount itself is shared; the root stays a slave, since pivot_root refuses a
-                // shared root and a slave root still passes host mounts in.
-                root_propagation = "rslave";
+                // Shared all the way, so the container's mount is a peer of the host's; the shim
+                // keeps pivot_root possible by making the rootfs mount private.
+                root_propagation = "rshared";
                 "rshared"
             }
         };
@@ -406,7 +406,7 @@ mod tests {
         let hosts: Vec<&Value> = v["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/etc/hosts").collect();
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0]["source"], "/tmp/h");
-        assert_eq!(v["linux"]["rootfsPropagation"], "rslave");
+        assert_eq!(v["linux"]["rootfsPropagation"], "rshared");
         assert_eq!(v["root"]["readonly"], true);
         assert!(v.get("hostname").is_none(), "joined uts namespace: no hostname");
         let resolv = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/resolv.conf").unwrap();

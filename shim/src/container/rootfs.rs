@@ -178,6 +178,13 @@ fn mount_ctx(typ: &str, what: &Path, dest: &Path) -> impl FnOnce() -> String {
 pub fn prepare(plan: &Plan) -> Result<()> {
     sys::mount(None, Path::new("/"), None, plan.rootfs_propagation, None)
         .ctx(|| "setting the propagation of / in the container mount namespace".into())?;
+    // pivot_root refuses a shared parent of the new root, which "/" made rshared (for
+    // bidirectional mounts) would give it: make the rootfs mount itself private, as runc does
+    // for the rootfs' parent mount. EINVAL: the rootfs is not a mount point, nothing to do.
+    match sys::mount(None, &plan.rootfs, None, libc::MS_PRIVATE, None) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        other => other.ctx(|| format!("making the rootfs {} private", plan.rootfs.display()))?,
+    }
     sys::mount(
         Some(&plan.rootfs),
         &plan.rootfs,
