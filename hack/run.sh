@@ -16,6 +16,7 @@ fi
 
 hack/install-deps.sh
 cargo build --release --bins
+shim=$(hack/build-shim.sh)
 
 bin_dir=/opt/cni/bin
 conf_dir=/etc/cni/net.d
@@ -47,4 +48,4 @@ JSON
     echo "hack/run.sh: wrote $conf_dir/10-corral.conflist" >&2
 fi
 
-exec target/release/corrald --cni-conf-dir "$conf_dir" --cni-bin-dir "$bin_dir" "$@"
+exec target/release/corrald --shim-path "$shim" --cni-conf-dir "$conf_dir" --cni-bin-dir "$bin_dir" "$@"
