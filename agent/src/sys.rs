@@ -113,3 +113,40 @@ pub fn is_nsfs(path: &Path) -> bool {
     let rc = unsafe { libc::statfs(p.as_ptr(), &mut st) };
     rc == 0 && st.f_type as libc::c_long == NSFS_MAGIC
 }
+
+pub fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated string for the duration of the call.
+    check(unsafe { libc::mknod(p.as_ptr(), mode, dev) })
+}
+
+/// chown without following a final symlink.
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated string for the duration of the call.
+    check(unsafe { libc::lchown(p.as_ptr(), uid, gid) })
+}
+
+/// setxattr, or lsetxattr with `nofollow`.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8], nofollow: bool) -> io::Result<()> {
+    let p = cstr(path)?;
+    let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both strings are valid and NUL-terminated; value points to value.len() bytes.
+    let rc = unsafe {
+        if nofollow {
+            libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        } else {
+            libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        }
+    };
+    check(rc)
+}
+
+/// Sets atime and mtime, not following a final symlink.
+pub fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
+    let p = cstr(path)?;
+    let t = libc::timespec { tv_sec: mtime as libc::time_t, tv_nsec: 0 };
+    let times = [t, t];
+    // SAFETY: p is valid and NUL-terminated; times points to two timespecs.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+}

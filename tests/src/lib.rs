@@ -439,6 +439,29 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// Stops and removes every pod of the corrald at `socket`, from a thread with a runtime of its
+/// own, so that `Drop` guards can call it even while a test's runtime is unwinding.
+pub fn remove_all_pods(socket: &Path) {
+    let socket = socket.to_path_buf();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let Ok(ch) = connect(&socket).await else { return };
+            let mut client = RuntimeServiceClient::new(ch);
+            let fut = async {
+                if let Ok(list) = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+                    for pod in list.into_inner().items {
+                        let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
+                        let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(60), fut).await;
+        })
+    })
+    .join();
+}
+
 /// A tonic channel over the unix socket at `path`.
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_path_buf();

@@ -190,24 +190,7 @@ fn http_get(addr: &str, timeout: Duration) -> Option<String> {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let socket = self.c.socket.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                let Ok(ch) = tests::connect(&socket).await else { return };
-                let mut client = cri::runtime_service_client::RuntimeServiceClient::new(ch);
-                let fut = async {
-                    if let Ok(list) = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
-                        for pod in list.into_inner().items {
-                            let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
-                            let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(60), fut).await;
-            })
-        })
-        .join();
+        tests::remove_all_pods(&self.c.socket);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
         for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let _ = std::fs::remove_dir(h.path().join(self.cgroup_parent.trim_start_matches('/')));

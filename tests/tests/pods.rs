@@ -249,25 +249,8 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // 1. Remove every pod through the CRI, from a thread with a runtime of its own.
-        let socket = self.c.socket.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                let Ok(ch) = tests::connect(&socket).await else { return };
-                let mut client = cri::runtime_service_client::RuntimeServiceClient::new(ch);
-                let fut = async {
-                    if let Ok(list) = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
-                        for pod in list.into_inner().items {
-                            let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
-                            let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(60), fut).await;
-            })
-        })
-        .join();
+        // 1. Remove every pod through the CRI.
+        tests::remove_all_pods(&self.c.socket);
         // 2. Whatever is left: shims by pid, mounts, cgroups.
         for pid in self.shim_pids() {
             // SAFETY: kill has no memory preconditions; these shims were started by our corrald.

@@ -5,10 +5,9 @@
 //! resolved inside the directory, hardlinks must point inside, device nodes are skipped).
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -297,59 +296,13 @@ fn remove_existing(path: &Path, dirs_too: bool) -> io::Result<()> {
     }
 }
 
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-#[allow(unsafe_code)]
-fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
-    let p = cstring(path)?;
-    // SAFETY: p is a valid NUL-terminated string for the duration of the call.
-    check(unsafe { libc::mknod(p.as_ptr(), mode, dev) })
-}
-
-#[allow(unsafe_code)]
-fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let p = cstring(path)?;
-    // SAFETY: p is a valid NUL-terminated string for the duration of the call.
-    check(unsafe { libc::lchown(p.as_ptr(), uid, gid) })
-}
-
-#[allow(unsafe_code)]
-fn set_xattr(path: &Path, name: &str, value: &[u8], nofollow: bool) -> io::Result<()> {
-    let p = cstring(path)?;
-    let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: both strings are valid and NUL-terminated; value points to value.len() bytes.
-    let rc = unsafe {
-        if nofollow {
-            libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
-        } else {
-            libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
-        }
-    };
-    check(rc)
-}
-
-#[allow(unsafe_code)]
-fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
-    let p = cstring(path)?;
-    let t = libc::timespec { tv_sec: mtime as libc::time_t, tv_nsec: 0 };
-    let times = [t, t];
-    // SAFETY: p is valid and NUL-terminated; times points to two timespecs.
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
-}
+use crate::sys::{lchown, mknod, set_mtime, set_xattr};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     enum E<'a> {
@@ -459,7 +412,7 @@ mod tests {
         let wh = fs::symlink_metadata(root.join("etc/shadow")).unwrap();
         assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
         let mut buf = [0u8; 4];
-        let p = cstring(&root.join("data")).unwrap();
+        let p = CString::new(root.join("data").as_os_str().as_bytes()).unwrap();
         let n = CString::new("trusted.overlay.opaque").unwrap();
         #[allow(unsafe_code)]
         // SAFETY: valid strings and buffer.
