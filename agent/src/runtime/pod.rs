@@ -174,13 +174,15 @@ impl Runtime {
             pid: req.pid,
             ipc: req.ipc,
             target_id: req.target_id.clone(),
+            // Every intent is in the first record, written before any side effect: teardown undoes
+            // what exists of them, and one durable write serves the whole setup.
+            cgroup_created: self.cgroups.as_ref().is_some_and(|c| !c.exists(&cgroup)),
             cgroup,
-            cgroup_created: false,
             privileged: req.privileged,
             sysctls: req.sysctls.clone(),
             pause_pid: 0,
             ips: Vec::new(),
-            net_attached: false,
+            net_attached: req.network != NsMode::Node,
             port_mappings: req.port_mappings.clone(),
         };
         let _lock = self.locks.lock(&id).await;
@@ -251,11 +253,8 @@ impl Runtime {
             .map_err(io_err("creating pod namespaces"))?;
 
         let host_network = record.network == NsMode::Node;
-        if !host_network {
-            record.net_attached = true;
-            self.save_pod(record)?;
+        if record.net_attached {
             record.ips = self.cfg.cni.add(&self.attachment(record)).await?;
-            self.save_pod(record)?;
         }
         podfiles::write(&self.pod_root_dir(&id), &record.hostname, dns, host_network, &record.ips)
             .map_err(io_err("writing pod hosts, resolv.conf and hostname"))?;
@@ -268,9 +267,6 @@ impl Runtime {
         }
 
         if let Some(cgroups) = &self.cgroups {
-            record.cgroup_created = !cgroups.exists(&record.cgroup);
-            // Recorded before it is made, so a crash leaves a record that says to remove it.
-            self.save_pod(record)?;
             cgroups.create(&record.cgroup).map_err(io_err(format!("creating pod cgroup {}", record.cgroup)))?;
         }
 
