@@ -892,3 +892,27 @@ async fn resources_oom_score_and_pid_namespace_modes() {
     }
     assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
 }
+
+#[tokio::test]
+async fn removing_an_image_never_breaks_a_container_that_uses_it() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env.clone()).await;
+    let image = env.image("corral/zstd:latest");
+    node.c.pull(&image).await.unwrap();
+    let (pod, pc) = node.run_pod("img", cri::NamespaceMode::Container).await;
+    let mut cfg = node.container_config("user", &["sleep", "3600"]);
+    cfg.image = Some(tests::spec(&image));
+    let ctr = node.run(&pod, &pc, cfg).await;
+    node.c.remove(&image).await.unwrap();
+    assert!(node.c.status(&image).await.is_none());
+    // The layers stay while the container uses them.
+    assert_eq!(node.sh(&ctr, "cat /zstd-marker").await, "zstd");
+    let snapshots_with_container = node.c.snapshot_names().len();
+    node.remove_pod(&pod).await.unwrap();
+    // Then they go: only busybox's layer (still an image) remains.
+    let after = node.c.snapshot_names();
+    assert!(after.len() < snapshots_with_container, "{after:?}");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
