@@ -139,6 +139,7 @@ pub fn run(mode: Mode, bundle: &Path, id: &str, plan: Plan, mut report: PipeWrit
                 warn!("starting the reaper: {e}");
             }
             sys::malloc_trim();
+            sys::release_setup_code();
             server::serve(listener, shim)
         }
         Err(e) => {

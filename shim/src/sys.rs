@@ -453,6 +453,42 @@ pub fn malloc_trim() {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// Drops the shim's own read-only file pages (code and constants) from its resident set once
+/// setup is done: most of that code (spec parsing, mounts, namespaces) never runs again in a
+/// shim's life, and what the monitor loop needs faults back in from the page cache. Only
+/// mappings of the binary that are not writable and hold no private (copied-on-write) page are
+/// dropped, so no content can be lost: dropped pages read back exactly as they were.
+pub fn release_setup_code() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
+    let mut candidate: Option<(usize, usize)> = None;
+    let mut drop: Vec<(usize, usize)> = Vec::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|(a, _)| a.chars().all(|c| c.is_ascii_hexdigit())) {
+            // A new mapping: "start-end perms offset dev inode path".
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            candidate = match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                (Ok(s), Ok(e)) if !perms.contains('w') && perms.ends_with('p') && Path::new(path) == exe => Some((s, e)),
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            if let Some(range) = candidate.take() {
+                if fields.next() == Some("0") {
+                    drop.push(range);
+                }
+            }
+        }
+    }
+    for (start, end) in drop {
+        // SAFETY: a read-only private file mapping of our own binary with no copied-on-write
+        // page; MADV_DONTNEED only drops its pages, which fault back in unchanged from the file.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 /// The short errno name (EPERM, ENOENT, ...) of an error when it is a known one.
 pub fn errno_name(e: &io::Error) -> Option<&'static str> {
     Some(match e.raw_os_error()? {
