@@ -36,7 +36,12 @@ pub fn dispatch(shim: &Shim, req: Request) -> Response {
     };
     answer(match kind {
         request::Kind::State(_) => Ok(response::Kind::State(shim.state())),
-        request::Kind::Start(_) => empty(shim.start()),
+        request::Kind::Start(_) => {
+            let started = shim.start();
+            // The start path (exec handshake) does not run again either.
+            crate::sys::release_setup_code();
+            empty(started)
+        }
         request::Kind::Kill(k) => empty(shim.kill(k.signal, k.all)),
         request::Kind::Wait(w) => {
             let timeout = (w.timeout_ms > 0).then(|| Duration::from_millis(w.timeout_ms));
