@@ -455,7 +455,8 @@ pub fn malloc_trim() {
 
 /// Drops the shim's own read-only file pages (code and constants) from its resident set once
 /// setup is done: most of that code (spec parsing, mounts, namespaces) never runs again in a
-/// shim's life, and what the monitor loop needs faults back in from the page cache. Only
+/// shim's life, and what the monitor loop needs faults back in from the page cache, a page at a
+/// time. Only
 /// mappings of the binary that are not writable and hold no private (copied-on-write) page are
 /// dropped, so no content can be lost: dropped pages read back exactly as they were.
 pub fn release_setup_code() {
@@ -485,7 +486,12 @@ pub fn release_setup_code() {
     for (start, end) in drop {
         // SAFETY: a read-only private file mapping of our own binary with no copied-on-write
         // page; MADV_DONTNEED only drops its pages, which fault back in unchanged from the file.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        // MADV_RANDOM turns off fault-around for it, so a page that is needed again does not
+        // bring its 15 neighbours with it.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
     }
 }
 
