@@ -302,11 +302,15 @@ impl Runtime {
                 ContainerView { record: record.clone(), state: ContainerState::Created, pid: 0, started_at: 0, finished_at: 0, exit_code: 0, reason: String::new(), message: String::new() },
             );
         }
-        match self.set_up_container(&id, &req, &pod, &image, &config).await {
+        let mut record = record;
+        record.phase = ContainerPhase::Created;
+        let created = async {
+            let pid = self.set_up_container(&id, &req, &pod, &image, &config).await?;
+            self.store.put(Table::Containers, &id, &record)?;
+            Ok::<u32, RuntimeError>(pid)
+        };
+        match created.await {
             Ok(pid) => {
-                let mut record = record;
-                record.phase = ContainerPhase::Created;
-                self.store.put(Table::Containers, &id, &record)?;
                 self.update_view(&id, |v| {
                     v.record = record;
                     v.pid = pid;

@@ -196,10 +196,13 @@ impl Runtime {
             self.store.put(Table::Pods, &id, &record)?;
             pods.insert(id.clone(), record.clone());
         }
-        match self.set_up_pod(&mut record, req.dns.as_ref()).await {
+        let ready = async {
+            self.set_up_pod(&mut record, req.dns.as_ref()).await?;
+            record.phase = PodPhase::Ready;
+            self.save_pod(&record)
+        };
+        match ready.await {
             Ok(()) => {
-                record.phase = PodPhase::Ready;
-                self.save_pod(&record)?;
                 info!(pod = %id, name = %record.name, namespace = %record.namespace, "pod sandbox ready");
                 Ok(id)
             }
