@@ -200,11 +200,20 @@ impl ImageService {
     pub async fn remove_container_snapshot(&self, container_id: &str) -> Result<(), ImageError> {
         let _gc = self.gc_lock.write().await;
         let key = format!("{}{container_id}", snapshot::CONTAINER_PREFIX);
-        if let Some(rec) = self.store.get::<SnapshotRecord>(Table::Snapshots, &key)? {
-            self.store.delete(Table::Snapshots, &key)?;
-            self.snapshots.remove(rec.n).map_err(io_err("removing container snapshot"))?;
+        let Some(rec) = self.store.get::<SnapshotRecord>(Table::Snapshots, &key)? else {
+            return Ok(());
+        };
+        self.store.delete(Table::Snapshots, &key)?;
+        self.snapshots.remove(rec.n).map_err(io_err("removing container snapshot"))?;
+        // Its layers may have outlived their image (removed while the container used it).
+        let orphaned = {
+            let images = self.images.read().map_err(|_| ImageError::Internal("image cache poisoned".into()))?;
+            rec.parents.iter().any(|chain| !images.values().any(|i| i.chain_ids.contains(chain)))
+        };
+        if orphaned {
+            self.collect_garbage()?;
         }
-        self.collect_garbage()
+        Ok(())
     }
 
     /// Pulls `image`; concurrent pulls of the same image with the same credentials share one.

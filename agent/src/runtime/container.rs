@@ -473,8 +473,11 @@ impl Runtime {
         let shim = self.shim(id);
         let mut shim_gone = true;
         if bundle.join(proto::SOCKET_NAME).exists() {
+            // Also what an exited container left in its cgroup (with a shared PID namespace).
             let _ = shim.kill(libc::SIGKILL, true).await;
-            let _ = shim.wait(Some(Duration::from_secs(10))).await;
+            if !self.view(id).is_some_and(|v| v.state == ContainerState::Exited) {
+                let _ = shim.wait(Some(Duration::from_secs(10))).await;
+            }
             match shim.shutdown().await {
                 Ok(()) => shim_gone = false,
                 Err(e) => debug!(container = %id, error = %e, "shim shutdown"),
