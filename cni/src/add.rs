@@ -15,6 +15,7 @@ use crate::netns::Netns;
 use crate::rules::{self, Owner, RuleSet};
 use crate::spec::{code, CniError, CniResult, Interface, Route};
 use crate::sysctl;
+use crate::teardown::AttachmentLock;
 
 /// What an ADD has done so far, to undo on failure.
 #[derive(Default)]
@@ -28,6 +29,20 @@ pub async fn add(conf: &NetConf, raw: &Value, env: &Env) -> Result<CniResult, Cn
     env.validate_attachment(true)?;
     let ports = validate_ports(&conf.runtime_config.port_mappings)?;
     let ipam = Ipam::from_conf(conf)?;
+    // Waits for a teardown of this attachment still running (DEL's detached half).
+    let lock = AttachmentLock::acquire(&Owner::new(&conf.name, &env.container_id, &env.ifname))?;
+    let res = add_locked(conf, raw, env, &ports, ipam).await;
+    lock.release();
+    res
+}
+
+async fn add_locked(
+    conf: &NetConf,
+    raw: &Value,
+    env: &Env,
+    ports: &[Port],
+    ipam: Ipam,
+) -> Result<CniResult, CniError> {
     let ns = Netns::open(&env.netns)?;
     let nsh = netlink::connect_in(&ns)?;
     if netlink::link_by_name(&nsh, &env.ifname).await?.is_some() {
@@ -51,7 +66,7 @@ pub async fn add(conf: &NetConf, raw: &Value, env: &Env) -> Result<CniResult, Cn
         &host,
         &nsh,
         &owner,
-        &ports,
+        ports,
         &mut progress,
     )
     .await

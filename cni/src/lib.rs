@@ -16,6 +16,7 @@ pub mod netns;
 pub mod rules;
 pub mod spec;
 pub mod sysctl;
+pub mod teardown;
 
 use serde_json::Value;
 

@@ -6,6 +6,12 @@ use std::io::{Read, Write};
 use cni::config::Env;
 
 fn main() {
+    // Hidden internal commands: DEL's detached teardown (see cni::teardown).
+    match std::env::args().nth(1).as_deref() {
+        Some(cni::teardown::DETACH_ARG) => std::process::exit(cni::teardown::detach_main()),
+        Some(cni::teardown::WORK_ARG) => std::process::exit(cni::teardown::work_main()),
+        _ => {}
+    }
     let vars = std::env::vars().collect();
     let env = Env::from_map(&vars);
     let mut stdin = Vec::new();

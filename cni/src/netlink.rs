@@ -118,6 +118,7 @@ impl Link {
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 const ESRCH: i32 = 3;
+const EADDRNOTAVAIL: i32 = 99;
 
 /// The link named `name`, or None.
 pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<Link>, Error> {
@@ -237,6 +238,45 @@ pub async fn set_up(h: &Handle, index: u32) -> Result<(), Error> {
         .execute()
         .await
         .map_err(nl(format!("set link {index} up")))
+}
+
+pub async fn set_down(h: &Handle, index: u32) -> Result<(), Error> {
+    match h
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = Error::Netlink(format!("set link {index} down"), e);
+            if err.errno() == Some(ENODEV) {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Removes every address of a link; addresses or a link already gone are fine.
+pub async fn flush_addrs(h: &Handle, index: u32) -> Result<(), Error> {
+    let mut s = h.address().get().set_link_index_filter(index).execute();
+    let mut msgs = Vec::new();
+    while let Some(m) = s.try_next().await.map_err(nl("list addresses"))? {
+        if m.header.index == index {
+            msgs.push(m);
+        }
+    }
+    for m in msgs {
+        if let Err(e) = h.address().del(m).execute().await {
+            let err = Error::Netlink(format!("delete an address of link {index}"), e);
+            if !matches!(err.errno(), Some(ENODEV) | Some(EADDRNOTAVAIL)) {
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a link; a missing link is fine.

@@ -61,6 +61,12 @@ fn fifty_concurrent_add_and_del() {
     for d in &dels {
         assert!(d.ok, "DEL failed: {}", d.raw);
     }
+    eventually(|| {
+        net.allocations().is_empty()
+            && net.rules().is_empty()
+            && net.bridge_ports().is_empty()
+            && host_veths().len() == veths_before
+    });
     assert!(net.allocations().is_empty(), "{:?}", net.allocations());
     assert!(net.rules().is_empty(), "{:?}", net.rules());
     assert!(net.bridge_ports().is_empty());

@@ -266,12 +266,14 @@ async fn scenario(ctd: &Containerd, net: &TestNet) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("StopPodSandbox: {e}"))?;
+    eventually(|| net.allocations().is_empty());
     if !net.allocations().is_empty() {
         return Err(format!("allocations after stop: {:?}", net.allocations()));
     }
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .map_err(|e| format!("RemovePodSandbox: {e}"))?;
+    eventually(|| net.rules().is_empty() && net.bridge_ports().is_empty());
     if !net.rules().is_empty() || !net.bridge_ports().is_empty() {
         return Err(format!(
             "left after removal: rules {:?}, ports {:?}",

@@ -84,6 +84,9 @@ fn allocations_shared_with_reference_host_local() {
         let d = cni("DEL", &conf, id, "", "eth0");
         assert!(d.ok, "{}", d.raw);
     }
+    eventually(|| {
+        net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty()
+    });
     assert!(net.allocations().is_empty(), "{:?}", net.allocations());
     assert!(net.rules().is_empty());
 }

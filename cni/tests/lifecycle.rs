@@ -75,6 +75,12 @@ fn lifecycle(version: &str, ranges: &str) {
     let del = cni("DEL", &conf, &id, &ns.path(), "eth0");
     assert!(del.ok, "DEL failed: {}", del.raw);
     assert!(del.raw.trim().is_empty(), "DEL prints nothing");
+    eventually(|| {
+        net.allocations().is_empty()
+            && net.rules().is_empty()
+            && net.bridge_ports().is_empty()
+            && !String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link"]).stdout).contains("eth0")
+    });
     assert!(net.allocations().is_empty());
     assert!(net.rules().is_empty(), "rules left: {:?}", net.rules());
     assert!(net.bridge_ports().is_empty());
@@ -139,6 +145,7 @@ fn del_after_netns_gone_releases_everything() {
     } // netns deleted here: the veth pair goes with it
     let del = cni("DEL", &conf, &id, &path, "eth0");
     assert!(del.ok, "DEL with a missing netns must succeed: {}", del.raw);
+    eventually(|| net.allocations().is_empty() && net.rules().is_empty());
     assert!(net.allocations().is_empty());
     assert!(net.rules().is_empty(), "{:?}", net.rules());
     // And without CNI_NETNS at all.
@@ -179,6 +186,9 @@ fn gc_frees_attachments_not_listed() {
 
     let del = cni("DEL", &conf, &a, &ns1.path(), "eth0");
     assert!(del.ok);
+    eventually(|| {
+        net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty()
+    });
     assert!(net.allocations().is_empty());
     assert!(net.rules().is_empty());
 }
@@ -264,6 +274,7 @@ fn delegated_ipam_plugin() {
     assert_eq!(add.ips(), vec![addr]);
     let del = cni("DEL", &conf, "static1", &ns.path(), "eth0");
     assert!(del.ok, "{}", del.raw);
+    eventually(|| net.rules().is_empty() && net.bridge_ports().is_empty());
     assert!(net.rules().is_empty());
 }
 
@@ -299,6 +310,7 @@ fn check_reports_missing_rule_route_and_interface() {
     assert!(!c.ok && c.raw.contains("rules"), "{}", c.raw);
     // DEL still cleans up what is left.
     assert!(cni("DEL", &conf, "chk1", &ns.path(), "eth0").ok);
+    eventually(|| net.rules().is_empty() && net.allocations().is_empty());
     assert!(net.rules().is_empty(), "{:?}", net.rules());
 
     // A missing default route, then a missing interface.
@@ -312,6 +324,9 @@ fn check_reports_missing_rule_route_and_interface() {
     let c = cni("CHECK", &conf, "chk2", &ns.path(), "eth0");
     assert!(!c.ok && c.raw.contains("not found"), "{}", c.raw);
     assert!(cni("DEL", &conf, "chk2", &ns.path(), "eth0").ok);
+    eventually(|| {
+        net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty()
+    });
     assert!(net.allocations().is_empty());
     assert!(net.rules().is_empty());
 }
@@ -371,6 +386,7 @@ fn mtu_promisc_and_hairpin_are_applied() {
         .unwrap();
     assert!(String::from_utf8_lossy(&br.stdout).contains("PROMISC"));
     assert!(cni("DEL", &conf, "mtu1", &ns.path(), "eth0").ok);
+    eventually(|| net.allocations().is_empty() && net.bridge_ports().is_empty());
 }
 
 #[test]

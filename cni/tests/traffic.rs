@@ -143,6 +143,9 @@ fn pod_to_pod_and_host_port() {
 
     assert!(cni("DEL", &conf_a, "poda", &nsa.path(), "eth0").ok);
     assert!(cni("DEL", &conf_b, "podb", &nsb.path(), "eth0").ok);
+    eventually(|| {
+        net.rules().is_empty() && net.allocations().is_empty() && net.bridge_ports().is_empty()
+    });
     assert!(net.rules().is_empty(), "{:?}", net.rules());
     assert!(net.allocations().is_empty());
     // The mapping is gone with the rules.

@@ -290,6 +290,12 @@ async fn pods_reach_each_other_and_the_host_port(chain: Chain) {
     assert_eq!(net.allocations().len(), 2, "{:?}", net.allocations());
     net.remove_pod(&pod_a).await;
     net.remove_pod(&pod_b).await;
+    // corral-cni's DEL finishes its teardown (rules, veth, then the address) in the background.
+    let rules_of = |pods: &[&String]| {
+        let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        pods.iter().any(|p| rules.contains(p.as_str()))
+    };
+    tests::wait_for(Duration::from_secs(10), || net.veths().is_empty() && net.allocations().is_empty() && !rules_of(&[&pod_a, &pod_b])).await;
     assert!(net.veths().is_empty(), "veths left: {:?}", net.veths());
     assert!(net.allocations().is_empty(), "addresses left: {:?}", net.allocations());
     let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
@@ -340,6 +346,9 @@ async fn removing_a_pod_whose_netns_vanished_releases_its_address() {
     }
     net.c.restart().await;
     net.remove_pod(&pod).await;
+    // corral-cni's DEL finishes its teardown (rules, veth, then the address) in the background.
+    let rules_left = || Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).contains(pod.as_str())).unwrap_or(false);
+    tests::wait_for(Duration::from_secs(10), || net.allocations().is_empty() && net.veths().is_empty() && !rules_left()).await;
     assert!(net.allocations().is_empty(), "addresses left: {:?}", net.allocations());
     assert!(net.veths().is_empty(), "veths left: {:?}", net.veths());
     let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();

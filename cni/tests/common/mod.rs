@@ -351,3 +351,19 @@ pub fn host_veths() -> Vec<String> {
 pub fn path_exists(p: &str) -> bool {
     Path::new(p).exists()
 }
+
+/// DEL hands the teardown (rules, veth, then the allocation) to a detached process: polls
+/// `done` until it holds, for up to 10 s, and returns whether it did. The caller's asserts
+/// follow, so a timeout fails with their message.
+pub fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
