@@ -85,11 +85,14 @@ pub struct Cni {
     conf_dir: PathBuf,
     bin_dirs: Vec<PathBuf>,
     cache_dir: PathBuf,
+    /// ADD and DEL hold it shared, GC exclusively: GC's list of valid attachments must not miss
+    /// one that an ADD is making.
+    gc_lock: tokio::sync::RwLock<()>,
 }
 
 impl Cni {
     pub fn new(conf_dir: PathBuf, bin_dirs: Vec<PathBuf>, cache_dir: PathBuf) -> Cni {
-        Cni { conf_dir, bin_dirs, cache_dir }
+        Cni { conf_dir, bin_dirs, cache_dir, gc_lock: tokio::sync::RwLock::new(()) }
     }
 
     /// Ok(network name) when a config with every plugin binary present is there, else the reason.
@@ -153,6 +156,7 @@ impl Cni {
     /// ADD on every plugin of the current config, in order. On failure the attachment is deleted
     /// again (DEL on every plugin) before the error is returned. Returns the pod's IPs.
     pub async fn add(&self, a: &Attachment) -> Result<Vec<String>, CniError> {
+        let _gc = self.gc_lock.read().await;
         let list = config::load(&self.conf_dir)?;
         let runtime_config = a.runtime_config();
         let cache_path = self.cache_path(&list.name, a);
@@ -176,7 +180,7 @@ impl Cni {
                 Ok(result) => prev = Some(result),
                 Err(e) => {
                     warn!(pod = %a.pod_id, error = %e, "CNI ADD failed, deleting the attachment");
-                    if let Err(del) = self.del(a).await {
+                    if let Err(del) = self.del_locked(a).await {
                         warn!(pod = %a.pod_id, error = %del, "CNI DEL after a failed ADD");
                     }
                     return Err(e.into());
@@ -194,6 +198,11 @@ impl Cni {
     /// DEL on every plugin in reverse order, with the config ADD used (cached), else the current
     /// one. Succeeds when there is nothing to delete; the netns may be gone.
     pub async fn del(&self, a: &Attachment) -> Result<(), CniError> {
+        let _gc = self.gc_lock.read().await;
+        self.del_locked(a).await
+    }
+
+    async fn del_locked(&self, a: &Attachment) -> Result<(), CniError> {
         let (cache_path, list, runtime_config, prev) = match self.find_cache(a) {
             Some((path, c)) => {
                 let list = NetworkList::from_raw(&path, c.config)?;
@@ -225,9 +234,12 @@ impl Cni {
         Ok(())
     }
 
-    /// Deletes cached attachments of pods not in `valid` (left by a crash), then runs the GC verb
-    /// with the valid attachments on plugins of a config of version 1.1.0 or later.
-    pub async fn gc(&self, valid: &[(String, String)]) {
+    /// Deletes cached attachments of pods not in `valid()` (left by a crash), then runs the GC
+    /// verb with the valid attachments on plugins of a config of version 1.1.0 or later. No ADD
+    /// or DEL runs meanwhile; `valid` is asked once that holds.
+    pub async fn gc(&self, valid: impl FnOnce() -> Vec<(String, String)>) {
+        let _gc = self.gc_lock.write().await;
+        let valid = valid();
         if let Ok(rd) = std::fs::read_dir(&self.cache_dir) {
             for e in rd.flatten() {
                 let Ok(bytes) = std::fs::read(e.path()) else { continue };
@@ -244,7 +256,7 @@ impl Cni {
                     pod_uid: String::new(),
                     port_mappings: Vec::new(),
                 };
-                match self.del(&a).await {
+                match self.del_locked(&a).await {
                     Ok(()) => info!(pod = %c.container_id, "released a stale pod network attachment"),
                     Err(err) => warn!(pod = %c.container_id, error = %err, "releasing a stale pod network attachment"),
                 }

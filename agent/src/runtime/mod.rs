@@ -67,6 +67,9 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| RuntimeError::Io { what, source }
 }
 
+/// How often pod network attachments are garbage collected while corrald runs.
+const NETWORK_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Settings the runtime needs from corrald's configuration.
 #[derive(Clone)]
 pub struct RuntimeConfig {
@@ -131,6 +134,16 @@ impl Runtime {
         rt.recover_pods().await?;
         rt.recover_containers().await?;
         rt.collect_network_garbage().await;
+        // Plugins may finish teardown in the background (corral-cni does): GC now and then
+        // recovers what such a teardown left if it failed.
+        let weak = Arc::downgrade(&rt);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(NETWORK_GC_INTERVAL).await;
+                let Some(rt) = weak.upgrade() else { break };
+                rt.collect_network_garbage().await;
+            }
+        });
         Ok(rt)
     }
 

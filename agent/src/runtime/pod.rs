@@ -432,11 +432,11 @@ impl Runtime {
     /// Releases network attachments no pod owns (a crash between ADD and recording, or a pod
     /// removed while corrald was down) and runs the plugins' GC.
     pub(super) async fn collect_network_garbage(&self) {
-        let valid: Vec<(String, String)> = {
+        let valid = || {
             let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
             pods.values().filter(|p| p.net_attached).map(|p| (p.id.clone(), "eth0".to_string())).collect()
         };
-        self.cfg.cni.gc(&valid).await;
+        self.cfg.cni.gc(valid).await;
     }
 
     fn pod_alive(&self, record: &PodRecord) -> bool {
