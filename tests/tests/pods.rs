@@ -658,6 +658,10 @@ async fn containers_survive_a_corrald_crash_and_a_lost_shim_is_reported() {
         assert!(std::time::Instant::now() < deadline, "lost shim not noticed: {s:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Removing it ends its process and its cgroup although no shim is left to do so.
+    rpc(node.rt().remove_container(cri::RemoveContainerRequest { container_id: victim.clone() })).await.unwrap();
+    let victim_cgroups: Vec<PathBuf> = node.cgroups().into_iter().filter(|d| d.ends_with(&victim)).collect();
+    assert!(victim_cgroups.is_empty(), "{victim_cgroups:?}");
 
     node.stop_container(&ctr, 1).await.unwrap();
     assert_eq!(node.status(&ctr).await.state, cri::ContainerState::ContainerExited as i32);

@@ -493,6 +493,14 @@ impl Runtime {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
+            // The shim would have removed the container's cgroup on Shutdown.
+            let pod = self.view(id).and_then(|v| self.pod(&v.record.pod_id));
+            if let (Some(cgroups), Some(pod)) = (&self.cgroups, pod) {
+                let cgroup = format!("{}/{}", pod.cgroup.trim_end_matches('/'), id);
+                if let Err(e) = cgroups.remove(&cgroup) {
+                    warn!(container = %id, error = %e, "removing the cgroup of a container whose shim is gone");
+                }
+            }
         }
         let rootfs = self.rootfs_dir(id);
         sys::unmount(&rootfs).map_err(io_err(format!("unmounting {}", rootfs.display())))?;
