@@ -529,7 +529,8 @@ impl Runtime {
         let shim = self.shim(&id);
         match shim.start().await {
             Ok(()) => {
-                let started_at = shim.state().await.map(|s| s.started_at).unwrap_or_else(|_| now_nanos());
+                // The shim's own start time arrives with the exit record; until then, now.
+                let started_at = now_nanos();
                 self.update_view(&id, |v| {
                     v.state = ContainerState::Running;
                     v.started_at = started_at;
