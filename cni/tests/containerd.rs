@@ -12,11 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tests::connect;
+use tonic::transport::Channel;
 
 /// containerd with its own everything; stopped (by pid), mounts under its dir detached,
 /// and stray shims of this instance killed on drop.
@@ -155,21 +155,6 @@ impl Drop for Containerd {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
-}
-
-async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    Endpoint::from_static("http://[::1]:50051")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
 }
 
 async fn wait_ready(ctd: &Containerd) -> Result<RuntimeServiceClient<Channel>, String> {
