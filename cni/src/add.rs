@@ -106,7 +106,7 @@ async fn run(
     // The nat rules depend only on the addresses: their batches run while netlink works.
     let sets = rule_sets(
         owner,
-        conf.ip_masq,
+        ipam.masq_per_attachment(conf),
         ports,
         result.ips.iter().map(|i| i.address),
     );

@@ -94,7 +94,12 @@ pub async fn check(conf: &NetConf, _raw: &Value, env: &Env) -> Result<(), CniErr
         )));
     }
 
-    for (fam, rs) in rule_sets(&owner, conf.ip_masq, &ports, ips.iter().copied()) {
+    if let (true, Ipam::HostLocal(h)) = (conf.ip_masq, &ipam) {
+        if let Some(m) = crate::masq::missing(&conf.name, h)? {
+            return Err(failed(m));
+        }
+    }
+    for (fam, rs) in rule_sets(&owner, ipam.masq_per_attachment(conf), &ports, ips.iter().copied()) {
         let table = NatTable::parse(&iptables::save_nat(fam)?);
         for c in &rs.chains {
             if !table.chains.contains(c) {

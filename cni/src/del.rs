@@ -73,7 +73,8 @@ pub async fn teardown(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniE
     // The rule batches run while the veth goes (the kernel takes ~25 ms for that); the
     // allocation is released only once the rules are gone, so a reused address never
     // inherits stale DNAT.
-    let removal = if conf.ip_masq || !conf.runtime_config.port_mappings.is_empty() {
+    let per_attachment_masq = ipam.masq_per_attachment(conf);
+    let removal = if per_attachment_masq || !conf.runtime_config.port_mappings.is_empty() {
         let mut ips: Vec<IpNet> = ipam.held(conf, env).unwrap_or_default();
         if ips.is_empty() {
             if let Some(prev) = &conf.prev_result {
@@ -82,7 +83,7 @@ pub async fn teardown(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniE
                 }
             }
         }
-        let expected = rule_sets(&owner, conf.ip_masq, &ports, ips.iter().copied());
+        let expected = rule_sets(&owner, per_attachment_masq, &ports, ips.iter().copied());
         let mut fams: Vec<Family> = Vec::new();
         for (f, _) in &expected {
             if !fams.contains(f) {

@@ -10,6 +10,7 @@ use crate::ipam::host_local::{self, HostLocal};
 use crate::ipam::store::Store;
 use crate::ipam::{delegate, Ipam};
 use crate::iptables::{self, Family, NatTable};
+use crate::masq;
 use crate::netlink;
 use crate::rules::{self, Owner};
 use crate::spec::{code, CniError};
@@ -31,7 +32,7 @@ pub async fn gc(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> 
     let mut stale: BTreeSet<Owner> = BTreeSet::new();
 
     match Ipam::from_conf(conf)? {
-        Ipam::HostLocal(h) => stale.extend(gc_host_local(&h, &conf.name, &is_valid)?),
+        Ipam::HostLocal(h) => stale.extend(gc_host_local(&h, conf, &is_valid)?),
         Ipam::Delegate(t) => {
             delegate::exec(&t, "GC", raw, env)?;
         }
@@ -57,21 +58,33 @@ pub async fn gc(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> 
     Ok(())
 }
 
+/// Releases the allocations of stale attachments; then, still under the store's lock, the
+/// network's masquerade set goes if no allocation is left, else it is checked against the
+/// live table and restored where something removed it.
 fn gc_host_local(
     h: &HostLocal,
-    net: &str,
+    conf: &NetConf,
     is_valid: &dyn Fn(&Owner) -> bool,
 ) -> Result<Vec<Owner>, CniError> {
+    let net = conf.name.as_str();
     let Some(store) = Store::lock_existing(&h.data_dir, net).map_err(host_local::io)? else {
-        return Ok(Vec::new());
+        return masq::remove(net, h, true).map(|_| Vec::new());
     };
     let mut out = Vec::new();
+    let mut left = 0;
     for a in store.list().map_err(host_local::io)? {
         let o = Owner::new(net, &a.id, &a.ifname);
-        if !is_valid(&o) {
+        if is_valid(&o) {
+            left += 1;
+        } else {
             store.release(a.ip).map_err(host_local::io)?;
             out.push(o);
         }
+    }
+    if left == 0 {
+        masq::remove(net, h, true)?;
+    } else if conf.ip_masq {
+        masq::repair(net, h)?;
     }
     Ok(out)
 }

@@ -214,9 +214,13 @@ pub async fn create_veth(
     if let Some(mtu) = mtu {
         veth = veth.mtu(mtu);
     }
-    let msg = veth
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-        .build();
+    // One tx and one rx queue on each end, as the kernel would settle on anyway: left unset,
+    // veth allocates a queue per CPU and then trims them, and each trim waits for an RCU grace
+    // period while holding the rtnl lock that every other pod's network setup needs.
+    let mut peer = peer.build();
+    peer.attributes.extend([LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]);
+    let mut msg = veth.set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
+    msg.attributes.extend([LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]);
     h.link()
         .add(msg)
         .execute()

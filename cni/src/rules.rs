@@ -1,4 +1,6 @@
-//! The nat rules of one attachment: masquerade (ipMasq) and hostPort DNAT (portMappings),
+//! The nat rules of one attachment: hostPort DNAT (portMappings) and, when the IPAM is
+//! delegated (its subnets unknown), masquerade (ipMasq; host-local networks share one set,
+//! see `crate::masq`),
 //! in per-attachment chains named from a hash of (network, container id, ifname), every
 //! rule commented with `corral-cni <network> <container id> <ifname>`.
 //!

@@ -165,8 +165,15 @@ fn gc_frees_attachments_not_listed() {
         format!("keep{:x}", rand_u64()),
         format!("gone{:x}", rand_u64()),
     );
-    assert!(cni("ADD", &conf, &a, &ns1.path(), "eth0").ok);
-    assert!(cni("ADD", &conf, &b, &ns2.path(), "eth0").ok);
+    // hostPorts, so that each attachment has rules of its own.
+    let port = 20000 + (rand_u64() % 30000);
+    let with_port = |p: u64| {
+        let mut c = conf.clone();
+        c["runtimeConfig"] = json!({"portMappings": [{"hostPort": p, "containerPort": 80}]});
+        c
+    };
+    assert!(cni("ADD", &with_port(port), &a, &ns1.path(), "eth0").ok);
+    assert!(cni("ADD", &with_port(port + 1), &b, &ns2.path(), "eth0").ok);
     assert_eq!(net.allocations().len(), 2);
 
     let mut gc = conf.clone();
@@ -178,19 +185,83 @@ fn gc_frees_attachments_not_listed() {
     let rules = net.rules();
     assert!(rules.iter().all(|r| !r.contains(&b)), "{rules:?}");
     assert!(rules.iter().any(|r| r.contains(&a)), "{rules:?}");
+    assert!(rules.iter().any(|r| r.contains(" masquerade")), "network masquerade kept: {rules:?}");
 
     // GC needs 1.1.0.
     let mut old = gc.clone();
     old["cniVersion"] = json!("1.0.0");
     assert_eq!(cni("GC", &old, "", "", "").code(), 1);
 
-    let del = cni("DEL", &conf, &a, &ns1.path(), "eth0");
+    let del = cni("DEL", &with_port(port), &a, &ns1.path(), "eth0");
     assert!(del.ok);
     eventually(|| {
         net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty()
     });
     assert!(net.allocations().is_empty());
     assert!(net.rules().is_empty());
+}
+
+/// ipMasq on a host-local network is one rule set for the network: the first ADD installs
+/// it, later ADDs and DELs leave it alone, CHECK and GC notice it missing (GC restores it),
+/// and the release of the last address removes it.
+#[test]
+fn network_masquerade_lives_with_the_allocations() {
+    if !root_or_skip("network_masquerade_lives_with_the_allocations") {
+        return;
+    }
+    let net = TestNet::new();
+    let conf = net.conf("1.1.0", "dual");
+    let (ns1, ns2) = (TestNetns::new(), TestNetns::new());
+    let masq = || -> Vec<String> {
+        net.rules().into_iter().filter(|r| r.contains(" masquerade\"")).collect()
+    };
+    let add1 = cni("ADD", &conf, "nm1", &ns1.path(), "eth0");
+    assert!(add1.ok, "{}", add1.raw);
+    let first = masq();
+    // Per family: the jump from POSTROUTING, RETURN within the subnet, MASQUERADE.
+    assert_eq!(first.len(), 6, "{first:?}");
+    assert!(first.iter().any(|r| r.starts_with("-A POSTROUTING") && r.contains(&net.v4)), "{first:?}");
+    assert!(first.iter().any(|r| r.contains("-j MASQUERADE") && r.contains("224.0.0.0/4")), "{first:?}");
+    assert!(first.iter().any(|r| r.contains("-j MASQUERADE") && r.contains("ff00::/8")), "{first:?}");
+    assert!(net.rules().iter().all(|r| !r.contains("nm1")), "no per-attachment rules without hostPorts");
+    let add2 = cni("ADD", &conf, "nm2", &ns2.path(), "eth0");
+    assert!(add2.ok, "{}", add2.raw);
+    assert_eq!(masq(), first, "the second ADD adds nothing");
+
+    // Removed behind our back: CHECK says so, GC puts it back.
+    let mut chk = conf.clone();
+    chk["prevResult"] = add1.out.clone();
+    assert!(cni("CHECK", &chk, "nm1", &ns1.path(), "eth0").ok);
+    let jump = first.iter().find(|r| r.starts_with("-A POSTROUTING") && r.contains(&net.v4)).unwrap();
+    let args = shell_words(&jump.replacen("-A", "-D", 1));
+    assert!(std::process::Command::new("iptables").args(["-t", "nat"]).args(&args).status().unwrap().success());
+    let c = cni("CHECK", &chk, "nm1", &ns1.path(), "eth0");
+    assert!(!c.ok && c.raw.contains("masquerade"), "{}", c.raw);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] =
+        json!([{"containerID": "nm1", "ifname": "eth0"}, {"containerID": "nm2", "ifname": "eth0"}]);
+    let out = cni("GC", &gc, "", "", "");
+    assert!(out.ok, "{}", out.raw);
+    let mut repaired = masq();
+    repaired.sort();
+    let mut want = first.clone();
+    want.sort();
+    assert_eq!(repaired, want);
+
+    // The first DEL leaves it for the other pod; the last one takes it away.
+    assert!(cni("DEL", &conf, "nm1", &ns1.path(), "eth0").ok);
+    // Dual stack: one address per family.
+    eventually(|| net.allocations().len() == 2);
+    assert_eq!(net.allocations().len(), 2);
+    assert_eq!(masq().len(), 6);
+    assert!(cni("DEL", &conf, "nm2", &ns2.path(), "eth0").ok);
+    eventually(|| net.allocations().is_empty() && net.rules().is_empty());
+    assert!(net.rules().is_empty(), "{:?}", net.rules());
+    let chains = String::from_utf8_lossy(
+        &std::process::Command::new("iptables-save").args(["-t", "nat"]).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(!chains.contains(&format!(":{} ", cni::masq::chain(&net.name))), "chain left");
 }
 
 #[test]

@@ -155,3 +155,93 @@ fn pod_to_pod_and_host_port() {
     )
     .is_err());
 }
+
+/// A link from the host to a namespace standing in for "outside": the host has `.1` of a /30,
+/// the namespace `.2` and no route back to any pod subnet. Deleted on drop.
+struct Outside {
+    ns: TestNetns,
+    host_link: String,
+    host: std::net::Ipv4Addr,
+    peer: std::net::Ipv4Addr,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let ns = TestNetns::new();
+        let r = rand_u64();
+        // 198.18.0.0/15 (benchmarking, RFC 2544): only ever on this link.
+        let (b, c) = (18 + (r & 1) as u8, (r >> 8) as u8);
+        let d = ((r >> 16) as u8) & 0xfc;
+        let host = std::net::Ipv4Addr::new(198, b, c, d + 1);
+        let peer = std::net::Ipv4Addr::new(198, b, c, d + 2);
+        let host_link = format!("crlo{:08x}", (r >> 24) as u32);
+        let out = Outside { ns, host_link, host, peer };
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["link", "add", &out.host_link, "type", "veth", "peer", "name", "eth0", "netns", &out.ns.name]);
+        ip(&["addr", "add", &format!("{}/30", out.host), "dev", &out.host_link]);
+        ip(&["link", "set", &out.host_link, "up"]);
+        for args in [
+            vec!["ip", "addr", "add", &format!("{}/30", out.peer), "dev", "eth0"],
+            vec!["ip", "link", "set", "eth0", "up"],
+            vec!["ip", "link", "set", "lo", "up"],
+        ] {
+            assert!(out.ns.exec(&args).status.success(), "{args:?}");
+        }
+        out
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .status();
+    }
+}
+
+/// ipMasq: a pod reaches an address beyond the host that has no route back to the pod's
+/// subnet, and that address sees the host's address as the source, not the pod's.
+#[test]
+fn masquerade_to_outside() {
+    if !root_or_skip("masquerade_to_outside") {
+        return;
+    }
+    let net = TestNet::new();
+    let outside = Outside::new();
+    let pod = TestNetns::new();
+    let conf = net.conf("1.1.0", "v4");
+    let add = cni("ADD", &conf, "masq1", &pod.path(), "eth0");
+    assert!(add.ok, "{}", add.raw);
+
+    // A server outside that answers with the source address it sees.
+    let port = 20000 + (rand_u64() % 30000) as u16;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    outside.ns.spawn(move || {
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind outside");
+        l.set_nonblocking(true).expect("nonblocking");
+        let _ = tx.send(());
+        while !s.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, from)) => {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.write_all(from.ip().to_string().as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv().expect("outside server");
+    let target = SocketAddr::from((outside.peer, port));
+    let seen = pod.run(move || fetch(target));
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(seen, Ok(outside.host.to_string()), "masqueraded to the host's address");
+
+    assert!(cni("DEL", &conf, "masq1", &pod.path(), "eth0").ok);
+    eventually(|| net.rules().is_empty() && net.allocations().is_empty());
+    assert!(net.rules().is_empty(), "{:?}", net.rules());
+}

@@ -32,12 +32,24 @@ impl Ipam {
         }
     }
 
+    /// Whether ipMasq is one rule set per attachment; for host-local it is one per network
+    /// (see [`crate::masq`]), installed and removed here, under the allocation-store lock.
+    pub fn masq_per_attachment(&self, conf: &NetConf) -> bool {
+        conf.ip_masq && !matches!(self, Ipam::HostLocal(_))
+    }
+
     /// ADD: addresses, gateways and routes for the attachment.
     pub fn add(&self, conf: &NetConf, raw: &Value, env: &Env) -> Result<CniResult, CniError> {
         match self {
             Ipam::HostLocal(h) => {
                 let store = Store::lock(&h.data_dir, &conf.name).map_err(host_local::io)?;
                 let ips = h.allocate(&store, &env.container_id, &env.ifname)?;
+                if conf.ip_masq {
+                    if let Err(e) = crate::masq::ensure(&conf.name, h) {
+                        let _ = store.release_by_id(&env.container_id, &env.ifname);
+                        return Err(e);
+                    }
+                }
                 Ok(CniResult {
                     ips,
                     routes: h.routes.clone(),
@@ -67,6 +79,10 @@ impl Ipam {
                     store
                         .release_by_id(&env.container_id, &env.ifname)
                         .map_err(host_local::io)?;
+                    // The network's masquerade goes with its last address.
+                    if store.list().map_err(host_local::io)?.is_empty() {
+                        crate::masq::remove(&conf.name, h, false)?;
+                    }
                 }
                 Ok(())
             }
