@@ -24,6 +24,10 @@ PAR=${PAR:-2}
 PODS=${PODS:-100}
 PULL_REPS=${PULL_REPS:-5}
 CNI_N=${CNI_N:-50}
+# For profiling one side: RUNTIMES="corral" and/or SCENARIOS="pod container" (default: all,
+# and the CNI comparison). The side-by-side table needs both runtimes.
+RUNTIMES=${RUNTIMES:-corral containerd}
+SCENARIOS=${SCENARIOS:-idle pod container pull density leftovers cni}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -85,7 +89,7 @@ stop_pid() { # pid: TERM, wait up to 20 s, then KILL
 pids_with_arg() { # processes whose command line contains $1
     local p
     for p in /proc/[0-9]*; do
-        if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$1"; then echo "${p#/proc/}"; fi
+        if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$1"; then echo "${p#/proc/}"; fi
     done
 }
 
@@ -224,10 +228,12 @@ EOF
 # ---- corrald -------------------------------------------------------------------------------
 conflist "$crl_net" corral-cni "$crl_br" "$crl_subnet" "$crl/cni-data" >"$crl/net.d/10-bench.conflist"
 : >"$crl/config.toml"   # no host config
-"$bin/corrald" --config "$crl/config.toml" --root "$crl/root" --state "$crl/state" \
-    --listen "$crl/corral.sock" --cgroup-parent "$crl_cgroup" --shim-path "$bin/corral-shim" \
-    --cni-conf-dir "$crl/net.d" --cni-bin-dir "$crl/cni-bin" >"$crl/corrald.log" 2>&1 &
-crl_pid=$!
+if [[ " $RUNTIMES " == *" corral "* ]]; then
+    "$bin/corrald" --config "$crl/config.toml" --root "$crl/root" --state "$crl/state" \
+        --listen "$crl/corral.sock" --cgroup-parent "$crl_cgroup" --shim-path "$bin/corral-shim" \
+        --cni-conf-dir "$crl/net.d" --cni-bin-dir "$crl/cni-bin" >"$crl/corrald.log" 2>&1 &
+    crl_pid=$!
+fi
 
 # ---- containerd ----------------------------------------------------------------------------
 conflist "$ctr_net" bridge "$ctr_br" "$ctr_subnet" "$ctr/cni-data" >"$ctr/net.d/10-bench.conflist"
@@ -279,8 +285,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         Root = "$ctr/runc"
         SystemdCgroup = false
 EOF
-containerd --config "$ctr/config.toml" >"$ctr/containerd.log" 2>&1 &
-ctr_pid=$!
+if [[ " $RUNTIMES " == *" containerd "* ]]; then
+    containerd --config "$ctr/config.toml" >"$ctr/containerd.log" 2>&1 &
+    ctr_pid=$!
+fi
 
 # ---- the scenarios, alternating runtimes -----------------------------------------------------
 common=(--image "$busybox" --pull-image "$multilayer" -n "$N" --parallelism "$PAR" --pods "$PODS"
@@ -298,22 +306,32 @@ run_containerd() {
         --cgroup-parent "$ctr_cgroup" --pre-pull "$pause" "$@"
 }
 start=$(date +%s)
-for scenario in idle pod container pull density leftovers; do
-    log "scenario $scenario: corral"
-    run_corral --scenarios "$scenario" >>"$work/corral.out"
-    log "scenario $scenario: containerd"
-    run_containerd --scenarios "$scenario" >>"$work/containerd.out"
+touch "$work/corral.out" "$work/containerd.out"
+for scenario in $SCENARIOS; do
+    [ "$scenario" = cni ] && continue
+    if [ -n "$crl_pid" ]; then
+        log "scenario $scenario: corral"
+        run_corral --scenarios "$scenario" >>"$work/corral.out"
+    fi
+    if [ -n "$ctr_pid" ]; then
+        log "scenario $scenario: containerd"
+        run_containerd --scenarios "$scenario" >>"$work/containerd.out"
+    fi
 done
 
 # ---- CNI: corral-cni vs bridge + host-local + portmap ----------------------------------------
 conflist "crlcni-$rand" corral-cni "$cni_crl_br" "$cni_crl_subnet" "$work/cni-data-crl" >"$work/cni-corral.conflist"
 conflist "ctrcni-$rand" bridge "$cni_ctr_br" "$cni_ctr_subnet" "$work/cni-data-ctr" >"$work/cni-reference.conflist"
+if [[ " $SCENARIOS " == *" cni "* && -n "$crl_pid" ]]; then
 log "CNI: corral-cni"
 "$bench" cni --conflist "$work/cni-corral.conflist" --bin-dir "$crl/cni-bin" --label corral \
     --json "$work/corral.json" -n "$CNI_N" --port-base $((30000 + 0x$rand % 1000)) --bridge "$cni_crl_br" >>"$work/corral.out"
+fi
+if [[ " $SCENARIOS " == *" cni "* && -n "$ctr_pid" ]]; then
 log "CNI: reference chain"
 "$bench" cni --conflist "$work/cni-reference.conflist" --bin-dir /usr/lib/cni --label containerd \
     --json "$work/containerd.json" -n "$CNI_N" --port-base $((31000 + 0x$rand % 1000)) --bridge "$cni_ctr_br" >>"$work/containerd.out"
+fi
 end=$(date +%s)
 
 kernel=$(uname -r)
@@ -321,6 +339,10 @@ cgroups=v1; [ -f /sys/fs/cgroup/cgroup.controllers ] && cgroups=v2
 echo "==== per runtime: min, median, p90, max (ms) ===="
 cat "$work/corral.out" "$work/containerd.out"
 echo
+if [ -z "$crl_pid" ] || [ -z "$ctr_pid" ]; then
+    log "one runtime only (RUNTIMES=$RUNTIMES): no side-by-side table"
+    exit 0
+fi
 echo "==== corral vs containerd $(containerd --version | awk '{print $3}') + runc $(runc --version | awk 'NR==1{print $3}') + containernetworking-plugins $(dpkg-query -W -f='${Version}' containernetworking-plugins) ===="
 echo "$(nproc) cores, kernel $kernel, cgroup $cgroups; N=$N parallelism=$PAR pods=$PODS pull reps=$PULL_REPS CNI N=$CNI_N; scenarios took $((end - start)) s"
 echo "times in ms (median, p90); ratio = corral / containerd of medians"
