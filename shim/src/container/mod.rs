@@ -183,11 +183,21 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
     let mut sync = BufReader::new(sync_r);
     let mut pid = None;
     let mut warnings = Vec::new();
+    // The first child reports the pid after forking the container process, which reports
+    // Ready: the two race, so Ready before Pid waits for Pid (the first child sends it and
+    // exits; the container process keeps the pipe open until it is started).
+    let mut ready = false;
     let result = loop {
         match recv(&mut sync) {
-            Some(ChildMsg::Pid(p)) => pid = Some(p),
+            Some(ChildMsg::Pid(p)) => {
+                pid = Some(p);
+                if ready {
+                    break Ok(());
+                }
+            }
             Some(ChildMsg::Warn(w)) => warnings.push(w),
-            Some(ChildMsg::Ready) => break Ok(()),
+            Some(ChildMsg::Ready) if pid.is_some() => break Ok(()),
+            Some(ChildMsg::Ready) => ready = true,
             Some(ChildMsg::Error(e)) => break Err(Error::Msg(e)),
             None => {
                 break Err(Error::Msg(
