@@ -35,7 +35,10 @@ pub fn spawn_reaper(shim: Arc<Shim>) -> io::Result<()> {
             while let Ok(Some((pid, status))) = sys::waitpid(-1, true) {
                 shim.child_exited(pid, status);
             }
-            sys::wait_signal(&[libc::SIGCHLD], 1000);
+            // SIGCHLD is blocked in every thread, so one that arrives between the waitpid
+            // and this wait stays pending; the timeout is only a safety net, kept long so an
+            // idle shim does not wake (and fault code back in, see sys::release_setup_code).
+            sys::wait_signal(&[libc::SIGCHLD], 60_000);
         })?;
     Ok(())
 }

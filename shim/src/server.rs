@@ -1,6 +1,7 @@
 //! The shim socket: one framed Request and one framed Response per connection, each
 //! connection on its own small thread.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,12 +37,7 @@ pub fn dispatch(shim: &Shim, req: Request) -> Response {
     };
     answer(match kind {
         request::Kind::State(_) => Ok(response::Kind::State(shim.state())),
-        request::Kind::Start(_) => {
-            let started = shim.start();
-            // The start path (exec handshake) does not run again either.
-            crate::sys::release_setup_code();
-            empty(started)
-        }
+        request::Kind::Start(_) => empty(shim.start()),
         request::Kind::Kill(k) => empty(shim.kill(k.signal, k.all)),
         request::Kind::Wait(w) => {
             let timeout = (w.timeout_ms > 0).then(|| Duration::from_millis(w.timeout_ms));
@@ -75,11 +71,31 @@ fn handle(shim: &Shim, mut conn: UnixStream) {
     }
 }
 
-/// Serves the socket forever (the process ends through Shutdown or a pause Kill).
+/// How long the socket stays quiet after a request before the shim drops its code pages
+/// again: requests come in bursts (Start and then the runtime's Wait, an exec), and a shim
+/// then sits idle, usually for the container's whole life.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Serves the socket forever (the process ends through Shutdown or a pause Kill). Once a burst
+/// of requests has settled, the code they touched leaves the resident set again
+/// ([`crate::sys::release_setup_code`]); a thread still waiting (Wait) is asleep by then.
 pub fn serve(listener: UnixListener, shim: Arc<Shim>) -> ! {
+    let fd = listener.as_raw_fd();
+    let mut busy = false;
     loop {
+        if busy {
+            match crate::sys::poll(&[fd], SETTLE.as_millis() as i32) {
+                Ok(ready) if ready.first().is_some_and(|r| *r != 0) => {}
+                _ => {
+                    busy = false;
+                    crate::sys::release_setup_code();
+                    continue;
+                }
+            }
+        }
         match listener.accept() {
             Ok((conn, _)) => {
+                busy = true;
                 let shim = shim.clone();
                 let spawned = std::thread::Builder::new()
                     .stack_size(128 * 1024)

@@ -453,43 +453,49 @@ pub fn malloc_trim() {
     unsafe { libc::malloc_trim(0) };
 }
 
-/// Drops the shim's own read-only file pages (code and constants) from its resident set once
-/// setup is done: most of that code (spec parsing, mounts, namespaces) never runs again in a
-/// shim's life, and what the monitor loop needs faults back in from the page cache, a page at a
-/// time. Only
-/// mappings of the binary that are not writable and hold no private (copied-on-write) page are
-/// dropped, so no content can be lost: dropped pages read back exactly as they were.
+/// Drops the shim's own read-only file pages (code and constants) from the resident set: most
+/// of that code (spec parsing, mounts, namespaces, request handling) does not run again for a
+/// long time, and what runs later faults back in from the page cache. The kernel maps file
+/// pages in aligned 64 KiB windows ("fault-around", which MADV_RANDOM does not turn off on
+/// recent kernels), so every function touched afterwards costs its whole window: callers run
+/// this only when the shim is about to sit idle (see `server::serve`), and nothing here
+/// allocates or frees after the pages are dropped, so the only code that faults back in is the
+/// caller's return path. Only mappings of the binary that are not writable and hold no private
+/// (copied-on-write) page are dropped, so no content can be lost: dropped pages read back
+/// exactly as they were.
 pub fn release_setup_code() {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
-    let mut candidate: Option<(usize, usize)> = None;
-    let mut drop: Vec<(usize, usize)> = Vec::new();
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-').filter(|(a, _)| a.chars().all(|c| c.is_ascii_hexdigit())) {
-            // A new mapping: "start-end perms offset dev inode path".
-            let perms = fields.next().unwrap_or("");
-            let path = fields.nth(3).unwrap_or("");
-            candidate = match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                (Ok(s), Ok(e)) if !perms.contains('w') && perms.ends_with('p') && Path::new(path) == exe => Some((s, e)),
-                _ => None,
-            };
-        } else if first == "Anonymous:" {
-            if let Some(range) = candidate.take() {
-                if fields.next() == Some("0") {
-                    drop.push(range);
+    let mut ranges = [(0usize, 0usize); 8];
+    let mut n = 0;
+    {
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
+        let mut candidate: Option<(usize, usize)> = None;
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-').filter(|(a, _)| a.chars().all(|c| c.is_ascii_hexdigit())) {
+                // A new mapping: "start-end perms offset dev inode path".
+                let perms = fields.next().unwrap_or("");
+                let path = fields.nth(3).unwrap_or("");
+                candidate = match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                    (Ok(s), Ok(e)) if !perms.contains('w') && perms.ends_with('p') && Path::new(path) == exe => Some((s, e)),
+                    _ => None,
+                };
+            } else if first == "Anonymous:" {
+                if let Some(range) = candidate.take() {
+                    if fields.next() == Some("0") && n < ranges.len() {
+                        ranges[n] = range;
+                        n += 1;
+                    }
                 }
             }
         }
+        // `smaps` and `exe` are freed here, before any page is dropped.
     }
-    for (start, end) in drop {
+    for &(start, end) in &ranges[..n] {
         // SAFETY: a read-only private file mapping of our own binary with no copied-on-write
         // page; MADV_DONTNEED only drops its pages, which fault back in unchanged from the file.
-        // MADV_RANDOM turns off fault-around for it, so a page that is needed again does not
-        // bring its 15 neighbours with it.
         unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
     }
