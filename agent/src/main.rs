@@ -4,6 +4,7 @@
 
 mod cni;
 mod config;
+mod discard;
 mod image;
 mod lock;
 mod runtime;

@@ -500,7 +500,7 @@ async fn hostname_dns_sysctls_and_shared_ipc() {
     let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap().display().to_string();
     assert!(!node.sh(&a, ns).await.contains(&host_ipc));
     // Loopback is up.
-    assert!(node.sh(&a, "cat /sys/class/net/lo/operstate; ip addr show lo 2>/dev/null || true").await.len() > 0);
+    assert!(!node.sh(&a, "cat /sys/class/net/lo/operstate; ip addr show lo 2>/dev/null || true").await.is_empty());
     // /dev/shm is shared in the pod.
     node.sh(&a, "echo shared > /dev/shm/x").await;
     assert_eq!(node.sh(&b, "cat /dev/shm/x").await, "shared");

@@ -204,7 +204,10 @@ impl ImageService {
             return Ok(());
         };
         self.store.delete(Table::Snapshots, &key)?;
-        self.snapshots.remove(rec.n).map_err(io_err("removing container snapshot"))?;
+        // The upper dir may hold whatever the container wrote: delete it in the background.
+        if let Some(aside) = self.snapshots.discard(rec.n).map_err(io_err("removing container snapshot"))? {
+            crate::discard::remove_later(aside);
+        }
         // Its layers may have outlived their image (removed while the container used it).
         let orphaned = {
             let images = self.images.read().map_err(|_| ImageError::Internal("image cache poisoned".into()))?;

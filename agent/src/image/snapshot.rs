@@ -65,13 +65,11 @@ impl Snapshots {
     }
 
     pub fn remove(&self, n: u64) -> io::Result<()> {
-        match std::fs::remove_dir_all(self.dir.join(n.to_string())) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        crate::discard::remove_tree(&self.dir.join(n.to_string()))
     }
 
-    /// Removes every snapshot directory whose number is not in `keep` (left by a crash).
+    /// Removes every snapshot directory whose number is not in `keep` (left by a crash), and
+    /// those moved aside for deletion (a background deletion may race: fine).
     pub fn sweep(&self, keep: &HashSet<u64>) -> io::Result<Vec<String>> {
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
@@ -79,10 +77,15 @@ impl Snapshots {
             let name = entry.file_name().to_string_lossy().to_string();
             let known = name.parse::<u64>().is_ok_and(|n| keep.contains(&n));
             if !known {
-                std::fs::remove_dir_all(entry.path())?;
+                crate::discard::remove_tree(&entry.path())?;
                 removed.push(name);
             }
         }
         Ok(removed)
+    }
+
+    /// Moves snapshot `n` aside for deletion off the request path (see [`crate::discard`]).
+    pub fn discard(&self, n: u64) -> io::Result<Option<PathBuf>> {
+        crate::discard::move_aside(&self.dir.join(n.to_string()))
     }
 }

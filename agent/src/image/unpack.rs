@@ -115,7 +115,7 @@ fn unpack_tar(input: &mut impl Read, dest: &Path, cancel: &AtomicBool) -> Result
             }
             let target = parent.join(hidden);
             remove_existing(&target, true).map_err(at)?;
-            mknod(&target, libc::S_IFCHR | 0o000, 0).map_err(at)?;
+            mknod(&target, libc::S_IFCHR, 0).map_err(at)?;
             stats.inodes += 1;
             continue;
         }

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::pod::{process_alive, NsMode, PodPhase, PodRecord};
 use super::spec::{self, BindMount, ContainerSpec, Device, Namespaces, Propagation, Resources};
-use super::{fresh_id, io_err, labels_match, now_nanos, remove_dir_if_exists, Result, Runtime, RuntimeError};
+use super::{fresh_id, io_err, labels_match, now_nanos, Result, Runtime, RuntimeError};
 use crate::image::manifest::ImageConfig;
 use crate::shim_client::{self, Shim, ShimError};
 use crate::store::Table;
@@ -504,7 +504,10 @@ impl Runtime {
         }
         let rootfs = self.rootfs_dir(id);
         sys::unmount(&rootfs).map_err(io_err(format!("unmounting {}", rootfs.display())))?;
-        remove_dir_if_exists(&bundle).map_err(io_err(format!("removing {}", bundle.display())))?;
+        // Nothing is mounted in it any more: move it aside and delete it in the background.
+        if let Some(aside) = crate::discard::move_aside(&bundle).map_err(io_err(format!("removing {}", bundle.display())))? {
+            crate::discard::remove_later(aside);
+        }
         self.images.remove_container_snapshot(id).await?;
         Ok(())
     }
@@ -684,6 +687,9 @@ impl Runtime {
     /// Reloads containers: reattaches to live shims, reads exit records of dead ones, and
     /// removes what a crash left half made.
     pub(super) async fn recover_containers(self: &Arc<Self>) -> Result<()> {
+        // Bundles of removed containers whose deletion a crash cut short.
+        let containers_dir = self.cfg.state.join("containers");
+        crate::discard::sweep(&containers_dir).map_err(io_err(format!("sweeping {}", containers_dir.display())))?;
         let records: Vec<ContainerRecord> = self.store.list(Table::Containers)?;
         let mut kept = 0;
         for record in records {

@@ -10,7 +10,7 @@ mod spec;
 mod user;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
@@ -242,13 +242,6 @@ pub fn now_nanos() -> i64 {
 /// Whether every key=value of `selector` is in `labels`.
 pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-fn remove_dir_if_exists(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 fn log_recovered(kind: &str, count: usize) {

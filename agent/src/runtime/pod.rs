@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::podfiles::{self, Dns};
-use super::{fresh_id, io_err, labels_match, namespaces, now_nanos, remove_dir_if_exists, Result, Runtime, RuntimeError};
+use super::{fresh_id, io_err, labels_match, namespaces, now_nanos, Result, Runtime, RuntimeError};
 use crate::cni::{Attachment, PortMapping};
 use crate::shim_client::{self, Shim};
 use crate::store::Table;
@@ -328,8 +328,8 @@ impl Runtime {
                 // The default parent (e.g. /corral) stays; it is shared by every pod.
             }
         }
-        note(remove_dir_if_exists(&self.pod_state_dir(&record.id)).map_err(io_err("removing pod state dir")));
-        note(remove_dir_if_exists(&self.pod_root_dir(&record.id)).map_err(io_err("removing pod files")));
+        note(crate::discard::remove_tree(&self.pod_state_dir(&record.id)).map_err(io_err("removing pod state dir")));
+        note(crate::discard::remove_tree(&self.pod_root_dir(&record.id)).map_err(io_err("removing pod files")));
         match first {
             Some(e) => Err(e),
             None => Ok(()),
