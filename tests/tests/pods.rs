@@ -784,7 +784,17 @@ async fn kill_9_between_run_and_remove_leaks_nothing() {
     let (pod, pc) = node.run_pod("crashy", cri::NamespaceMode::Pod).await;
     node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
     node.c.kill9();
+    // As if the crash came between moving a removed container's bundle and its writable
+    // snapshot aside and deleting them in the background: the restart removes both.
+    let trash_bundle = node.c.state.join("containers/trash-0123456789abcdef-1");
+    let trash_snapshot = node.c.root.join("snapshots/trash-999-1");
+    for d in [&trash_bundle, &trash_snapshot] {
+        std::fs::create_dir_all(d.join("rootfs/etc")).unwrap();
+        std::fs::write(d.join("rootfs/etc/data"), "x").unwrap();
+    }
     node.c.restart().await;
+    assert!(!trash_bundle.exists(), "bundle moved aside before the crash survived the restart");
+    assert!(!trash_snapshot.exists(), "snapshot moved aside before the crash survived the restart");
     node.remove_pod(&pod).await.unwrap();
     let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
     assert!(calls.contains(&format!("DEL {pod} eth0")), "{calls}");
