@@ -97,7 +97,8 @@ fn complete(table: &NatTable, want: &[String]) -> bool {
         .all(|l| table.rules.iter().any(|r| r == l))
 }
 
-fn marker(data_dir: &Path, net: &str) -> PathBuf {
+/// The marker of the network `net` with host-local data dir `data_dir`.
+pub fn marker_path(data_dir: &Path, net: &str) -> PathBuf {
     let d = Sha256::digest(format!("{}\0{net}", data_dir.display()).as_bytes());
     Path::new(MARKER_DIR).join(hex::encode(&d[..8]))
 }
@@ -122,7 +123,7 @@ fn want_text(net: &str, h: &HostLocal) -> String {
 /// Installs the network's set unless the marker says it is there. The caller holds the
 /// network's allocation-store lock.
 pub fn ensure(net: &str, h: &HostLocal) -> Result<(), CniError> {
-    let m = marker(&h.data_dir, net);
+    let m = marker_path(&h.data_dir, net);
     let want = want_text(net, h);
     if std::fs::read_to_string(&m).is_ok_and(|have| have == want) {
         return Ok(());
@@ -136,7 +137,7 @@ pub fn ensure(net: &str, h: &HostLocal) -> Result<(), CniError> {
 /// caller holds the network's allocation-store lock.
 pub fn repair(net: &str, h: &HostLocal) -> Result<(), CniError> {
     install(net, h, true)?;
-    let m = marker(&h.data_dir, net);
+    let m = marker_path(&h.data_dir, net);
     std::fs::create_dir_all(MARKER_DIR).map_err(io(MARKER_DIR))?;
     std::fs::write(&m, want_text(net, h)).map_err(io(m.display()))
 }
@@ -163,7 +164,7 @@ fn install(net: &str, h: &HostLocal, only_if_incomplete: bool) -> Result<(), Cni
 /// Removes the network's set if installed (by the marker) or if `force`. The caller holds
 /// the network's allocation-store lock and has seen it hold no allocation.
 pub fn remove(net: &str, h: &HostLocal, force: bool) -> Result<(), CniError> {
-    let m = marker(&h.data_dir, net);
+    let m = marker_path(&h.data_dir, net);
     if !force && !m.exists() {
         return Ok(());
     }
