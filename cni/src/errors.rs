@@ -23,6 +23,12 @@ impl From<netlink::Error> for CniError {
     }
 }
 
+/// Maps an I/O error to the spec's IO code, prefixed with what was being done.
+pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CniError {
+    let what = what.to_string();
+    move |e| CniError::new(code::IO, format!("{what}: {e}"))
+}
+
 impl From<iptables::Error> for CniError {
     fn from(e: iptables::Error) -> Self {
         CniError::new(code::INTERNAL, e.to_string())

@@ -18,14 +18,16 @@
 //!   -A CORRAL-NET-<hash> -d <subnet> -j RETURN           (one per subnet)
 //!   -A CORRAL-NET-<hash> ! -d <multicast> -j MASQUERADE
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use crate::errors::io;
 use crate::ipam::host_local::HostLocal;
 use crate::iptables::{self, Family, NatTable};
-use crate::rules::COMMENT_PREFIX;
+use crate::rules::{self, COMMENT_PREFIX};
 use crate::spec::{code, CniError};
 
 /// Where the markers of installed sets live (tmpfs: rules do not survive a reboot either).
@@ -74,20 +76,7 @@ pub fn add_lines(net: &str, h: &HostLocal, fam: Family) -> Vec<String> {
 
 /// Batch lines deleting whatever of the network's set the saved table holds.
 fn del_lines(net: &str, table: &NatTable) -> Vec<String> {
-    let chain = chain(net);
-    let comment = comment(net);
-    let mut out: Vec<String> = table
-        .rules
-        .iter()
-        .filter(|r| r.split_whitespace().nth(1) != Some(chain.as_str()))
-        .filter(|r| NatTable::comment(r) == Some(comment.as_str()))
-        .map(|r| format!("-D{}", &r[2..]))
-        .collect();
-    if table.chains.contains(&chain) {
-        out.push(format!("-F {chain}"));
-        out.push(format!("-X {chain}"));
-    }
-    out
+    rules::del_lines_matching(table, &BTreeSet::from([comment(net)]), &BTreeSet::from([chain(net)]))
 }
 
 /// Whether the saved table holds the whole set `want` (its `-A` lines).
@@ -101,11 +90,6 @@ fn complete(table: &NatTable, want: &[String]) -> bool {
 pub fn marker_path(data_dir: &Path, net: &str) -> PathBuf {
     let d = Sha256::digest(format!("{}\0{net}", data_dir.display()).as_bytes());
     Path::new(MARKER_DIR).join(hex::encode(&d[..8]))
-}
-
-fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CniError {
-    let what = what.to_string();
-    move |e| CniError::new(code::IO, format!("{what}: {e}"))
 }
 
 fn ipt(e: iptables::Error) -> CniError {
@@ -129,17 +113,19 @@ pub fn ensure(net: &str, h: &HostLocal) -> Result<(), CniError> {
         return Ok(());
     }
     install(net, h, false)?;
-    std::fs::create_dir_all(MARKER_DIR).map_err(io(MARKER_DIR))?;
-    std::fs::write(&m, want).map_err(io(m.display()))
+    write_marker(&m, &want)
 }
 
 /// Checks the live table and (re)installs the set where it is incomplete; for GC. The
 /// caller holds the network's allocation-store lock.
 pub fn repair(net: &str, h: &HostLocal) -> Result<(), CniError> {
     install(net, h, true)?;
-    let m = marker_path(&h.data_dir, net);
+    write_marker(&marker_path(&h.data_dir, net), &want_text(net, h))
+}
+
+fn write_marker(m: &Path, text: &str) -> Result<(), CniError> {
     std::fs::create_dir_all(MARKER_DIR).map_err(io(MARKER_DIR))?;
-    std::fs::write(&m, want_text(net, h)).map_err(io(m.display()))
+    std::fs::write(m, text).map_err(io(m.display()))
 }
 
 /// Replaces whatever the table holds of the set with the current one, one transaction per

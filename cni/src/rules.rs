@@ -172,6 +172,16 @@ pub fn del_lines_from_table(table: &NatTable, owners: &[Owner]) -> Vec<String> {
         .iter()
         .flat_map(|o| [o.masq_chain(), o.dnat_chain()])
         .collect();
+    del_lines_matching(table, &comments, &chains)
+}
+
+/// Lines deleting the rules with one of `comments` outside `chains`, then flushing and
+/// deleting those of `chains` the table has.
+pub fn del_lines_matching(
+    table: &NatTable,
+    comments: &BTreeSet<String>,
+    chains: &BTreeSet<String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for r in &table.rules {
         let chain = r.split_whitespace().nth(1).unwrap_or_default();

@@ -23,6 +23,7 @@ use nix::fcntl::FlockArg;
 use serde_json::Value;
 
 use crate::config::{Env, NetConf};
+use crate::errors::io;
 use crate::ipam::Ipam;
 use crate::rules::Owner;
 use crate::spec::{code, CniError};
@@ -36,11 +37,6 @@ pub const CONF_VAR: &str = "CORRAL_CNI_TEARDOWN_CONF";
 /// Where the per-attachment lock files live (tmpfs: a teardown does not survive a reboot).
 pub const LOCK_DIR: &str = "/run/corral-cni/locks";
 const LOG_NAME: &str = "corral-cni-teardown.log";
-
-fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CniError {
-    let what = what.to_string();
-    move |e| CniError::new(code::IO, format!("{what}: {e}"))
-}
 
 /// The flock of one attachment, held by ADD and by DEL until its teardown has finished.
 /// The lock belongs to the open file description: closing one of several descriptors of it
