@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -133,12 +133,27 @@ impl Store {
         self.apply(batch)
     }
 
+    /// Deletes without waiting for the disk: the deletion is seen at once and becomes durable
+    /// with the next durable commit. Only for a record whose owner's durable removal follows
+    /// and whose reappearance after a crash the recovery handles (a removed container's
+    /// snapshot: the container record, deleted next, makes recovery remove it again).
+    pub fn delete_deferred(&self, table: Table, key: &str) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.delete(table, key);
+        self.commit(batch, Durability::None)
+    }
+
     /// Applies every change of `batch` in one transaction: all or nothing.
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        self.commit(batch, Durability::Immediate)
+    }
+
+    fn commit(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(durability).map_err(db_err)?;
         for op in &batch.ops {
             match op {
                 Op::Put(table, key, value) => {
@@ -180,6 +195,23 @@ mod tests {
         assert_eq!(store.get::<Vec<u32>>(Table::Images, "a").unwrap(), None);
         assert_eq!(store.get::<Vec<u32>>(Table::Images, "b").unwrap(), Some(vec![3]));
         assert_eq!(store.list::<String>(Table::Snapshots).unwrap(), vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn deferred_deletion_is_seen_at_once_and_kept_by_the_next_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.put(Table::Snapshots, "container:c", &"snap").unwrap();
+            store.put(Table::Containers, "c", &"ctr").unwrap();
+            store.delete_deferred(Table::Snapshots, "container:c").unwrap();
+            assert_eq!(store.get::<String>(Table::Snapshots, "container:c").unwrap(), None);
+            store.delete(Table::Containers, "c").unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get::<String>(Table::Snapshots, "container:c").unwrap(), None);
+        assert_eq!(store.get::<String>(Table::Containers, "c").unwrap(), None);
     }
 
     #[test]

@@ -203,7 +203,9 @@ impl ImageService {
         let Some(rec) = self.store.get::<SnapshotRecord>(Table::Snapshots, &key)? else {
             return Ok(());
         };
-        self.store.delete(Table::Snapshots, &key)?;
+        // Durable with the container record's deletion that always follows (RemoveContainer,
+        // a failed CreateContainer, recovery): one disk flush for both.
+        self.store.delete_deferred(Table::Snapshots, &key)?;
         // The upper dir may hold whatever the container wrote: delete it in the background.
         if let Some(aside) = self.snapshots.discard(rec.n).map_err(io_err("removing container snapshot"))? {
             crate::discard::remove_later(aside);
