@@ -80,7 +80,7 @@ impl Ipam {
                         .release_by_id(&env.container_id, &env.ifname)
                         .map_err(host_local::io)?;
                     // The network's masquerade goes with its last address.
-                    if store.list().map_err(host_local::io)?.is_empty() {
+                    if !store.holds_any().map_err(host_local::io)? {
                         crate::masq::remove(&conf.name, h, false)?;
                     }
                 }

@@ -111,6 +111,14 @@ impl Store {
         }
     }
 
+    /// Whether any address is allocated (names only, no file is read).
+    pub fn holds_any(&self) -> Result<bool, Error> {
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
+        Ok(rd
+            .flatten()
+            .any(|e| e.file_name().to_str().is_some_and(|n| n.parse::<IpAddr>().is_ok())))
+    }
+
     /// Every allocation in the store.
     pub fn list(&self) -> Result<Vec<Allocation>, Error> {
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
@@ -161,7 +169,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = Store::lock(tmp.path(), "net").unwrap();
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(!s.holds_any().unwrap(), "lock and last_reserved files are no allocations");
         assert!(s.reserve("abc", "eth0", ip, 0).unwrap());
+        assert!(s.holds_any().unwrap());
         assert!(!s.reserve("def", "eth0", ip, 0).unwrap());
         assert_eq!(
             fs::read_to_string(tmp.path().join("net/10.0.0.2")).unwrap(),
@@ -172,5 +182,6 @@ mod tests {
         assert!(s.get_by_id("abc", "eth1").unwrap().is_empty());
         assert_eq!(s.release_by_id("abc", "eth0").unwrap(), vec![ip]);
         assert!(s.list().unwrap().is_empty());
+        assert!(!s.holds_any().unwrap());
     }
 }
