@@ -41,8 +41,9 @@ log() { echo "bench.sh: $*" >&2; }
 
 hack/install-deps.sh >&2
 log "building release"
-cargo build --release -q -p agent -p cni -p bench >&2
+cargo build --release -q -p agent -p bench >&2
 shim_bin=$(hack/build-shim.sh)   # the shim as deployed (static, LTO, panic=abort)
+cni_bin=$(hack/build-cni.sh)     # corral-cni as deployed (static)
 
 rand=$(od -An -N2 -tx2 /dev/urandom | tr -d ' \n')
 work=$(mktemp -d "/tmp/corral-bench.$rand.XXXXXX")
@@ -50,7 +51,8 @@ bin=$work/bin                    # our binaries, copied: a concurrent build cann
 crl=$work/corral
 ctr=$work/containerd
 mkdir -p "$bin" "$crl"/{root,state,net.d,cni-bin,logs} "$ctr"/{root,state,net.d,opt,logs,runc,certs.d}
-for b in corrald corral-cni corral-bench; do cp "target/release/$b" "$bin/"; done
+for b in corrald corral-bench; do cp "target/release/$b" "$bin/"; done
+cp "$cni_bin" "$bin/corral-cni"
 cp "$shim_bin" "$bin/corral-shim"
 cp "$bin/corral-cni" "$crl/cni-bin/"
 bench=$bin/corral-bench

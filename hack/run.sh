@@ -17,11 +17,12 @@ fi
 hack/install-deps.sh
 cargo build --release --bins
 shim=$(hack/build-shim.sh)
+cni=$(hack/build-cni.sh)
 
 bin_dir=/opt/cni/bin
 conf_dir=/etc/cni/net.d
 install -d -m 0755 "$bin_dir" "$conf_dir"
-install -m 0755 target/release/corral-cni "$bin_dir/corral-cni"
+install -m 0755 "$cni" "$bin_dir/corral-cni"
 
 if ! ls "$conf_dir"/*.conflist "$conf_dir"/*.conf "$conf_dir"/*.json >/dev/null 2>&1; then
     cat >"$conf_dir/10-corral.conflist" <<'JSON'
