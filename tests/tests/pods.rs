@@ -364,6 +364,14 @@ async fn log_file_format_exit_codes_and_reasons() {
     let ok = node.run(&pod, &pc, node.container_config("ok", &["true"])).await;
     let s = node.wait_exited(&ok, Duration::from_secs(30)).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    // An exited container's rootfs is unmounted on the host while the container still exists.
+    let rootfs = node.c.state.join("containers").join(&ok[..16]).join("rootfs").display().to_string();
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || !node.mounts().contains(&rootfs)).await,
+        "rootfs of an exited container still mounted: {:?}",
+        node.mounts()
+    );
+    assert_eq!(node.wait_exited(&ok, Duration::from_secs(1)).await.exit_code, 0, "still listed");
     node.remove_pod(&pod).await.unwrap();
 }
 

@@ -552,6 +552,21 @@ impl Runtime {
         }
     }
 
+    /// Unmounts the host's mount of an exited container's rootfs, off the request path (an
+    /// unmount waits for an RCU grace period), as containerd does when it deletes the exited
+    /// task. Nothing uses it again: the CRI never restarts a container, exec needs a running
+    /// one, and processes left in a shared PID namespace keep the root of their own mount
+    /// namespace. RemoveContainer's unmount then finds nothing to do.
+    fn release_rootfs(&self, id: &str) {
+        let rootfs = self.rootfs_dir(id);
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sys::unmount(&rootfs) {
+                debug!(container = %id, error = %e, "unmounting the rootfs of an exited container");
+            }
+        });
+    }
+
     /// Follows a started container until it exits, in a task of its own.
     fn watch(self: &Arc<Self>, id: &str) {
         let rt = Arc::clone(self);
@@ -569,6 +584,7 @@ impl Runtime {
                 Some(exit) => {
                     rt.update_view(&id, |v| v.apply_exit(&exit));
                     debug!(container = %id, code = exit.exit_code, "container exited");
+                    rt.release_rootfs(&id);
                 }
                 None => rt.update_view(&id, |v| {
                     if v.state == ContainerState::Running {
