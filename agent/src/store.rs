@@ -133,6 +133,16 @@ impl Store {
         self.apply(batch)
     }
 
+    /// Writes without waiting for the disk: the record is seen at once and becomes durable with
+    /// the next durable commit. Only for a record whose owner is written durably next and whose
+    /// loss in a crash before that the recovery handles (a new container's snapshot: the
+    /// container is still Creating, recovery tears it down and the sweep takes the directory).
+    pub fn put_deferred<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.put(table, key, value)?;
+        self.commit(batch, Durability::None)
+    }
+
     /// Deletes without waiting for the disk: the deletion is seen at once and becomes durable
     /// with the next durable commit. Only for a record whose owner's durable removal follows
     /// and whose reappearance after a crash the recovery handles (a removed container's
@@ -198,13 +208,18 @@ mod tests {
     }
 
     #[test]
-    fn deferred_deletion_is_seen_at_once_and_kept_by_the_next_durable_commit() {
+    fn deferred_writes_are_seen_at_once_and_kept_by_the_next_durable_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");
         {
             let store = Store::open(&path).unwrap();
-            store.put(Table::Snapshots, "container:c", &"snap").unwrap();
+            store.put_deferred(Table::Snapshots, "container:c", &"snap").unwrap();
+            assert_eq!(store.get::<String>(Table::Snapshots, "container:c").unwrap().as_deref(), Some("snap"));
             store.put(Table::Containers, "c", &"ctr").unwrap();
+        }
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.get::<String>(Table::Snapshots, "container:c").unwrap().as_deref(), Some("snap"));
             store.delete_deferred(Table::Snapshots, "container:c").unwrap();
             assert_eq!(store.get::<String>(Table::Snapshots, "container:c").unwrap(), None);
             store.delete(Table::Containers, "c").unwrap();

@@ -185,7 +185,9 @@ impl ImageService {
         let n = self.snapshots.create().map_err(io_err("creating container snapshot"))?;
         let key = format!("{}{container_id}", snapshot::CONTAINER_PREFIX);
         let record = SnapshotRecord { chain_id: key.clone(), n, diff_id: String::new(), size: 0, inodes: 0, parents: image.chain_ids.clone() };
-        let made = self.store.put(Table::Snapshots, &key, &record).map_err(ImageError::from).and_then(|_| {
+        // Durable with the container's Created record that follows; a crash before that finds
+        // the container Creating and tears it down, and the sweep takes an unrecorded directory.
+        let made = self.store.put_deferred(Table::Snapshots, &key, &record).map_err(ImageError::from).and_then(|_| {
             std::fs::create_dir_all(self.snapshots.work_path(n)).map_err(io_err("creating overlay work dir"))
         });
         if let Err(e) = made {
