@@ -255,23 +255,22 @@ impl Runtime {
         namespaces::create(&self.ns_dir(&id), wanted, &record.hostname, &record.sysctls)
             .map_err(io_err("creating pod namespaces"))?;
 
+        // The CNI plugins run as processes of their own: /dev/shm and the cgroup are made
+        // meanwhile (join! polls the CNI future first, which starts the plugin).
+        let attachment = record.net_attached.then(|| self.attachment(record));
+        let network = async {
+            match &attachment {
+                Some(a) => self.cfg.cni.add(a).await.map_err(RuntimeError::from),
+                None => Ok(Vec::new()),
+            }
+        };
+        let local = async { self.make_shm_and_cgroup(record) };
+        let (ips, local) = tokio::join!(network, local);
+        record.ips = ips?;
+        local?;
         let host_network = record.network == NsMode::Node;
-        if record.net_attached {
-            record.ips = self.cfg.cni.add(&self.attachment(record)).await?;
-        }
         podfiles::write(&self.pod_root_dir(&id), &record.hostname, dns, host_network, &record.ips)
             .map_err(io_err("writing pod hosts, resolv.conf and hostname"))?;
-
-        if record.ipc != NsMode::Node {
-            let shm = self.shm_dir(&id);
-            std::fs::create_dir_all(&shm).map_err(io_err(format!("creating {}", shm.display())))?;
-            sys::mount("shm", &shm, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "mode=1777,size=65536k")
-                .map_err(io_err(format!("mounting pod /dev/shm at {}", shm.display())))?;
-        }
-
-        if let Some(cgroups) = &self.cgroups {
-            cgroups.create(&record.cgroup).map_err(io_err(format!("creating pod cgroup {}", record.cgroup)))?;
-        }
 
         if record.pid == NsMode::Pod {
             let bundle = self.pause_bundle(&id);
@@ -283,6 +282,20 @@ impl Runtime {
             self.save_pod(record)?;
             namespaces::pin(Path::new(&format!("/proc/{pid}/ns/pid")), &self.ns_dir(&id).join("pid"))
                 .map_err(io_err("pinning the pod PID namespace"))?;
+        }
+        Ok(())
+    }
+
+    /// The pod's /dev/shm (unless it shares the host's IPC) and its cgroup.
+    fn make_shm_and_cgroup(&self, record: &PodRecord) -> Result<()> {
+        if record.ipc != NsMode::Node {
+            let shm = self.shm_dir(&record.id);
+            std::fs::create_dir_all(&shm).map_err(io_err(format!("creating {}", shm.display())))?;
+            sys::mount("shm", &shm, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "mode=1777,size=65536k")
+                .map_err(io_err(format!("mounting pod /dev/shm at {}", shm.display())))?;
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.create(&record.cgroup).map_err(io_err(format!("creating pod cgroup {}", record.cgroup)))?;
         }
         Ok(())
     }
