@@ -160,7 +160,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(store::Store::open(&cfg.root.join("meta.redb"))?);
     let images = image::ImageService::open(&cfg.root, Arc::clone(&store), cfg.registry.clone())?;
     let rt_config = runtime::RuntimeConfig {
-        root: cfg.root.clone(),
         state: cfg.state.clone(),
         shim: shim_path(&cfg.shim_path),
         cgroup_parent: cfg.cgroup_parent.clone(),

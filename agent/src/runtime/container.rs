@@ -452,7 +452,7 @@ impl Runtime {
             cgroup: format!("{}/{}", pod.cgroup.trim_end_matches('/'), id),
             resources: req.resources.clone(),
             mounts: req.mounts.clone(),
-            pod_files: self.pod_root_dir(&pod.id),
+            pod_files: self.pod_files_dir(&pod.id),
             shm,
             devices,
             masked_paths: if req.masked_paths.is_empty() { spec::DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect() } else { req.masked_paths.clone() },

@@ -73,7 +73,6 @@ const NETWORK_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// Settings the runtime needs from corrald's configuration.
 #[derive(Clone)]
 pub struct RuntimeConfig {
-    pub root: PathBuf,
     pub state: PathBuf,
     pub shim: PathBuf,
     /// Parent cgroup of pods whose sandbox config names none.
@@ -112,7 +111,7 @@ impl Runtime {
     /// Loads pods and containers from the store, reconnects to live shims and cleans up what a
     /// crash left half made.
     pub async fn open(cfg: RuntimeConfig, store: Arc<Store>, images: Arc<ImageService>) -> Result<Arc<Runtime>> {
-        for dir in [cfg.state.join("pods"), cfg.state.join("containers"), cfg.root.join("pods")] {
+        for dir in [cfg.state.join("pods"), cfg.state.join("containers")] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
         let cgroups = match cgroup::Hierarchies::detect() {
@@ -153,8 +152,10 @@ impl Runtime {
         self.cfg.state.join("pods").join(dir_name(id))
     }
 
-    fn pod_root_dir(&self, id: &str) -> PathBuf {
-        self.cfg.root.join("pods").join(dir_name(id))
+    /// The pod's hosts, resolv.conf and hostname: in the state dir (tmpfs), as they are of no
+    /// use after a reboot, when the pod is gone.
+    fn pod_files_dir(&self, id: &str) -> PathBuf {
+        self.pod_state_dir(id).join("files")
     }
 
     fn bundle_dir(&self, id: &str) -> PathBuf {

@@ -269,7 +269,7 @@ impl Runtime {
         record.ips = ips?;
         local?;
         let host_network = record.network == NsMode::Node;
-        podfiles::write(&self.pod_root_dir(&id), &record.hostname, dns, host_network, &record.ips)
+        podfiles::write(&self.pod_files_dir(&id), &record.hostname, dns, host_network, &record.ips)
             .map_err(io_err("writing pod hosts, resolv.conf and hostname"))?;
 
         if record.pid == NsMode::Pod {
@@ -341,8 +341,8 @@ impl Runtime {
                 // The default parent (e.g. /corral) stays; it is shared by every pod.
             }
         }
+        // With the pod's files (hosts, resolv.conf, hostname).
         note(crate::discard::remove_tree(&self.pod_state_dir(&record.id)).map_err(io_err("removing pod state dir")));
-        note(crate::discard::remove_tree(&self.pod_root_dir(&record.id)).map_err(io_err("removing pod files")));
         match first {
             Some(e) => Err(e),
             None => Ok(()),
