@@ -67,8 +67,10 @@ fn gc_host_local(
     is_valid: &dyn Fn(&Owner) -> bool,
 ) -> Result<Vec<Owner>, CniError> {
     let net = conf.name.as_str();
+    // No store, no allocation ever, nothing installed: and without its lock a removal here
+    // could race the network's first ADD.
     let Some(store) = Store::lock_existing(&h.data_dir, net).map_err(host_local::io)? else {
-        return masq::remove(net, h, true).map(|_| Vec::new());
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     let mut left = 0;

@@ -47,6 +47,10 @@ impl Ipam {
                 if conf.ip_masq {
                     if let Err(e) = crate::masq::ensure(&conf.name, h) {
                         let _ = store.release_by_id(&env.container_id, &env.ifname);
+                        // A family's half may be in place (one transaction per family).
+                        if store.holds_any().is_ok_and(|any| !any) {
+                            let _ = crate::masq::remove(&conf.name, h, true);
+                        }
                         return Err(e);
                     }
                 }
