@@ -101,6 +101,14 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid, signal) })
 }
 
+/// Whether the kernel has mount_setattr(2) (Linux 5.12+), which recursive read-only mounts
+/// need: a call with a bad fd fails with EBADF where it exists and ENOSYS where it does not.
+pub fn has_mount_setattr() -> bool {
+    // SAFETY: the path is a static NUL-terminated string and the attribute pointer is null with
+    // size 0; the kernel rejects the bad fd before reading either.
+    let rc = unsafe { libc::syscall(libc::SYS_mount_setattr, -1, c"".as_ptr(), 0, std::ptr::null::<u8>(), 0usize) };
+    !(rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+}
 
 /// Whether `path` is a namespace file (nsfs), e.g. a still-pinned netns; false for the empty
 /// file left when the pin is gone.

@@ -199,6 +199,38 @@ pub fn umount_detach(target: &Path) -> io::Result<()> {
     check(unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) }).map(|_| ())
 }
 
+/// MOUNT_ATTR_RDONLY of mount_setattr(2).
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// mount_setattr(2) with AT_RECURSIVE: sets `attr_set` on the mount at `path` and on every mount
+/// below it (Linux 5.12+).
+pub fn mount_setattr_recursive(path: &Path, attr_set: u64) -> io::Result<()> {
+    /// struct mount_attr of the kernel's uapi.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let p = cstring(path)?;
+    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let flags = (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint;
+    // SAFETY: `p` is a NUL-terminated path and `attr` a live struct whose size is passed; the
+    // kernel only reads both during the call.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(|_| ())
+}
+
 pub fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
     let n = cstring(new_root)?;
     let o = cstring(put_old)?;

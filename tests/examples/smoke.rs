@@ -7,9 +7,9 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use tests::k8s_cri::v1 as cri;
-use tests::k8s_cri::v1::image_service_client::ImageServiceClient;
-use tests::k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tests::cri_api::v1 as cri;
+use tests::cri_api::v1::image_service_client::ImageServiceClient;
+use tests::cri_api::v1::runtime_service_client::RuntimeServiceClient;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

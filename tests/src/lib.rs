@@ -8,6 +8,7 @@
 //! test panics.
 
 pub mod fake_registry;
+pub mod node;
 pub mod oci;
 
 use std::collections::BTreeSet;
@@ -20,12 +21,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use cri_api::v1 as cri;
+use cri_api::v1::image_service_client::ImageServiceClient;
+use cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
-pub use k8s_cri;
+pub use cri_api;
 pub use tonic;
 
 /// How long corrald may take to start answering, or to stop after SIGTERM.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use tests::fake_registry::{blob_path, manifest_path, Behavior, BearerAuth, FakeRegistry, Gate, Route};
-use tests::k8s_cri::v1 as cri;
+use tests::cri_api::v1 as cri;
 use tests::oci::{self, Entry, Image, Index, Layer};
 use tests::tonic::Code;
 use tests::{require_env, require_root, rpc, snapshots_of, wait_for, Corrald, Overlay, TestEnv};

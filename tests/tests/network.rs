@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tests::k8s_cri::v1 as cri;
+use tests::cri_api::v1 as cri;
 use tests::{require_env, require_root, rpc, Corrald, TestEnv};
 
 const BUSYBOX: &str = "corral/busybox:latest";

@@ -9,270 +9,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tests::k8s_cri::v1 as cri;
-use tests::{require_env, require_root, rpc, Corrald, TestEnv};
+use tests::cri_api::v1 as cri;
+use tests::node::{text, Node, DEFAULT_CAP_EFF};
+use tests::{require_env, require_root, rpc};
 use tonic::Code;
-
-const BUSYBOX: &str = "corral/busybox:latest";
-
-/// containerd's default capability set as a CapEff mask.
-const DEFAULT_CAP_EFF: &str = "00000000a80425fb";
-
-struct Node {
-    c: Corrald,
-    env: TestEnv,
-    cgroup_parent: String,
-    /// CNI conf and bin dirs with a recording fake plugin (real networks: tests/tests/network.rs).
-    cni: tempfile::TempDir,
-}
-
-/// A CNI plugin that hands out a fixed address and records every call in `calls`.
-const FAKE_PLUGIN: &str = r#"#!/bin/sh
-dir=$(dirname "$0")
-cat > "$dir/last-stdin"
-echo "$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME" >> "$dir/calls"
-case "$CNI_COMMAND" in
-ADD)
-  if [ -e "$dir/fail" ]; then echo '{"cniVersion":"1.0.0","code":11,"msg":"fake failure","details":"asked to fail"}'; exit 1; fi
-  echo '{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"'"$CNI_NETNS"'"}],"ips":[{"address":"10.99.0.2/24","interface":0}]}' ;;
-VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
-esac
-"#;
-
-fn fake_cni() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix("corral-it-cni.").tempdir().expect("temp dir");
-    std::fs::create_dir(dir.path().join("net.d")).unwrap();
-    std::fs::create_dir(dir.path().join("bin")).unwrap();
-    let plugin = dir.path().join("bin").join("fake-cni");
-    std::fs::write(&plugin, FAKE_PLUGIN).unwrap();
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(dir.path().join("net.d").join("10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni"}]}"#).unwrap();
-    dir
-}
-
-fn random_suffix() -> String {
-    let mut b = [0u8; 6];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).expect("urandom");
-    hex::encode(b)
-}
-
-impl Node {
-    async fn boot(env: TestEnv) -> Node {
-        let cgroup_parent = format!("/corral/it-{}", random_suffix());
-        let cni = fake_cni();
-        let config = format!(
-            "cgroup_parent = \"{cgroup_parent}\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\"]\n",
-            cni.path().join("net.d").display(),
-            cni.path().join("bin").display()
-        );
-        let c = Corrald::with_config(&config).await;
-        let node = Node { c, env, cgroup_parent, cni };
-        node.c.pull(&node.env.image(BUSYBOX)).await.expect("pulling busybox");
-        node
-    }
-
-    fn rt(&self) -> tests::Runtime {
-        self.c.runtime()
-    }
-
-    fn pod_config(&self, name: &str, pid: cri::NamespaceMode) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
-            hostname: name.into(),
-            log_directory: self.c.dir().join("logs").join(name).display().to_string(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption { pid: pid as i32, ..Default::default() }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    async fn run_pod_with(&self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-        rpc(self.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }))
-            .await
-            .map(|r| r.into_inner().pod_sandbox_id)
-    }
-
-    async fn run_pod(&self, name: &str, pid: cri::NamespaceMode) -> (String, cri::PodSandboxConfig) {
-        let config = self.pod_config(name, pid);
-        let id = self.run_pod_with(config.clone()).await.expect("RunPodSandbox");
-        (id, config)
-    }
-
-    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
-            image: Some(tests::spec(&self.env.image(BUSYBOX))),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
-            ..Default::default()
-        }
-    }
-
-    async fn create(&self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
-        let req = cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) };
-        rpc(self.rt().create_container(req)).await.map(|r| r.into_inner().container_id)
-    }
-
-    async fn start(&self, id: &str) -> Result<(), tonic::Status> {
-        rpc(self.rt().start_container(cri::StartContainerRequest { container_id: id.into() })).await.map(|_| ())
-    }
-
-    async fn run(&self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> String {
-        let id = self.create(pod, pod_config, config).await.expect("CreateContainer");
-        self.start(&id).await.expect("StartContainer");
-        id
-    }
-
-    async fn status(&self, id: &str) -> cri::ContainerStatus {
-        rpc(self.rt().container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false }))
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("status")
-    }
-
-    async fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let s = self.status(id).await;
-            if s.state == cri::ContainerState::ContainerExited as i32 {
-                return s;
-            }
-            assert!(std::time::Instant::now() < deadline, "container {id} did not exit within {timeout:?}: {s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn exec(&self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
-        let req = cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
-        rpc(self.rt().exec_sync(req)).await.map(|r| r.into_inner())
-    }
-
-    async fn sh(&self, id: &str, script: &str) -> String {
-        let out = self.exec(id, &["sh", "-c", script], 30).await.unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
-        assert_eq!(out.exit_code, 0, "exec {script:?}: stderr {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
-    }
-
-    async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
-        rpc(self.rt().stop_container(cri::StopContainerRequest { container_id: id.into(), timeout })).await.map(|_| ())
-    }
-
-    async fn remove_pod(&self, id: &str) -> Result<(), tonic::Status> {
-        rpc(self.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })).await?;
-        rpc(self.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })).await.map(|_| ())
-    }
-
-    fn log_path(&self, pod: &str, name: &str) -> PathBuf {
-        self.c.dir().join("logs").join(pod).join(format!("{name}.log"))
-    }
-
-    /// Host pids of corral-shim processes serving this corrald's bundles.
-    fn shim_pids(&self) -> Vec<u32> {
-        let needle = self.c.state.display().to_string();
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            let cmd = String::from_utf8_lossy(&cmdline);
-            if cmd.contains("corral-shim") && cmd.contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-
-    /// Mount points under this corrald's temp dir.
-    fn mounts(&self) -> Vec<String> {
-        let base = self.c.dir().display().to_string();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(String::from))
-            .filter(|m| m.starts_with(&base))
-            .collect()
-    }
-
-    /// Cgroup directories under this test's parent, in any hierarchy.
-    fn cgroups(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let dir = h.path().join(self.cgroup_parent.trim_start_matches('/'));
-            collect_dirs(&dir, &mut out);
-        }
-        out
-    }
-
-    /// What must be gone once every pod is removed.
-    fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for pid in self.shim_pids() {
-            left.push(format!("shim process {pid}"));
-        }
-        for m in self.mounts() {
-            left.push(format!("mount {m}"));
-        }
-        for d in self.cgroups() {
-            // The parent itself is shared by every pod and stays; anything below it is a leak.
-            if !d.ends_with(self.cgroup_parent.trim_start_matches('/')) {
-                left.push(format!("cgroup {}", d.display()));
-            }
-        }
-        for sub in ["pods", "containers"] {
-            for name in tests::dir_names(&self.c.state.join(sub)) {
-                left.push(format!("state {sub}/{name}"));
-            }
-        }
-        for name in tests::dir_names(&self.c.root.join("pods")) {
-            left.push(format!("root pods/{name}"));
-        }
-        left
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            collect_dirs(&e.path(), out);
-        }
-    }
-    out.push(dir.to_path_buf());
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // 1. Remove every pod through the CRI.
-        tests::remove_all_pods(&self.c.socket);
-        // 2. Whatever is left: shims by pid, mounts, cgroups.
-        for pid in self.shim_pids() {
-            // SAFETY: kill has no memory preconditions; these shims were started by our corrald.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let mut mounts = self.mounts();
-        mounts.reverse();
-        for m in mounts {
-            let c = std::ffi::CString::new(m).expect("mount path");
-            // SAFETY: c is a valid NUL-terminated string.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        for d in self.cgroups() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim_end().to_string()
-}
 
 #[tokio::test]
 async fn pod_with_a_long_running_container_and_full_cleanup() {
@@ -462,12 +202,20 @@ async fn env_workdir_users_and_security_context() {
     });
     assert_eq!(node.create(&pod, &pc, cfg).await.unwrap_err().code(), Code::InvalidArgument);
 
-    // A missing host path for a mount is a clear error, and nothing is left of the attempt.
+    // A relative host path is a clear error, and nothing is left of the attempt.
     let mut cfg = node.container_config("badmount", &["true"]);
-    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: "/nonexistent/corral".into(), ..Default::default() }];
+    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: "relative/corral".into(), ..Default::default() }];
     let err = node.create(&pod, &pc, cfg).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("/nonexistent/corral"), "{}", err.message());
+    assert!(err.message().contains("mounts[0].host_path") && err.message().contains("relative/corral"), "{}", err.message());
+    // A host path that does not exist is created as a directory, as containerd does.
+    let missing = node.c.dir().join("made-by-corral/deeper");
+    let mut cfg = node.container_config("newdir", &["sleep", "3600"]);
+    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: missing.display().to_string(), ..Default::default() }];
+    let newdir = node.run(&pod, &pc, cfg).await;
+    assert!(missing.is_dir(), "{} was not created", missing.display());
+    node.sh(&newdir, "echo hi > /data/f").await;
+    assert_eq!(std::fs::read_to_string(missing.join("f")).unwrap(), "hi\n");
 
     // A host bind mount, read-only.
     let host_dir = node.c.dir().join("shared");

@@ -108,6 +108,8 @@ pub struct ContainerSnapshot {
     pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// Layer dirs of each image volume's image, top first.
+    pub volume_layers: Vec<Vec<PathBuf>>,
 }
 
 /// Disk use of the image store.
@@ -179,12 +181,19 @@ impl ImageService {
 
     /// Creates the writable snapshot of a container on `image`, recorded before it is made.
     /// Returns (lower dirs top first, upper dir, work dir).
-    pub async fn prepare_container_snapshot(&self, container_id: &str, image: &ImageRecord) -> Result<ContainerSnapshot, ImageError> {
+    /// `volumes` are the images of the container's image volumes: their layers are kept for the
+    /// container as its own image's are, and returned in `volume_layers` (same order).
+    pub async fn prepare_container_snapshot(&self, container_id: &str, image: &ImageRecord, volumes: &[&ImageRecord]) -> Result<ContainerSnapshot, ImageError> {
         let _gc = self.gc_lock.read().await;
         let lowers = self.chain_paths(&image.chain_ids)?;
+        let volume_layers = volumes.iter().map(|v| self.chain_paths(&v.chain_ids)).collect::<Result<Vec<_>, _>>()?;
+        let mut parents = image.chain_ids.clone();
+        for v in volumes {
+            parents.extend(v.chain_ids.iter().filter(|c| !image.chain_ids.contains(c)).cloned());
+        }
         let n = self.snapshots.create().map_err(io_err("creating container snapshot"))?;
         let key = format!("{}{container_id}", snapshot::CONTAINER_PREFIX);
-        let record = SnapshotRecord { chain_id: key.clone(), n, diff_id: String::new(), size: 0, inodes: 0, parents: image.chain_ids.clone() };
+        let record = SnapshotRecord { chain_id: key.clone(), n, diff_id: String::new(), size: 0, inodes: 0, parents };
         // Durable with the container's Created record that follows; a crash before that finds
         // the container Creating and tears it down, and the sweep takes an unrecorded directory.
         let made = self.store.put_deferred(Table::Snapshots, &key, &record).map_err(ImageError::from).and_then(|_| {
@@ -195,7 +204,7 @@ impl ImageService {
             let _ = self.snapshots.remove(n);
             return Err(e);
         }
-        Ok(ContainerSnapshot { lowers, upper: self.snapshots.fs_path(n), work: self.snapshots.work_path(n) })
+        Ok(ContainerSnapshot { lowers, upper: self.snapshots.fs_path(n), work: self.snapshots.work_path(n), volume_layers })
     }
 
     /// Removes a container's writable snapshot (idempotent), then layers nothing uses anymore.

@@ -4,6 +4,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::spec::Resources;
+
 /// The cgroup hierarchies mounted on this host.
 #[derive(Debug, Clone)]
 pub struct Hierarchies {
@@ -57,10 +59,69 @@ impl Hierarchies {
         Ok(())
     }
 
+    /// Writes the limits `r` sets (zero and empty fields are left as they are) into the cgroup's
+    /// files, in every hierarchy that has them (cgroup v1 file names, or v2's).
+    pub fn apply(&self, cgroup: &str, r: &Resources) -> io::Result<()> {
+        for (mount, dir) in self.mounts.iter().zip(self.dirs(cgroup)) {
+            let v2 = mount.join("cgroup.controllers").exists();
+            for (file, value) in limit_files(r, v2) {
+                let path = dir.join(file);
+                if !path.exists() {
+                    continue;
+                }
+                std::fs::write(&path, &value).map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the cgroup exists in any hierarchy.
     pub fn exists(&self, cgroup: &str) -> bool {
         self.dirs(cgroup).any(|d| d.exists())
     }
+}
+
+/// The cgroup files and values of the limits `r` sets, for cgroup v1 or v2.
+fn limit_files(r: &Resources, v2: bool) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !r.cpuset_cpus.is_empty() {
+        out.push(("cpuset.cpus", r.cpuset_cpus.clone()));
+    }
+    if !r.cpuset_mems.is_empty() {
+        out.push(("cpuset.mems", r.cpuset_mems.clone()));
+    }
+    if v2 {
+        if r.cpu_shares > 0 {
+            // The conversion runc and the kubelet use: shares 2..262144 onto weight 1..10000.
+            let shares = r.cpu_shares.clamp(2, 262_144);
+            out.push(("cpu.weight", (1 + ((shares - 2) * 9999) / 262_142).to_string()));
+        }
+        if r.cpu_quota != 0 || r.cpu_period > 0 {
+            let quota = if r.cpu_quota > 0 { r.cpu_quota.to_string() } else { "max".into() };
+            let period = if r.cpu_period > 0 { r.cpu_period } else { 100_000 };
+            out.push(("cpu.max", format!("{quota} {period}")));
+        }
+        if r.memory_limit > 0 {
+            out.push(("memory.max", r.memory_limit.to_string()));
+        }
+    } else {
+        if r.cpu_shares > 0 {
+            out.push(("cpu.shares", r.cpu_shares.to_string()));
+        }
+        if r.cpu_period > 0 {
+            out.push(("cpu.cfs_period_us", r.cpu_period.to_string()));
+        }
+        if r.cpu_quota != 0 {
+            out.push(("cpu.cfs_quota_us", r.cpu_quota.to_string()));
+        }
+        if r.memory_limit > 0 {
+            out.push(("memory.limit_in_bytes", r.memory_limit.to_string()));
+        }
+    }
+    if r.pids_limit > 0 {
+        out.push(("pids.max", r.pids_limit.to_string()));
+    }
+    out
 }
 
 fn create_dir_chain(mount: &Path, dir: &Path) -> io::Result<()> {
@@ -103,5 +164,25 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(e.kind(), format!("removing cgroup {}: {e}", dir.display()))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_as_v1_and_v2_files() {
+        let r = Resources { cpu_shares: 1024, cpu_quota: 50_000, cpu_period: 100_000, memory_limit: 1 << 30, cpuset_cpus: "0".into(), pids_limit: 100, ..Default::default() };
+        let v1 = limit_files(&r, false);
+        assert!(v1.contains(&("cpu.shares", "1024".into())) && v1.contains(&("cpu.cfs_quota_us", "50000".into())));
+        assert!(v1.contains(&("memory.limit_in_bytes", (1u64 << 30).to_string())) && v1.contains(&("cpuset.cpus", "0".into())));
+        let v2 = limit_files(&r, true);
+        assert!(v2.contains(&("cpu.weight", "39".into())), "{v2:?}");
+        assert!(v2.contains(&("cpu.max", "50000 100000".into())) && v2.contains(&("memory.max", (1u64 << 30).to_string())));
+        assert!(v2.contains(&("pids.max", "100".into())));
+        // Unset fields leave the files alone.
+        assert!(limit_files(&Resources::default(), false).is_empty());
+        assert!(limit_files(&Resources::default(), true).is_empty());
     }
 }

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::pod::{process_alive, NsMode, PodPhase, PodRecord};
-use super::spec::{self, BindMount, ContainerSpec, Device, Namespaces, Propagation, Resources};
+use super::resolve::{self, DeviceNode, Host, ImageVolumePlan, ImageVolumeSource, Inputs, Paths};
+use super::spec::{self, Propagation, Resources};
+use super::user::{GroupsPolicy, UserDb};
+use super::validate::bounded;
 use super::{fresh_id, io_err, labels_match, now_nanos, Result, Runtime, RuntimeError};
 use crate::image::manifest::ImageConfig;
 use crate::shim_client::{self, Shim, ShimError};
@@ -25,12 +28,37 @@ pub enum ContainerPhase {
     Created,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRecord {
     pub container_path: String,
+    /// For an image volume, where its image is mounted on the host.
     pub host_path: String,
     pub readonly: bool,
+    #[serde(default)]
+    pub recursive_readonly: bool,
+    /// CRI MountPropagation.
     pub propagation: i32,
+    #[serde(default)]
+    pub image: Option<ImageMountRecord>,
+}
+
+/// The image of an image volume, as ContainerStatus reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMountRecord {
+    /// As the request named it.
+    pub image: String,
+    pub user_specified_image: String,
+    /// The image id it resolved to.
+    pub image_ref: String,
+    pub sub_path: String,
+}
+
+/// The identity the container's process runs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,8 +78,16 @@ pub struct ContainerRecord {
     pub phase: ContainerPhase,
     pub mounts: Vec<MountRecord>,
     pub stop_signal: i32,
+    /// The stop signal's name (request, else image, else SIGTERM), for ContainerStatus.
+    #[serde(default)]
+    pub stop_signal_name: String,
     /// The pod's name key, so the reservation can be checked without the pod.
     pub reservation: String,
+    /// Resolved at creation; None for records of an older corral.
+    #[serde(default)]
+    pub user: Option<UserRecord>,
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,15 +140,41 @@ pub struct ContainerFilter {
     pub labels: HashMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
+    #[default]
     Unconfined,
     RuntimeDefault,
     Localhost,
 }
 
+/// A mount of a CreateContainer request: a host path, or an image (image volume).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MountRequest {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub recursive_readonly: bool,
+    pub propagation: Propagation,
+    pub image: Option<ImageMount>,
+    /// Set without an image: refused.
+    pub image_sub_path: String,
+    /// uid/gid mappings were given (idmapped mount).
+    pub idmapped: bool,
+}
+
+/// The image of an image volume as the request names it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageMount {
+    /// A reference or an image id.
+    pub image: String,
+    pub user_specified_image: String,
+    /// A directory of the image to mount instead of its root.
+    pub sub_path: String,
+}
+
 /// A CreateContainer request in domain terms.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CreateContainer {
     pub pod_id: String,
     pub name: String,
@@ -122,8 +184,10 @@ pub struct CreateContainer {
     pub args: Vec<String>,
     pub working_dir: String,
     pub envs: Vec<(String, String)>,
-    pub mounts: Vec<BindMount>,
+    pub mounts: Vec<MountRequest>,
+    /// (container path, host path, permissions)
     pub devices: Vec<(String, String, String)>,
+    pub cdi_devices: Vec<String>,
     pub labels: HashMap<String, String>,
     pub annotations: HashMap<String, String>,
     pub log_path: String,
@@ -140,6 +204,7 @@ pub struct CreateContainer {
     pub run_as_username: String,
     pub readonly_rootfs: bool,
     pub supplemental_groups: Vec<i64>,
+    pub supplemental_groups_policy: GroupsPolicy,
     pub no_new_privs: bool,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
@@ -147,6 +212,8 @@ pub struct CreateContainer {
     pub target_id: String,
     pub seccomp: Profile,
     pub apparmor: Profile,
+    /// A signal name ("SIGUSR1"); None: the image's, else SIGTERM.
+    pub stop_signal: Option<String>,
 }
 
 /// Output of ExecSync.
@@ -155,34 +222,6 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub exit_code: i32,
-}
-
-/// "SIGTERM", "TERM", "15" → 15.
-pub fn parse_signal(s: &str) -> Option<i32> {
-    if s.is_empty() {
-        return Some(libc::SIGTERM);
-    }
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let n = match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "USR2" => libc::SIGUSR2,
-        "TERM" => libc::SIGTERM,
-        "ALRM" => libc::SIGALRM,
-        "PWR" => libc::SIGPWR,
-        "WINCH" => libc::SIGWINCH,
-        "STOP" => libc::SIGSTOP,
-        "CONT" => libc::SIGCONT,
-        _ => return None,
-    };
-    Some(n)
 }
 
 fn shim_err(e: ShimError) -> RuntimeError {
@@ -218,23 +257,6 @@ impl Runtime {
         self.bundle_dir(id).join("rootfs")
     }
 
-    fn check_security(req: &CreateContainer, pod: &PodRecord) -> Result<()> {
-        if req.seccomp != Profile::Unconfined {
-            return Err(RuntimeError::InvalidArgument(
-                "seccomp profiles other than Unconfined are not supported by corral yet; set the seccomp profile to Unconfined".into(),
-            ));
-        }
-        if req.apparmor != Profile::Unconfined {
-            return Err(RuntimeError::InvalidArgument(
-                "AppArmor profiles other than unconfined are not supported by corral yet".into(),
-            ));
-        }
-        if req.privileged && !pod.privileged {
-            return Err(RuntimeError::InvalidArgument("a privileged container needs a privileged pod sandbox".into()));
-        }
-        Ok(())
-    }
-
     pub async fn create_container(self: &Arc<Self>, req: CreateContainer) -> Result<String> {
         if req.name.is_empty() {
             return Err(RuntimeError::InvalidArgument("container config: metadata.name is required".into()));
@@ -244,10 +266,19 @@ impl Runtime {
         if pod.phase != PodPhase::Ready {
             return Err(RuntimeError::FailedPrecondition(format!("pod sandbox {pod_id} is not ready")));
         }
-        Self::check_security(&req, &pod)?;
-        let image = self.images.find(&req.image).ok_or_else(|| RuntimeError::NotFound(format!("image {:?} not found", req.image)))?;
-        let config = ImageConfig::parse(&self.images.config(&image)?).map_err(|e| RuntimeError::FailedPrecondition(format!("image {}: {e}", image.id)))?;
-        let container_config = config.config.clone().unwrap_or_default();
+        let image = self.images.find(&req.image).ok_or_else(|| RuntimeError::NotFound(format!("image {:?} not found: pull it first", bounded(&req.image))))?;
+        let config = ImageConfig::parse(&self.images.config(&image)?).map_err(|e| RuntimeError::Internal(format!("image {}: {e}", image.id)))?;
+        // The images of image volumes: present already (never pulled here), as containerd.
+        let mut volume_images = Vec::new();
+        for (n, m) in req.mounts.iter().enumerate() {
+            if let Some(img) = &m.image {
+                if img.image.is_empty() {
+                    return Err(RuntimeError::InvalidArgument(format!("mounts[{n}].image: the image is required")));
+                }
+                let found = self.images.find(&img.image).ok_or_else(|| RuntimeError::NotFound(format!("mounts[{n}].image: image {:?} not found: pull it first", bounded(&img.image))))?;
+                volume_images.push((n, found));
+            }
+        }
 
         let id = {
             let containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
@@ -259,7 +290,6 @@ impl Runtime {
         } else {
             Path::new(&pod.log_directory).join(&req.log_path).display().to_string()
         };
-        let stop_signal = parse_signal(container_config.stop_signal.as_deref().unwrap_or("")).unwrap_or(libc::SIGTERM);
         let record = ContainerRecord {
             id: id.clone(),
             pod_id: pod_id.clone(),
@@ -273,22 +303,12 @@ impl Runtime {
             log_path,
             created_at: now_nanos(),
             phase: ContainerPhase::Creating,
-            mounts: req
-                .mounts
-                .iter()
-                .map(|m| MountRecord {
-                    container_path: m.container_path.clone(),
-                    host_path: m.host_path.clone(),
-                    readonly: m.readonly,
-                    propagation: match m.propagation {
-                        Propagation::Private => 0,
-                        Propagation::HostToContainer => 1,
-                        Propagation::Bidirectional => 2,
-                    },
-                })
-                .collect(),
-            stop_signal,
+            mounts: Vec::new(),
+            stop_signal: libc::SIGTERM,
+            stop_signal_name: String::new(),
             reservation: reservation.clone(),
+            user: None,
+            resources: req.resources.clone(),
         };
         let _lock = self.locks.lock(&id).await;
         {
@@ -303,9 +323,9 @@ impl Runtime {
             );
         }
         let mut record = record;
-        record.phase = ContainerPhase::Created;
         let created = async {
-            let pid = self.set_up_container(&id, &req, &pod, &image, &config).await?;
+            let pid = self.set_up_container(&mut record, &req, &pod, &image, &config, &volume_images).await?;
+            record.phase = ContainerPhase::Created;
             self.store.put(Table::Containers, &id, &record)?;
             Ok::<u32, RuntimeError>(pid)
         };
@@ -329,140 +349,97 @@ impl Runtime {
         }
     }
 
-    async fn set_up_container(&self, id: &str, req: &CreateContainer, pod: &PodRecord, image: &crate::image::ImageRecord, config: &ImageConfig) -> Result<u32> {
-        let bundle = self.bundle_dir(id);
-        let rootfs = self.rootfs_dir(id);
+    /// The pid of a running target container, for pid namespace mode TARGET.
+    fn target_pid(&self, req: &CreateContainer) -> Result<Option<u32>> {
+        if req.pid != NsMode::Target {
+            return Ok(None);
+        }
+        let target = self
+            .find_container_id(&req.target_id)?
+            .and_then(|t| self.view(&t))
+            .ok_or_else(|| RuntimeError::NotFound(format!("namespace_options.target_id: container {:?} not found", bounded(&req.target_id))))?;
+        if target.state != ContainerState::Running || !process_alive(target.pid) {
+            return Err(RuntimeError::FailedPrecondition(format!("namespace_options.target_id: container {} is not running", target.record.id)));
+        }
+        Ok(Some(target.pid))
+    }
+
+    /// Every side effect of CreateContainer, in order: rootfs, resolution of the spec (pure),
+    /// image volumes, host paths, working directory, bundle, shim. On error the caller tears down.
+    async fn set_up_container(
+        &self,
+        record: &mut ContainerRecord,
+        req: &CreateContainer,
+        pod: &PodRecord,
+        image: &crate::image::ImageRecord,
+        config: &ImageConfig,
+        volume_images: &[(usize, crate::image::ImageRecord)],
+    ) -> Result<u32> {
+        let id = record.id.clone();
+        let target_pid = self.target_pid(req)?;
+        let bundle = self.bundle_dir(&id);
+        let rootfs = self.rootfs_dir(&id);
         std::fs::create_dir_all(&rootfs).map_err(io_err(format!("creating {}", rootfs.display())))?;
-        let snap = self.images.prepare_container_snapshot(id, image).await?;
+        // Image volumes keep their layers from GC like the container's own image does.
+        let volumes: Vec<&crate::image::ImageRecord> = volume_images.iter().map(|(_, i)| i).collect();
+        let snap = self.images.prepare_container_snapshot(&id, image, &volumes).await?;
+        let image_volumes: HashMap<usize, ImageVolumeSource> =
+            volume_images.iter().zip(&snap.volume_layers).map(|((n, img), layers)| (*n, ImageVolumeSource { id: img.id.clone(), layers: layers.clone() })).collect();
         let lowers: Vec<String> = snap.lowers.iter().map(|p| p.display().to_string()).collect();
         let options = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), snap.upper.display(), snap.work.display());
         sys::mount("overlay", &rootfs, "overlay", 0, &options).map_err(io_err(format!("mounting container rootfs at {}", rootfs.display())))?;
 
-        let image_cfg = config.config.clone().unwrap_or_default();
-        // User: CRI run_as_username / run_as_user[:run_as_group] win over the image's User.
-        let image_user = image_cfg.user.clone().unwrap_or_default();
-        let user_spec = if !req.run_as_username.is_empty() {
-            req.run_as_username.clone()
-        } else if let Some(uid) = req.run_as_user {
-            uid.to_string()
-        } else {
-            image_user
+        let paths = Paths {
+            rootfs: rootfs.clone(),
+            ns_dir: self.ns_dir(&pod.id),
+            pod_files: self.pod_files_dir(&pod.id),
+            pod_shm: self.shm_dir(&pod.id),
+            volumes: bundle.join(VOLUMES_DIR),
         };
-        let user_spec = match req.run_as_group {
-            Some(gid) => format!("{}:{gid}", user_spec.split(':').next().unwrap_or("")),
-            None => user_spec,
+        let users = UserDb::read(&rootfs);
+        let image_defaults = config.config.clone().unwrap_or_default();
+        let inputs = Inputs {
+            id: &id,
+            req,
+            image: &image_defaults,
+            pod,
+            users: &users,
+            host: &HostFs,
+            paths: &paths,
+            image_volumes: &image_volumes,
+            target_pid,
+            log_path: &record.log_path,
+            rro_supported: self.features.recursive_read_only_mounts,
         };
-        let extra: Vec<u32> = req.supplemental_groups.iter().filter_map(|g| u32::try_from(*g).ok()).collect();
-        let user = super::user::resolve(&rootfs, &user_spec, &extra).map_err(RuntimeError::InvalidArgument)?;
+        let mut resolved = resolve::resolve(&inputs).map_err(RuntimeError::InvalidArgument)?;
+        record.mounts = resolved.mounts.clone();
+        record.stop_signal = resolved.stop_signal;
+        record.stop_signal_name = resolved.stop_signal_name.clone();
+        record.user = Some(UserRecord { uid: resolved.user.uid, gid: resolved.user.gid, additional_gids: resolved.user.additional_gids.clone() });
 
-        // Entrypoint/Cmd: command replaces the entrypoint; args replace Cmd.
-        let entrypoint = if req.command.is_empty() { image_cfg.entrypoint.clone().unwrap_or_default() } else { req.command.clone() };
-        let cmd = if !req.command.is_empty() || !req.args.is_empty() { req.args.clone() } else { image_cfg.cmd.clone().unwrap_or_default() };
-        let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
-        if args.is_empty() {
-            return Err(RuntimeError::InvalidArgument("no command specified: the image has no Entrypoint or Cmd and the container config sets no command".into()));
+        for v in &resolved.image_volumes {
+            let source = mount_image_volume(v)?;
+            resolved.spec.mounts[v.mount].host_path = source.display().to_string();
         }
-
-        let mut env: Vec<String> = Vec::new();
-        let mut set_env = |kv: String| {
-            let key = kv.split('=').next().unwrap_or("").to_string();
-            env.retain(|e| e.split('=').next() != Some(key.as_str()));
-            env.push(kv);
-        };
-        set_env("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        for e in image_cfg.env.clone().unwrap_or_default() {
-            set_env(e);
-        }
-        set_env(format!("HOSTNAME={}", pod.hostname));
-        for (k, v) in &req.envs {
-            set_env(format!("{k}={v}"));
-        }
-
-        let cwd = if !req.working_dir.is_empty() { req.working_dir.clone() } else { image_cfg.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()) };
-        if !cwd.starts_with('/') {
-            return Err(RuntimeError::InvalidArgument(format!("working directory {cwd:?} must be absolute")));
-        }
-        let cwd_dir = crate::image::unpack::secure_join(&rootfs, Path::new(cwd.trim_start_matches('/')), true).map_err(io_err(format!("creating working directory {cwd}")))?;
-        if cwd != "/" {
-            let _ = std::os::unix::fs::lchown(&cwd_dir, Some(user.uid), Some(user.gid));
-        }
-
-        for m in &req.mounts {
-            if !m.container_path.starts_with('/') {
-                return Err(RuntimeError::InvalidArgument(format!("mount container path {:?} must be absolute", m.container_path)));
-            }
-            if !Path::new(&m.host_path).exists() {
-                return Err(RuntimeError::InvalidArgument(format!("mount host path {:?} does not exist", m.host_path)));
+        // A host path that does not exist is made a directory, as containerd and Docker do.
+        for m in record.mounts.iter().filter(|m| m.image.is_none()) {
+            let host = Path::new(&m.host_path);
+            if std::fs::symlink_metadata(host).is_err() {
+                std::fs::create_dir_all(host).map_err(io_err(format!("creating mount host path {}", host.display())))?;
             }
         }
-        let devices = req.devices.iter().map(|(c, h, p)| device(c, h, p)).collect::<Result<Vec<_>>>()?;
-        let caps = spec::capabilities(req.privileged, &req.caps_add, &req.caps_drop).map_err(RuntimeError::InvalidArgument)?;
-        let ambient = req.caps_ambient.iter().map(|c| spec::normalize_cap(c).ok_or_else(|| RuntimeError::InvalidArgument(format!("unknown capability {c:?}")))).collect::<Result<Vec<_>>>()?;
-
-        let ns = self.ns_dir(&pod.id);
-        let pid_ns = match req.pid {
-            NsMode::Node => None,
-            NsMode::Pod if pod.pid == NsMode::Pod => Some(Some(ns.join("pid"))),
-            NsMode::Pod | NsMode::Container => Some(None),
-            NsMode::Target => {
-                let target = self.find_container_id(&req.target_id)?.and_then(|t| self.view(&t)).ok_or_else(|| RuntimeError::NotFound(format!("target container {:?} not found", req.target_id)))?;
-                if target.state != ContainerState::Running || !process_alive(target.pid) {
-                    return Err(RuntimeError::FailedPrecondition(format!("target container {} is not running", target.record.id)));
-                }
-                Some(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
-            }
-        };
-        let namespaces = Namespaces {
-            network: (pod.network != NsMode::Node).then(|| Some(ns.join("net"))),
-            ipc: (pod.ipc != NsMode::Node).then(|| Some(ns.join("ipc"))),
-            uts: (pod.network != NsMode::Node).then(|| Some(ns.join("uts"))),
-            pid: pid_ns,
-        };
-        let mut annotations = req.annotations.clone();
-        let record = self.view(id).map(|v| v.record).ok_or_else(|| RuntimeError::NotFound(format!("container {id} vanished")))?;
+        let cwd_dir = crate::image::unpack::secure_join(&rootfs, Path::new(resolved.cwd.trim_start_matches('/')), true).map_err(io_err(format!("creating working directory {}", resolved.cwd)))?;
+        if resolved.cwd != "/" {
+            let _ = std::os::unix::fs::lchown(&cwd_dir, Some(resolved.user.uid), Some(resolved.user.gid));
+        }
         if !record.log_path.is_empty() {
             if let Some(parent) = Path::new(&record.log_path).parent() {
                 std::fs::create_dir_all(parent).map_err(io_err(format!("creating log directory {}", parent.display())))?;
             }
-            annotations.insert(proto::annotations::LOG_PATH.into(), record.log_path.clone());
         }
-        if req.stdin {
-            annotations.insert(proto::annotations::STDIN.into(), "true".into());
-        }
-        if req.stdin_once {
-            annotations.insert(proto::annotations::STDIN_ONCE.into(), "true".into());
-        }
-        let shm = if pod.ipc == NsMode::Node { PathBuf::from("/dev/shm") } else { self.shm_dir(&pod.id) };
-        let s = ContainerSpec {
-            rootfs: rootfs.clone(),
-            readonly_rootfs: req.readonly_rootfs,
-            args,
-            env,
-            cwd,
-            uid: user.uid,
-            gid: user.gid,
-            additional_gids: user.additional_gids,
-            caps,
-            ambient,
-            no_new_privs: req.no_new_privs,
-            tty: req.tty,
-            hostname: pod.hostname.clone(),
-            privileged: req.privileged,
-            namespaces,
-            cgroup: format!("{}/{}", pod.cgroup.trim_end_matches('/'), id),
-            resources: req.resources.clone(),
-            mounts: req.mounts.clone(),
-            pod_files: self.pod_files_dir(&pod.id),
-            shm,
-            devices,
-            masked_paths: if req.masked_paths.is_empty() { spec::DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect() } else { req.masked_paths.clone() },
-            readonly_paths: if req.readonly_paths.is_empty() { spec::DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect() } else { req.readonly_paths.clone() },
-            sysctls: pod.sysctls.clone(),
-            annotations,
-        };
-        let config_json = spec::container_spec(&s);
+        let config_json = spec::container_spec(&resolved.spec);
         std::fs::write(bundle.join("config.json"), config_json.to_string()).map_err(io_err("writing config.json"))?;
-        let pid = shim_client::launch(&self.cfg.shim, "create", &bundle, id).await?;
+        let pid = shim_client::launch(&self.cfg.shim, "create", &bundle, &id).await?;
         debug!(container = %id, pid, "shim created the container process");
         Ok(pid)
     }
@@ -504,6 +481,7 @@ impl Runtime {
         }
         let rootfs = self.rootfs_dir(id);
         sys::unmount(&rootfs).map_err(io_err(format!("unmounting {}", rootfs.display())))?;
+        unmount_image_volumes(&bundle)?;
         // Nothing is mounted in it any more: move it aside and delete it in the background.
         if let Some(aside) = crate::discard::move_aside(&bundle).map_err(io_err(format!("removing {}", bundle.display())))? {
             crate::discard::remove_later(aside);
@@ -559,10 +537,14 @@ impl Runtime {
     /// namespace. RemoveContainer's unmount then finds nothing to do.
     fn release_rootfs(&self, id: &str) {
         let rootfs = self.rootfs_dir(id);
+        let bundle = self.bundle_dir(id);
         let id = id.to_string();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = sys::unmount(&rootfs) {
                 debug!(container = %id, error = %e, "unmounting the rootfs of an exited container");
+            }
+            if let Err(e) = unmount_image_volumes(&bundle) {
+                debug!(container = %id, error = %e, "unmounting the image volumes of an exited container");
             }
         });
     }
@@ -760,43 +742,68 @@ fn in_cgroup_of(pid: u32, id: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map(|c| c.contains(id)).unwrap_or(false)
 }
 
-/// A host device node for the container.
-fn device(container_path: &str, host_path: &str, permissions: &str) -> Result<Device> {
-    let meta = std::fs::metadata(host_path).map_err(|e| RuntimeError::InvalidArgument(format!("device {host_path:?}: {e}")))?;
-    let ft = meta.file_type();
-    let kind = if ft.is_char_device() {
-        'c'
-    } else if ft.is_block_device() {
-        'b'
-    } else {
-        return Err(RuntimeError::InvalidArgument(format!("{host_path:?} is not a device node")));
+/// The host as resolution reads it.
+struct HostFs;
+
+impl Host for HostFs {
+    fn device(&self, path: &str) -> std::io::Result<DeviceNode> {
+        let meta = std::fs::metadata(path)?;
+        let ft = meta.file_type();
+        let kind = if ft.is_char_device() {
+            'c'
+        } else if ft.is_block_device() {
+            'b'
+        } else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a device node"));
+        };
+        let rdev = meta.rdev();
+        Ok(DeviceNode { kind, major: libc::major(rdev) as i64, minor: libc::minor(rdev) as i64, mode: meta.mode() & 0o7777 })
+    }
+}
+
+/// Where a container's image volumes are mounted, inside its bundle.
+const VOLUMES_DIR: &str = "volumes";
+
+/// Mounts an image volume's layers read-only at its target (overlay of the layers, or a bind of
+/// a single one) and returns the directory the container binds: the image's root or its sub
+/// path, resolved inside the image.
+fn mount_image_volume(v: &ImageVolumePlan) -> Result<PathBuf> {
+    std::fs::create_dir_all(&v.target).map_err(io_err(format!("creating {}", v.target.display())))?;
+    let flags = libc::MS_RDONLY | libc::MS_NODEV;
+    match v.layers.as_slice() {
+        [] => return Err(RuntimeError::Internal(format!("image volume at {}: the image has no layers", v.target.display()))),
+        [one] => {
+            sys::mount(&one.display().to_string(), &v.target, "", libc::MS_BIND, "").map_err(io_err(format!("mounting image volume at {}", v.target.display())))?;
+            sys::mount("", &v.target, "", libc::MS_BIND | libc::MS_REMOUNT | flags, "").map_err(io_err(format!("making image volume {} read-only", v.target.display())))?;
+        }
+        many => {
+            let lower: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
+            sys::mount("overlay", &v.target, "overlay", flags, &format!("lowerdir={}", lower.join(":"))).map_err(io_err(format!("mounting image volume at {}", v.target.display())))?;
+        }
+    }
+    if v.sub_path.is_empty() {
+        return Ok(v.target.clone());
+    }
+    let missing = || RuntimeError::InvalidArgument(format!("image_sub_path {:?} is not a directory of the image", bounded(&v.sub_path)));
+    let dir = crate::image::unpack::secure_join(&v.target, Path::new(&v.sub_path), false).map_err(|_| missing())?;
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        _ => Err(missing()),
+    }
+}
+
+/// Unmounts every image volume of a bundle.
+fn unmount_image_volumes(bundle: &Path) -> Result<()> {
+    let dir = bundle.join(VOLUMES_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(RuntimeError::Io { what: format!("listing {}", dir.display()), source: e }),
     };
-    let rdev = meta.rdev();
-    let permissions = if permissions.is_empty() { "rwm".to_string() } else { permissions.to_string() };
-    if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-        return Err(RuntimeError::InvalidArgument(format!("device permissions {permissions:?} must be made of r, w and m")));
+    for entry in entries.flatten() {
+        let path = entry.path();
+        sys::unmount(&path).map_err(io_err(format!("unmounting image volume {}", path.display())))?;
     }
-    Ok(Device {
-        container_path: if container_path.is_empty() { host_path.to_string() } else { container_path.to_string() },
-        kind,
-        major: libc::major(rdev) as i64,
-        minor: libc::minor(rdev) as i64,
-        mode: meta.mode() & 0o7777,
-        permissions,
-    })
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_by_name_and_number() {
-        assert_eq!(parse_signal(""), Some(libc::SIGTERM));
-        assert_eq!(parse_signal("SIGQUIT"), Some(libc::SIGQUIT));
-        assert_eq!(parse_signal("int"), Some(libc::SIGINT));
-        assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal("SIGNOPE"), None);
-        assert_eq!(parse_signal("99"), None);
-    }
-}

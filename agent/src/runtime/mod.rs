@@ -6,8 +6,11 @@ mod container;
 mod namespaces;
 mod pod;
 mod podfiles;
+mod resolve;
+mod signal;
 mod spec;
 mod user;
+mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -15,12 +18,13 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-pub use self::container::{ContainerFilter, ContainerState, ContainerView, CreateContainer, Profile};
+pub use self::container::{ContainerFilter, ContainerState, ContainerView, CreateContainer, ImageMount, MountRecord, MountRequest, Profile};
 pub use self::pod::{NsMode, PodDns, PodFilter, PodPhase, PodRecord, RunPod};
+pub use self::user::GroupsPolicy;
 
 /// The OCI-level types a CreateContainer request carries.
 pub mod spec_types {
-    pub use super::spec::{BindMount, Propagation, Resources};
+    pub use super::spec::{Propagation, Resources};
 }
 use crate::image::{ImageError, ImageService};
 use crate::shim_client::ShimError;
@@ -43,6 +47,9 @@ pub enum RuntimeError {
     /// deadline exceeded
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// a failure of the host's setup
+    #[error("{0}")]
+    Internal(String),
     /// image error
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -97,8 +104,16 @@ impl IdLocks {
     }
 }
 
+/// What this host lets corral offer, found once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// mount_setattr(2) exists, so `recursive_read_only` mounts can be made.
+    pub recursive_read_only_mounts: bool,
+}
+
 pub struct Runtime {
     cfg: RuntimeConfig,
+    features: Features,
     store: Arc<Store>,
     images: Arc<ImageService>,
     cgroups: Option<cgroup::Hierarchies>,
@@ -121,8 +136,10 @@ impl Runtime {
                 None
             }
         };
+        let features = Features { recursive_read_only_mounts: crate::sys::has_mount_setattr() };
         let rt = Arc::new(Runtime {
             cfg,
+            features,
             store,
             images,
             cgroups,
@@ -160,6 +177,10 @@ impl Runtime {
 
     fn bundle_dir(&self, id: &str) -> PathBuf {
         self.cfg.state.join("containers").join(dir_name(id))
+    }
+
+    pub fn features(&self) -> Features {
+        self.features
     }
 
     /// Ok(network name) when pods can get a network, else why not.

@@ -10,30 +10,34 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::podfiles::{self, Dns};
-use super::{fresh_id, io_err, labels_match, namespaces, now_nanos, Result, Runtime, RuntimeError};
+use super::spec::Resources;
+use super::{fresh_id, io_err, labels_match, namespaces, now_nanos, validate, Result, Runtime, RuntimeError};
 use crate::cni::{Attachment, PortMapping};
 use crate::shim_client::{self, Shim};
 use crate::store::Table;
 use crate::sys;
 
 /// CRI NamespaceMode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum NsMode {
+    /// The CRI's zero value.
+    #[default]
     Pod,
     Container,
     Node,
     Target,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PodPhase {
     /// Recorded, side effects in progress; a crash leaves this for recovery to clean up.
+    #[default]
     Creating,
     Ready,
     NotReady,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PodRecord {
     pub id: String,
     pub name: String,
@@ -63,6 +67,11 @@ pub struct PodRecord {
     pub net_attached: bool,
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// Pod-level resources and overhead from UpdatePodSandboxResources.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub overhead: Option<Resources>,
 }
 
 impl PodRecord {
@@ -105,12 +114,16 @@ pub struct PodFilter {
 pub use super::podfiles::Dns as PodDns;
 
 impl Runtime {
-    fn validate_run_pod(req: &RunPod) -> Result<()> {
-        for (what, v) in [("metadata.name", &req.name), ("metadata.namespace", &req.namespace), ("metadata.uid", &req.uid)] {
-            if v.is_empty() {
-                return Err(RuntimeError::InvalidArgument(format!("pod sandbox config: {what} is required")));
-            }
+    /// Checks the request before any side effect; returns the port mappings to pass to CNI.
+    fn validate_run_pod(req: &RunPod) -> Result<Vec<PortMapping>> {
+        // Only the name is required, as by containerd and CRI-O; uid and namespace may be empty.
+        if req.name.is_empty() {
+            return Err(RuntimeError::InvalidArgument("pod sandbox config: metadata.name is required".into()));
         }
+        if !req.hostname.is_empty() {
+            validate::hostname(&req.hostname).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
+        }
+        let port_mappings = validate::port_mappings(&req.port_mappings).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
         if !req.runtime_handler.is_empty() {
             return Err(RuntimeError::InvalidArgument(format!(
                 "runtime handler {:?} is not configured (corral has only the default handler \"\")",
@@ -123,7 +136,8 @@ impl Runtime {
         if req.pid == NsMode::Target {
             return Err(RuntimeError::InvalidArgument("pod sandbox PID namespace mode TARGET is not valid; set it per container".into()));
         }
-        for key in req.sysctls.keys() {
+        for (key, value) in &req.sysctls {
+            validate::sysctl(key, value).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
             let owned = match namespaces::sysctl_namespace(key) {
                 Some("net") => req.network != NsMode::Node,
                 Some("ipc") => req.ipc != NsMode::Node,
@@ -132,26 +146,36 @@ impl Runtime {
             };
             if !owned {
                 return Err(RuntimeError::InvalidArgument(format!(
-                    "sysctl {key:?} is not allowed: only sysctls of a namespace the pod owns (net.*, kernel.shm*/msg*/sem, fs.mqueue.*) can be set"
+                    "sysctl {:?} is not allowed: only sysctls of a namespace the pod owns (net.*, kernel.shm*/msg*/sem, fs.mqueue.*) can be set",
+                    validate::bounded(key)
                 )));
             }
         }
-        Ok(())
+        Ok(port_mappings)
+    }
+
+    /// The sysctls of the pod: the requested ones, and for a pod with its own network
+    /// namespace containerd's defaults that let unprivileged processes bind ports below 1024
+    /// and open ICMP sockets (ping), unless the request sets them.
+    fn pod_sysctls(req: &RunPod) -> BTreeMap<String, String> {
+        let mut sysctls = req.sysctls.clone();
+        if req.network != NsMode::Node {
+            for (k, v) in DEFAULT_POD_SYSCTLS {
+                sysctls.entry(k.to_string()).or_insert_with(|| v.to_string());
+            }
+        }
+        sysctls
     }
 
     pub async fn run_pod(self: &Arc<Self>, req: RunPod) -> Result<String> {
-        Self::validate_run_pod(&req)?;
+        let port_mappings = Self::validate_run_pod(&req)?;
         let id = {
             let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
             fresh_id(pods.keys())
         };
-        let hostname = if req.network == NsMode::Node {
-            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
-        } else if req.hostname.is_empty() {
-            req.name.clone()
-        } else {
-            req.hostname.clone()
-        };
+        // A host-network pod has the node's UTS namespace, so the node's name; any other pod
+        // takes the requested hostname, or the node's when none is given (as containerd).
+        let hostname = if req.network == NsMode::Node || req.hostname.is_empty() { node_hostname()? } else { req.hostname.clone() };
         let cgroup = if req.cgroup_parent.is_empty() {
             format!("{}/pod-{}", self.cfg.cgroup_parent.trim_end_matches('/'), &id[..16])
         } else {
@@ -179,11 +203,13 @@ impl Runtime {
             cgroup_created: self.cgroups.as_ref().is_some_and(|c| !c.exists(&cgroup)),
             cgroup,
             privileged: req.privileged,
-            sysctls: req.sysctls.clone(),
+            sysctls: Self::pod_sysctls(&req),
             pause_pid: 0,
             ips: Vec::new(),
             net_attached: req.network != NsMode::Node,
-            port_mappings: req.port_mappings.clone(),
+            port_mappings,
+            resources: None,
+            overhead: None,
         };
         let _lock = self.locks.lock(&id).await;
         // Reserve the name and record the pod before any side effect.
@@ -389,6 +415,33 @@ impl Runtime {
         Ok(())
     }
 
+    /// UpdatePodSandboxResources: the kubelet has resized the pod. The new figures are recorded;
+    /// a pod cgroup corral made itself (no cgroup parent given) gets them written, resources
+    /// plus overhead, at once. A cgroup the kubelet manages it has already written.
+    pub async fn update_pod_resources(self: &Arc<Self>, wanted: &str, resources: Option<Resources>, overhead: Option<Resources>) -> Result<()> {
+        for r in resources.iter().chain(overhead.iter()) {
+            validate::resources(r).map_err(RuntimeError::InvalidArgument)?;
+        }
+        let id = self.find_pod_id(wanted)?.ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {:?} not found", validate::bounded(wanted))))?;
+        let _lock = self.locks.lock(&id).await;
+        let mut record = self.pod(&id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {id} not found")))?;
+        if record.cgroup_created {
+            if let (Some(cgroups), Some(r)) = (&self.cgroups, &resources) {
+                let total = overhead.as_ref().map(|o| r.plus(o)).unwrap_or_else(|| r.clone());
+                cgroups.apply(&record.cgroup, &total).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidInput => RuntimeError::InvalidArgument(format!("pod sandbox {id}: the kernel refused a limit: {e}")),
+                    std::io::ErrorKind::ResourceBusy => RuntimeError::FailedPrecondition(format!("pod sandbox {id}: {e} (usage is above the new limit)")),
+                    _ => RuntimeError::Internal(format!("pod sandbox {id}: {e}")),
+                })?;
+            }
+        }
+        record.resources = resources;
+        record.overhead = overhead;
+        self.save_pod(&record)?;
+        info!(pod = %id, "pod sandbox resources updated");
+        Ok(())
+    }
+
     pub fn pod_status(&self, wanted: &str) -> Result<PodRecord> {
         let id = self.find_pod_id(wanted)?.ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {wanted:?} not found")))?;
         self.pod(&id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {wanted:?} not found")))
@@ -458,6 +511,16 @@ impl Runtime {
         let pause_ok = record.pid != NsMode::Pod || (process_alive(record.pause_pid) && is_pause_of(record.pause_pid, &record.id));
         net_ok && pause_ok
     }
+}
+
+/// Set in a pod's own network namespace unless the request sets them (containerd 2's
+/// `enable_unprivileged_ports` and `enable_unprivileged_icmp`, on by default there).
+const DEFAULT_POD_SYSCTLS: [(&str, &str); 2] = [("net.ipv4.ip_unprivileged_port_start", "0"), ("net.ipv4.ping_group_range", "0 2147483647")];
+
+/// The node's hostname, the default of a pod that asks for none.
+fn node_hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(io_err("reading the node's hostname"))?;
+    Ok(h.trim().to_string())
 }
 
 /// Whether the process exists and is not a zombie.

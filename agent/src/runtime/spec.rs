@@ -90,11 +90,24 @@ pub fn capabilities(privileged: bool, add: &[String], drop: &[String]) -> Result
     Ok(caps)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Mount propagation, numbered as the CRI's MountPropagation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Propagation {
+    #[default]
     Private,
     HostToContainer,
     Bidirectional,
+}
+
+impl Propagation {
+    /// The CRI MountPropagation value.
+    pub fn code(self) -> i32 {
+        match self {
+            Propagation::Private => 0,
+            Propagation::HostToContainer => 1,
+            Propagation::Bidirectional => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +115,8 @@ pub struct BindMount {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    /// Read-only down to every submount ("rro"); only with `readonly` and private propagation.
+    pub recursive_readonly: bool,
     pub propagation: Propagation,
 }
 
@@ -115,7 +130,7 @@ pub struct Device {
     pub permissions: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     pub cpu_period: i64,
     pub cpu_quota: i64,
@@ -126,6 +141,25 @@ pub struct Resources {
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
     pub pids_limit: i64,
+}
+
+impl Resources {
+    /// The sum of two sets of limits (pod resources and overhead): amounts add up; the cpuset
+    /// and the CFS period are `self`'s.
+    pub fn plus(&self, other: &Resources) -> Resources {
+        let add = |a: i64, b: i64| if a > 0 && b > 0 { a + b } else { a };
+        Resources {
+            cpu_period: self.cpu_period,
+            cpu_quota: add(self.cpu_quota, other.cpu_quota),
+            cpu_shares: add(self.cpu_shares, other.cpu_shares),
+            memory_limit: add(self.memory_limit, other.memory_limit),
+            memory_swap_limit: add(self.memory_swap_limit, other.memory_swap_limit),
+            oom_score_adj: self.oom_score_adj,
+            cpuset_cpus: self.cpuset_cpus.clone(),
+            cpuset_mems: self.cpuset_mems.clone(),
+            pids_limit: add(self.pids_limit, other.pids_limit),
+        }
+    }
 }
 
 /// Namespace paths to join (None = a new namespace, Some = setns into it); omitted kinds share
@@ -193,6 +227,11 @@ pub fn container_spec(s: &ContainerSpec) -> Value {
         mount("/sys", "sysfs", "sysfs", sys_opts),
     ];
     let user_paths: Vec<&str> = s.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    if !user_paths.contains(&"/sys/fs/cgroup") {
+        // The container's own cgroup, read-only unless privileged (containerd's default).
+        let cgroup_opts: &[&str] = if s.privileged { &["nosuid", "noexec", "nodev", "relatime", "rw"] } else { &["nosuid", "noexec", "nodev", "relatime", "ro"] };
+        mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_opts));
+    }
     let file_ro = if s.readonly_rootfs { "ro" } else { "rw" };
     let pod_mounts = [
         ("/etc/hosts", s.pod_files.join(super::podfiles::HOSTS), file_ro),
@@ -224,7 +263,12 @@ pub fn container_spec(s: &ContainerSpec) -> Value {
                 "rshared"
             }
         };
-        mounts.push(mount(&m.container_path, "bind", &m.host_path, &["rbind", prop, if m.readonly { "ro" } else { "rw" }]));
+        let access = match (m.readonly, m.recursive_readonly) {
+            (true, true) => "rro",
+            (true, false) => "ro",
+            (false, _) => "rw",
+        };
+        mounts.push(mount(&m.container_path, "bind", &m.host_path, &["rbind", prop, access]));
     }
 
     let mut namespaces = vec![json!({ "type": "mount" })];
@@ -393,7 +437,7 @@ mod tests {
             namespaces: Namespaces { uts: Some(Some("/ns/uts".into())), ..Default::default() },
             cgroup: "/corral/p/c".into(),
             resources: Resources::default(),
-            mounts: vec![BindMount { container_path: "/etc/hosts".into(), host_path: "/tmp/h".into(), readonly: true, propagation: Propagation::Bidirectional }],
+            mounts: vec![BindMount { container_path: "/etc/hosts".into(), host_path: "/tmp/h".into(), readonly: true, recursive_readonly: false, propagation: Propagation::Bidirectional }],
             pod_files: "/pod".into(),
             shm: "/shm".into(),
             devices: vec![],
@@ -411,5 +455,50 @@ mod tests {
         assert!(v.get("hostname").is_none(), "joined uts namespace: no hostname");
         let resolv = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/resolv.conf").unwrap();
         assert!(resolv["options"].as_array().unwrap().contains(&json!("ro")));
+        // The container's cgroup, read-only.
+        let cgroup = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys/fs/cgroup").unwrap();
+        assert_eq!(cgroup["type"], "cgroup");
+        assert!(cgroup["options"].as_array().unwrap().contains(&json!("ro")));
+    }
+
+    #[test]
+    fn recursive_read_only_mounts_get_rro() {
+        let mount = |readonly, recursive_readonly| BindMount { container_path: "/m".into(), host_path: "/h".into(), readonly, recursive_readonly, propagation: Propagation::Private };
+        for (m, want) in [(mount(true, true), "rro"), (mount(true, false), "ro"), (mount(false, false), "rw")] {
+            let s = ContainerSpec { mounts: vec![m], ..spec_for_test() };
+            let v = container_spec(&s);
+            let got = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/m").unwrap().clone();
+            assert_eq!(got["options"], json!(["rbind", "rprivate", want]));
+        }
+    }
+
+    fn spec_for_test() -> ContainerSpec {
+        ContainerSpec {
+            rootfs: "/r".into(),
+            readonly_rootfs: false,
+            args: vec!["sh".into()],
+            env: vec![],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            caps: vec![],
+            ambient: vec![],
+            no_new_privs: false,
+            tty: false,
+            hostname: "h".into(),
+            privileged: false,
+            namespaces: Namespaces::default(),
+            cgroup: "/corral/p/c".into(),
+            resources: Resources::default(),
+            mounts: vec![],
+            pod_files: "/pod".into(),
+            shm: "/shm".into(),
+            devices: vec![],
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            sysctls: BTreeMap::new(),
+            annotations: HashMap::new(),
+        }
     }
 }

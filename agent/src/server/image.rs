@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_server::ImageService as CriImageService;
+use cri_api::v1 as cri;
+use cri_api::v1::image_service_server::ImageService as CriImageService;
 use tonic::{Code, Request, Response, Status};
 use tracing::{info_span, Instrument};
 
@@ -24,6 +24,21 @@ impl Images {
     }
 }
 
+/// Images per message of StreamImages.
+const STREAM_BATCH: usize = 1000;
+
+impl Images {
+    /// ListImages' answer: every image, or the one the filter names.
+    fn filtered(&self, filter: Option<cri::ImageFilter>) -> Vec<cri::Image> {
+        let name = filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+        let images = match name {
+            Some(name) => self.images.find(&name).into_iter().collect(),
+            None => self.images.list(),
+        };
+        images.iter().map(to_cri).collect()
+    }
+}
+
 fn image_name(spec: Option<&cri::ImageSpec>) -> std::result::Result<&str, Status> {
     match spec.map(|s| s.image.as_str()) {
         Some(name) if !name.is_empty() => Ok(name),
@@ -40,7 +55,9 @@ pub fn status_of(err: &ImageError) -> Status {
             RegistryError::Unauthorized { .. } => Code::Unauthenticated,
             RegistryError::Unreachable { .. } | RegistryError::Transfer { .. } => Code::Unavailable,
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => Code::DataLoss,
-            _ => Code::Unknown,
+            // A registry that answers with an error status or nonsense is not usable now.
+            RegistryError::Status { .. } | RegistryError::Protocol { .. } => Code::Unavailable,
+            RegistryError::Io { .. } => Code::Internal,
         },
         ImageError::Manifest { source, .. } => match source {
             crate::image::manifest::ManifestError::NoPlatform(_) => Code::NotFound,
@@ -69,12 +86,14 @@ fn to_cri(img: &ImageRecord) -> cri::Image {
 #[tonic::async_trait]
 impl CriImageService for Images {
     async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Result<cri::ListImagesResponse> {
-        let filter = req.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
-        let images = match filter {
-            Some(name) => self.images.find(&name).into_iter().collect(),
-            None => self.images.list(),
-        };
-        Ok(Response::new(cri::ListImagesResponse { images: images.iter().map(to_cri).collect() }))
+        Ok(Response::new(cri::ListImagesResponse { images: self.filtered(req.into_inner().filter) }))
+    }
+
+    type StreamImagesStream = super::ItemStream<cri::StreamImagesResponse>;
+
+    async fn stream_images(&self, req: Request<cri::StreamImagesRequest>) -> Result<Self::StreamImagesStream> {
+        let images = self.filtered(req.into_inner().filter);
+        Ok(Response::new(super::batches(images, STREAM_BATCH, |images| cri::StreamImagesResponse { images })))
     }
 
     async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> Result<cri::ImageStatusResponse> {

@@ -1,13 +1,15 @@
 //! The CRI gRPC layer: thin translation between CRI messages and domain calls, and the mapping
 //! of domain errors to gRPC status codes. Nothing here touches the filesystem.
 
+mod convert;
 mod image;
 mod runtime;
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use cri_api::v1::image_service_server::ImageServiceServer;
+use cri_api::v1::runtime_service_server::RuntimeServiceServer;
 use tonic::transport::server::Router;
 use tonic::transport::Server;
 
@@ -28,4 +30,36 @@ pub fn router(images: Arc<ImageService>, rt: Arc<Runtime>) -> Router {
 
 fn unimplemented<T>(rpc: &str) -> Result<tonic::Response<T>, tonic::Status> {
     Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by corral yet")))
+}
+
+/// The response stream of a server-streaming RPC.
+pub type ItemStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// `items` as a stream of messages of at most `size` items each (the Stream* list RPCs): every
+/// item in exactly one message, and no message at all when there is no item.
+pub fn batches<I: Send + 'static, T: Send + 'static>(items: Vec<I>, size: usize, wrap: impl Fn(Vec<I>) -> T) -> ItemStream<T> {
+    let mut messages = Vec::new();
+    let mut rest = items.into_iter().peekable();
+    while rest.peek().is_some() {
+        messages.push(Ok(wrap(rest.by_ref().take(size.max(1)).collect())));
+    }
+    Box::pin(futures::stream::iter(messages))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn batches_hold_every_item_once_and_nothing_when_empty() {
+        let sizes = |n: usize, size: usize| async move {
+            let stream = super::batches((0..n).collect::<Vec<_>>(), size, |v| v);
+            stream.map(|m| m.unwrap()).collect::<Vec<Vec<usize>>>().await
+        };
+        assert!(sizes(0, 10).await.is_empty());
+        assert_eq!(sizes(3, 10).await, vec![vec![0, 1, 2]]);
+        let many = sizes(25, 10).await;
+        assert_eq!(many.iter().map(|m| m.len()).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert_eq!(many.concat(), (0..25).collect::<Vec<_>>());
+    }
 }

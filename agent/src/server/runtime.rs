@@ -1,15 +1,15 @@
 //! CRI RuntimeService: translation between CRI messages and the runtime's domain calls.
 
-use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_server::RuntimeService;
+use cri_api::v1 as cri;
+use cri_api::v1::runtime_service_server::RuntimeService;
 use tonic::{Code, Request, Response, Status};
 
-use super::unimplemented;
-use crate::runtime::{self as rt, ContainerState, NsMode, PodPhase, Runtime, RuntimeError};
+use super::convert::{self, ns_mode_cri, pod_metadata, pod_state};
+use super::{batches, unimplemented, ItemStream};
+use crate::runtime::{Runtime, RuntimeError};
 
 pub const RUNTIME_NAME: &str = "corral";
 pub const CRI_VERSION: &str = "v1";
@@ -26,10 +26,14 @@ impl CriRuntime {
 }
 
 type Result<T> = std::result::Result<Response<T>, Status>;
-type EventStream = Pin<Box<dyn futures::Stream<Item = std::result::Result<cri::ContainerEventResponse, Status>> + Send>>;
 
-/// The gRPC status of a runtime error.
+/// The gRPC status of a runtime error: bad input, missing objects and unmet preconditions
+/// are the client's to fix; a failure of this host's setup is Internal. Never Unknown.
 pub fn status_of(err: RuntimeError) -> Status {
+    use crate::cni::config::ConfigError;
+    use crate::cni::exec::ExecError;
+    use crate::cni::CniError;
+    use crate::shim_client::ShimError;
     let code = match &err {
         RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
         RuntimeError::NotFound(_) => Code::NotFound,
@@ -37,197 +41,28 @@ pub fn status_of(err: RuntimeError) -> Status {
         RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Image(e) => return super::image::status_of(e),
-        RuntimeError::Shim(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } | RuntimeError::Network(_) => Code::Unknown,
+        // No network config, or a plugin binary that is not installed: the network is not ready.
+        RuntimeError::Network(CniError::Config(ConfigError::Missing(_) | ConfigError::Invalid { .. }) | CniError::Exec(ExecError::NotFound { .. })) => {
+            Code::FailedPrecondition
+        }
+        RuntimeError::Network(CniError::Exec(ExecError::Timeout { .. })) | RuntimeError::Shim(ShimError::Timeout { .. }) => Code::DeadlineExceeded,
+        RuntimeError::Network(_) | RuntimeError::Shim(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
     };
     Status::new(code, err.to_string())
 }
 
-fn ns_mode(v: i32) -> NsMode {
-    match cri::NamespaceMode::try_from(v) {
-        Ok(cri::NamespaceMode::Container) => NsMode::Container,
-        Ok(cri::NamespaceMode::Node) => NsMode::Node,
-        Ok(cri::NamespaceMode::Target) => NsMode::Target,
-        _ => NsMode::Pod,
+/// Runs a request that changes state to its end in a task of its own: a client that gives up
+/// (its deadline passed, it was cancelled) must not leave a pod or container half made, with its
+/// name reserved. A retry then finds the finished object (AlreadyExists) or does the work.
+async fn detached<T: Send + 'static>(work: impl std::future::Future<Output = std::result::Result<T, RuntimeError>> + Send + 'static) -> std::result::Result<T, Status> {
+    match tokio::spawn(work).await {
+        Ok(result) => result.map_err(status_of),
+        Err(e) => Err(Status::internal(format!("request task failed: {e}"))),
     }
 }
 
-fn ns_mode_cri(m: NsMode) -> i32 {
-    (match m {
-        NsMode::Pod => cri::NamespaceMode::Pod,
-        NsMode::Container => cri::NamespaceMode::Container,
-        NsMode::Node => cri::NamespaceMode::Node,
-        NsMode::Target => cri::NamespaceMode::Target,
-    }) as i32
-}
-
-fn profile(p: Option<&cri::SecurityProfile>, legacy: &str) -> rt::Profile {
-    match p {
-        Some(p) => match cri::security_profile::ProfileType::try_from(p.profile_type) {
-            Ok(cri::security_profile::ProfileType::Unconfined) => rt::Profile::Unconfined,
-            Ok(cri::security_profile::ProfileType::Localhost) => rt::Profile::Localhost,
-            _ => rt::Profile::RuntimeDefault,
-        },
-        None => match legacy {
-            "" | "unconfined" => rt::Profile::Unconfined,
-            "localhost" => rt::Profile::Localhost,
-            _ if legacy.starts_with("localhost/") => rt::Profile::Localhost,
-            _ => rt::Profile::RuntimeDefault,
-        },
-    }
-}
-
-fn run_pod_request(config: cri::PodSandboxConfig, runtime_handler: String) -> std::result::Result<rt::RunPod, Status> {
-    let meta = config.metadata.ok_or_else(|| Status::invalid_argument("pod sandbox config: metadata is required"))?;
-    let linux = config.linux.unwrap_or_default();
-    let sec = linux.security_context.unwrap_or_default();
-    let ns = sec.namespace_options.unwrap_or_default();
-    Ok(rt::RunPod {
-        name: meta.name,
-        uid: meta.uid,
-        namespace: meta.namespace,
-        attempt: meta.attempt,
-        hostname: config.hostname,
-        log_directory: config.log_directory,
-        dns: config.dns_config.map(|d| rt::PodDns { servers: d.servers, searches: d.searches, options: d.options }),
-        labels: config.labels,
-        annotations: config.annotations,
-        runtime_handler,
-        cgroup_parent: linux.cgroup_parent,
-        sysctls: linux.sysctls.into_iter().collect::<BTreeMap<_, _>>(),
-        network: ns_mode(ns.network),
-        pid: ns_mode(ns.pid),
-        ipc: ns_mode(ns.ipc),
-        target_id: ns.target_id,
-        privileged: sec.privileged,
-        port_mappings: config
-            .port_mappings
-            .into_iter()
-            .map(|p| crate::cni::PortMapping {
-                host_port: p.host_port,
-                container_port: p.container_port,
-                protocol: match cri::Protocol::try_from(p.protocol) {
-                    Ok(cri::Protocol::Udp) => "udp".into(),
-                    Ok(cri::Protocol::Sctp) => "sctp".into(),
-                    _ => "tcp".into(),
-                },
-                host_ip: p.host_ip,
-            })
-            .collect(),
-    })
-}
-
-fn pod_state(p: PodPhase) -> i32 {
-    (if p == PodPhase::Ready { cri::PodSandboxState::SandboxReady } else { cri::PodSandboxState::SandboxNotready }) as i32
-}
-
-fn pod_metadata(p: &rt::PodRecord) -> cri::PodSandboxMetadata {
-    cri::PodSandboxMetadata { name: p.name.clone(), uid: p.uid.clone(), namespace: p.namespace.clone(), attempt: p.attempt }
-}
-
-fn container_state(s: ContainerState) -> i32 {
-    (match s {
-        ContainerState::Created => cri::ContainerState::ContainerCreated,
-        ContainerState::Running => cri::ContainerState::ContainerRunning,
-        ContainerState::Exited => cri::ContainerState::ContainerExited,
-        ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
-    }) as i32
-}
-
-fn container_state_from(v: i32) -> ContainerState {
-    match cri::ContainerState::try_from(v) {
-        Ok(cri::ContainerState::ContainerCreated) => ContainerState::Created,
-        Ok(cri::ContainerState::ContainerRunning) => ContainerState::Running,
-        Ok(cri::ContainerState::ContainerExited) => ContainerState::Exited,
-        _ => ContainerState::Unknown,
-    }
-}
-
-#[allow(deprecated)] // the legacy profile fields are still sent by older kubelets
-fn create_container_request(pod_id: String, config: cri::ContainerConfig, sandbox: Option<cri::PodSandboxConfig>) -> std::result::Result<rt::CreateContainer, Status> {
-    let meta = config.metadata.ok_or_else(|| Status::invalid_argument("container config: metadata is required"))?;
-    let image = config.image.map(|i| i.image).filter(|i| !i.is_empty()).ok_or_else(|| Status::invalid_argument("container config: image is required"))?;
-    let linux = config.linux.unwrap_or_default();
-    let res = linux.resources.unwrap_or_default();
-    let sec = linux.security_context.unwrap_or_default();
-    let caps = sec.capabilities.unwrap_or_default();
-    let ns = sec.namespace_options.unwrap_or_default();
-    let _ = sandbox;
-    let pids_limit = res.unified.get("pids.max").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    Ok(rt::CreateContainer {
-        pod_id,
-        name: meta.name,
-        attempt: meta.attempt,
-        image,
-        command: config.command,
-        args: config.args,
-        working_dir: config.working_dir,
-        envs: config.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
-        mounts: config
-            .mounts
-            .into_iter()
-            .map(|m| rt::spec_types::BindMount {
-                container_path: m.container_path,
-                host_path: m.host_path,
-                readonly: m.readonly,
-                propagation: match cri::MountPropagation::try_from(m.propagation) {
-                    Ok(cri::MountPropagation::PropagationHostToContainer) => rt::spec_types::Propagation::HostToContainer,
-                    Ok(cri::MountPropagation::PropagationBidirectional) => rt::spec_types::Propagation::Bidirectional,
-                    _ => rt::spec_types::Propagation::Private,
-                },
-            })
-            .collect(),
-        devices: config.devices.into_iter().map(|d| (d.container_path, d.host_path, d.permissions)).collect(),
-        labels: config.labels,
-        annotations: config.annotations,
-        log_path: config.log_path,
-        stdin: config.stdin,
-        stdin_once: config.stdin_once,
-        tty: config.tty,
-        resources: rt::spec_types::Resources {
-            cpu_period: res.cpu_period,
-            cpu_quota: res.cpu_quota,
-            cpu_shares: res.cpu_shares,
-            memory_limit: res.memory_limit_in_bytes,
-            memory_swap_limit: res.memory_swap_limit_in_bytes,
-            oom_score_adj: res.oom_score_adj,
-            cpuset_cpus: res.cpuset_cpus,
-            cpuset_mems: res.cpuset_mems,
-            pids_limit,
-        },
-        privileged: sec.privileged,
-        caps_add: caps.add_capabilities,
-        caps_drop: caps.drop_capabilities,
-        caps_ambient: caps.add_ambient_capabilities,
-        run_as_user: sec.run_as_user.map(|v| v.value),
-        run_as_group: sec.run_as_group.map(|v| v.value),
-        run_as_username: sec.run_as_username,
-        readonly_rootfs: sec.readonly_rootfs,
-        supplemental_groups: sec.supplemental_groups,
-        no_new_privs: sec.no_new_privs,
-        masked_paths: sec.masked_paths,
-        readonly_paths: sec.readonly_paths,
-        pid: ns_mode(ns.pid),
-        target_id: ns.target_id,
-        seccomp: profile(sec.seccomp.as_ref(), &sec.seccomp_profile_path),
-        apparmor: profile(sec.apparmor.as_ref(), &sec.apparmor_profile),
-    })
-}
-
-fn to_cri_container(v: &rt::ContainerView) -> cri::Container {
-    let r = &v.record;
-    cri::Container {
-        id: r.id.clone(),
-        pod_sandbox_id: r.pod_id.clone(),
-        metadata: Some(cri::ContainerMetadata { name: r.name.clone(), attempt: r.attempt }),
-        image: Some(cri::ImageSpec { image: r.image.clone(), ..Default::default() }),
-        image_ref: r.image_ref.clone(),
-        state: container_state(v.state),
-        created_at: r.created_at,
-        labels: r.labels.clone(),
-        annotations: r.annotations.clone(),
-        image_id: r.image_id.clone(),
-    }
-}
+/// Items per message of the Stream* RPCs: a few MiB at most, far below kubelet's 16 MiB limit.
+const STREAM_BATCH: usize = 1000;
 
 #[tonic::async_trait]
 impl RuntimeService for CriRuntime {
@@ -253,9 +88,16 @@ impl RuntimeService for CriRuntime {
                 },
             },
         ];
+        let features = self.rt.features();
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
-            ..Default::default()
+            info: HashMap::new(),
+            // The default handler "" is the only one.
+            runtime_handlers: vec![cri::RuntimeHandler {
+                name: String::new(),
+                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: features.recursive_read_only_mounts, user_namespaces: false }),
+            }],
+            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
         }))
     }
 
@@ -268,16 +110,21 @@ impl RuntimeService for CriRuntime {
     async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Result<cri::RunPodSandboxResponse> {
         let req = req.into_inner();
         let config = req.config.ok_or_else(|| Status::invalid_argument("pod sandbox config is required"))?;
-        let run = run_pod_request(config, req.runtime_handler)?;
-        let pod_sandbox_id = self.rt.run_pod(run).await.map_err(status_of)?;
+        let run = convert::run_pod_request(config, req.runtime_handler)?;
+        let rt = Arc::clone(&self.rt);
+        let pod_sandbox_id = detached(async move { rt.run_pod(run).await }).await?;
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
     }
     async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Result<cri::StopPodSandboxResponse> {
-        self.rt.stop_pod(&req.into_inner().pod_sandbox_id).await.map_err(status_of)?;
+        let rt = Arc::clone(&self.rt);
+        let id = req.into_inner().pod_sandbox_id;
+        detached(async move { rt.stop_pod(&id).await }).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
     async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Result<cri::RemovePodSandboxResponse> {
-        self.rt.remove_pod(&req.into_inner().pod_sandbox_id).await.map_err(status_of)?;
+        let rt = Arc::clone(&self.rt);
+        let id = req.into_inner().pod_sandbox_id;
+        detached(async move { rt.remove_pod(&id).await }).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
     async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> Result<cri::PodSandboxStatusResponse> {
@@ -292,6 +139,9 @@ impl RuntimeService for CriRuntime {
                 "pausePid": p.pause_pid,
                 "sysctls": p.sysctls,
                 "privileged": p.privileged,
+                "portMappings": p.port_mappings,
+                "resources": p.resources,
+                "overhead": p.overhead,
             });
             info.insert("info".to_string(), verbose.to_string());
         }
@@ -323,57 +173,59 @@ impl RuntimeService for CriRuntime {
         Ok(Response::new(cri::PodSandboxStatusResponse { status: Some(status), info, ..Default::default() }))
     }
     async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> Result<cri::ListPodSandboxResponse> {
-        let filter = req.into_inner().filter.map(|f| rt::PodFilter {
-            id: f.id,
-            state: f.state.map(|s| if s.state == cri::PodSandboxState::SandboxReady as i32 { PodPhase::Ready } else { PodPhase::NotReady }),
-            labels: f.label_selector,
-        });
-        let items = self
-            .rt
-            .list_pods(&filter.unwrap_or_default())
-            .iter()
-            .map(|p| cri::PodSandbox {
-                id: p.id.clone(),
-                metadata: Some(pod_metadata(p)),
-                state: pod_state(p.phase),
-                created_at: p.created_at,
-                labels: p.labels.clone(),
-                annotations: p.annotations.clone(),
-                runtime_handler: p.runtime_handler.clone(),
-            })
-            .collect();
+        let filter = convert::pod_filter(req.into_inner().filter);
+        let items = self.rt.list_pods(&filter).iter().map(convert::to_cri_pod).collect();
         Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
+
+    type StreamPodSandboxesStream = ItemStream<cri::StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(&self, req: Request<cri::StreamPodSandboxesRequest>) -> Result<Self::StreamPodSandboxesStream> {
+        let filter = convert::pod_filter(req.into_inner().filter);
+        let items: Vec<cri::PodSandbox> = self.rt.list_pods(&filter).iter().map(convert::to_cri_pod).collect();
+        Ok(Response::new(batches(items, STREAM_BATCH, |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes })))
+    }
+
     async fn create_container(&self, req: Request<cri::CreateContainerRequest>) -> Result<cri::CreateContainerResponse> {
         let req = req.into_inner();
         let config = req.config.ok_or_else(|| Status::invalid_argument("container config is required"))?;
-        let create = create_container_request(req.pod_sandbox_id, config, req.sandbox_config)?;
-        let container_id = self.rt.create_container(create).await.map_err(status_of)?;
+        let create = convert::create_container_request(req.pod_sandbox_id, config)?;
+        let rt = Arc::clone(&self.rt);
+        let container_id = detached(async move { rt.create_container(create).await }).await?;
         Ok(Response::new(cri::CreateContainerResponse { container_id }))
     }
     async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> Result<cri::StartContainerResponse> {
-        self.rt.start_container(&req.into_inner().container_id).await.map_err(status_of)?;
+        let rt = Arc::clone(&self.rt);
+        let id = req.into_inner().container_id;
+        detached(async move { rt.start_container(&id).await }).await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
     async fn stop_container(&self, req: Request<cri::StopContainerRequest>) -> Result<cri::StopContainerResponse> {
         let req = req.into_inner();
-        self.rt.stop_container(&req.container_id, req.timeout).await.map_err(status_of)?;
+        let rt = Arc::clone(&self.rt);
+        detached(async move { rt.stop_container(&req.container_id, req.timeout).await }).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
     async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> Result<cri::RemoveContainerResponse> {
-        self.rt.remove_container(&req.into_inner().container_id).await.map_err(status_of)?;
+        let rt = Arc::clone(&self.rt);
+        let id = req.into_inner().container_id;
+        detached(async move { rt.remove_container(&id).await }).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
     async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> Result<cri::ListContainersResponse> {
-        let filter = req.into_inner().filter.map(|f| rt::ContainerFilter {
-            id: f.id,
-            pod_id: f.pod_sandbox_id,
-            state: f.state.map(|s| container_state_from(s.state)),
-            labels: f.label_selector,
-        });
-        let containers = self.rt.list_containers(&filter.unwrap_or_default()).iter().map(to_cri_container).collect();
+        let filter = convert::container_filter(req.into_inner().filter);
+        let containers = self.rt.list_containers(&filter).iter().map(convert::to_cri_container).collect();
         Ok(Response::new(cri::ListContainersResponse { containers }))
     }
+
+    type StreamContainersStream = ItemStream<cri::StreamContainersResponse>;
+
+    async fn stream_containers(&self, req: Request<cri::StreamContainersRequest>) -> Result<Self::StreamContainersStream> {
+        let filter = convert::container_filter(req.into_inner().filter);
+        let items: Vec<cri::Container> = self.rt.list_containers(&filter).iter().map(convert::to_cri_container).collect();
+        Ok(Response::new(batches(items, STREAM_BATCH, |containers| cri::StreamContainersResponse { containers })))
+    }
+
     async fn container_status(&self, req: Request<cri::ContainerStatusRequest>) -> Result<cri::ContainerStatusResponse> {
         let req = req.into_inner();
         let v = self.rt.container_status(&req.container_id).map_err(status_of)?;
@@ -383,36 +235,7 @@ impl RuntimeService for CriRuntime {
             let verbose = serde_json::json!({ "id": r.id, "pid": v.pid, "podSandboxId": r.pod_id, "logPath": r.log_path, "stopSignal": r.stop_signal });
             info.insert("info".to_string(), verbose.to_string());
         }
-        let status = cri::ContainerStatus {
-            id: r.id.clone(),
-            metadata: Some(cri::ContainerMetadata { name: r.name.clone(), attempt: r.attempt }),
-            state: container_state(v.state),
-            created_at: r.created_at,
-            started_at: v.started_at,
-            finished_at: v.finished_at,
-            exit_code: v.exit_code,
-            image: Some(cri::ImageSpec { image: r.image.clone(), ..Default::default() }),
-            image_ref: r.image_ref.clone(),
-            reason: v.reason.clone(),
-            message: v.message.clone(),
-            labels: r.labels.clone(),
-            annotations: r.annotations.clone(),
-            mounts: r
-                .mounts
-                .iter()
-                .map(|m| cri::Mount {
-                    container_path: m.container_path.clone(),
-                    host_path: m.host_path.clone(),
-                    readonly: m.readonly,
-                    propagation: m.propagation,
-                    ..Default::default()
-                })
-                .collect(),
-            log_path: r.log_path.clone(),
-            image_id: r.image_id.clone(),
-            ..Default::default()
-        };
-        Ok(Response::new(cri::ContainerStatusResponse { status: Some(status), info }))
+        Ok(Response::new(cri::ContainerStatusResponse { status: Some(convert::container_status(&v)), info }))
     }
     async fn update_container_resources(&self, _req: Request<cri::UpdateContainerResourcesRequest>) -> Result<cri::UpdateContainerResourcesResponse> {
         unimplemented("UpdateContainerResources")
@@ -441,11 +264,23 @@ impl RuntimeService for CriRuntime {
     async fn list_container_stats(&self, _req: Request<cri::ListContainerStatsRequest>) -> Result<cri::ListContainerStatsResponse> {
         unimplemented("ListContainerStats")
     }
+
+    type StreamContainerStatsStream = ItemStream<cri::StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(&self, _req: Request<cri::StreamContainerStatsRequest>) -> Result<Self::StreamContainerStatsStream> {
+        unimplemented("StreamContainerStats")
+    }
     async fn pod_sandbox_stats(&self, _req: Request<cri::PodSandboxStatsRequest>) -> Result<cri::PodSandboxStatsResponse> {
         unimplemented("PodSandboxStats")
     }
     async fn list_pod_sandbox_stats(&self, _req: Request<cri::ListPodSandboxStatsRequest>) -> Result<cri::ListPodSandboxStatsResponse> {
         unimplemented("ListPodSandboxStats")
+    }
+
+    type StreamPodSandboxStatsStream = ItemStream<cri::StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(&self, _req: Request<cri::StreamPodSandboxStatsRequest>) -> Result<Self::StreamPodSandboxStatsStream> {
+        unimplemented("StreamPodSandboxStats")
     }
     async fn update_runtime_config(&self, req: Request<cri::UpdateRuntimeConfigRequest>) -> Result<cri::UpdateRuntimeConfigResponse> {
         let cidr = req.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
@@ -462,7 +297,7 @@ impl RuntimeService for CriRuntime {
         unimplemented("CheckpointContainer")
     }
 
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = ItemStream<cri::ContainerEventResponse>;
 
     async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> Result<Self::GetContainerEventsStream> {
         unimplemented("GetContainerEvents")
@@ -472,5 +307,20 @@ impl RuntimeService for CriRuntime {
     }
     async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> Result<cri::ListPodSandboxMetricsResponse> {
         unimplemented("ListPodSandboxMetrics")
+    }
+
+    type StreamPodSandboxMetricsStream = ItemStream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(&self, _req: Request<cri::StreamPodSandboxMetricsRequest>) -> Result<Self::StreamPodSandboxMetricsStream> {
+        unimplemented("StreamPodSandboxMetrics")
+    }
+
+    async fn update_pod_sandbox_resources(&self, req: Request<cri::UpdatePodSandboxResourcesRequest>) -> Result<cri::UpdatePodSandboxResourcesResponse> {
+        let req = req.into_inner();
+        let resources = req.resources.as_ref().map(|r| convert::resources(Some(r)));
+        let overhead = req.overhead.as_ref().map(|r| convert::resources(Some(r)));
+        let rt = Arc::clone(&self.rt);
+        detached(async move { rt.update_pod_resources(&req.pod_sandbox_id, resources, overhead).await }).await?;
+        Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
     }
 }

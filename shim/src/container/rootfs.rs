@@ -23,6 +23,8 @@ pub struct MountOpts {
     pub data: String,
     pub bind: bool,
     pub recursive: bool,
+    /// "rro": read-only down to every submount (mount_setattr with AT_RECURSIVE).
+    pub recursive_readonly: bool,
 }
 
 /// Splits OCI mount options into flags, propagation and data.
@@ -32,7 +34,14 @@ pub fn parse_options(options: &[String]) -> MountOpts {
     for opt in options {
         let (set, clear): (libc::c_ulong, libc::c_ulong) = match opt.as_str() {
             "ro" => (libc::MS_RDONLY, 0),
-            "rw" => (0, libc::MS_RDONLY),
+            "rro" => {
+                o.recursive_readonly = true;
+                (libc::MS_RDONLY, 0)
+            }
+            "rw" => {
+                o.recursive_readonly = false;
+                (0, libc::MS_RDONLY)
+            }
             "nosuid" => (libc::MS_NOSUID, 0),
             "suid" => (0, libc::MS_NOSUID),
             "nodev" => (libc::MS_NODEV, 0),
@@ -221,6 +230,11 @@ pub fn mount_all(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<()> {
                 let flags = libc::MS_BIND | libc::MS_REMOUNT | rec | m.opts.flags | keep;
                 sys::mount(None, &dest, None, flags, None)
                     .ctx(|| format!("remounting bind mount {}", shown.display()))?;
+            }
+            if m.opts.recursive_readonly {
+                sys::mount_setattr_recursive(&dest, sys::MOUNT_ATTR_RDONLY).ctx(|| {
+                    format!("making {} read-only recursively", shown.display())
+                })?;
             }
         } else if m.typ == "cgroup" || m.typ == "cgroup2" {
             create_target(&dest, false)?;
@@ -473,6 +487,12 @@ mod tests {
         assert_eq!(o.flags, 0);
         assert!(o.bind && !o.recursive);
         assert_eq!(o.propagation, vec![libc::MS_PRIVATE]);
+        let o = opts(&["rbind", "rro", "rprivate"]);
+        assert!(o.bind && o.recursive && o.recursive_readonly);
+        assert_eq!(o.flags, libc::MS_RDONLY);
+        assert_eq!(o.data, "");
+        let o = opts(&["rro", "rw"]);
+        assert!(!o.recursive_readonly && o.flags == 0);
         let o = opts(&["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]);
         assert_eq!(o.data, "newinstance,ptmxmode=0666,mode=0620,gid=5");
     }
