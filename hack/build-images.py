@@ -203,6 +203,13 @@ def build_all():
         d("home"),
         d("home/corral", 0o755, 1000, 1000),
     ])
+    # The CRI validation suite's supplemental groups case: uid 1000 is in group 50000 by
+    # /etc/group only.
+    groups_layer = Layer([
+        d("etc"),
+        f("etc/passwd", PASSWD + "default-user:x:1000:1000:default-user:/home/default-user:/bin/sh\n"),
+        f("etc/group", GROUP + "default-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n"),
+    ])
     layered = [
         Layer(bb + [f("etc/corral-removed", "gone\n"), d("data"),
                     f("data/old1", "1\n"), f("data/old2", "2\n")]),
@@ -222,6 +229,7 @@ def build_all():
         ("corral/nonroot", "latest",
          Image([base, nonroot_layer], User="corral", WorkingDir="/home/corral")),
         ("corral/layered", "latest", Image(layered)),
+        ("corral/groups", "latest", Image([base, groups_layer])),
         ("corral/zstd", "latest",
          Image([Layer(bb, "zstd"), Layer([f("zstd-marker", "zstd\n")], "zstd")])),
         ("corral/plain", "latest", Image([Layer(bb, None)])),

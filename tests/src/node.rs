@@ -23,13 +23,16 @@ pub struct Node {
     pub cni: tempfile::TempDir,
 }
 
-/// A CNI plugin that hands out a fixed address and records every call in `calls`.
+/// A CNI plugin that hands out a fixed address and records every call in `calls` (and its last
+/// stdin in `last-stdin`); a file `fail` beside it makes ADD fail, a file `slow` makes it take
+/// a second.
 pub const FAKE_PLUGIN: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 cat > "$dir/last-stdin"
 echo "$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME" >> "$dir/calls"
 case "$CNI_COMMAND" in
 ADD)
+  if [ -e "$dir/slow" ]; then sleep 1; fi
   if [ -e "$dir/fail" ]; then echo '{"cniVersion":"1.0.0","code":11,"msg":"fake failure","details":"asked to fail"}'; exit 1; fi
   echo '{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"'"$CNI_NETNS"'"}],"ips":[{"address":"10.99.0.2/24","interface":0}]}' ;;
 VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
@@ -44,7 +47,7 @@ pub fn fake_cni() -> tempfile::TempDir {
     let plugin = dir.path().join("bin").join("fake-cni");
     std::fs::write(&plugin, FAKE_PLUGIN).unwrap();
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(dir.path().join("net.d").join("10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni"}]}"#).unwrap();
+    std::fs::write(dir.path().join("net.d").join("10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni","capabilities":{"portMappings":true}}]}"#).unwrap();
     dir
 }
 

@@ -144,7 +144,12 @@ impl Net {
 
     /// A pod with one container running `script`; returns (pod id, container id, pod IP).
     async fn pod(&self, name: &str, host_port: Option<i32>, script: &str) -> (String, String, String) {
-        let pc = self.pod_config(name, host_port);
+        self.pod_with(self.pod_config(name, host_port), script).await
+    }
+
+    /// A pod of `pc` with one container running `script`; returns (pod id, container id, pod IP).
+    async fn pod_with(&self, pc: cri::PodSandboxConfig, script: &str) -> (String, String, String) {
+        let name = pc.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         let pod = rpc(self.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc.clone()), runtime_handler: String::new() }))
             .await
             .expect("RunPodSandbox")
@@ -353,4 +358,27 @@ async fn removing_a_pod_whose_netns_vanished_releases_its_address() {
     assert!(net.veths().is_empty(), "veths left: {:?}", net.veths());
     let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
     assert!(!rules.contains(pod.as_str()), "iptables rules of {pod} left");
+}
+
+#[tokio::test]
+async fn corral_cni_pod_with_container_ports_and_no_host_ports() {
+    require_root!();
+    let env = require_env!();
+    // The kubelet sends a PortMapping for every declared containerPort, most without a hostPort;
+    // corral-cni refuses hostPort 0, so only mappings with a host port may reach it.
+    let net = Net::boot(env, Chain::Corral).await;
+    let mut pc = net.pod_config("ports", None);
+    pc.port_mappings = vec![
+        cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: 0, host_ip: String::new() },
+        cri::PortMapping { protocol: cri::Protocol::Udp as i32, container_port: 53, host_port: 0, host_ip: String::new() },
+    ];
+    let (pod, c, ip) = net.pod_with(pc, HTTPD).await;
+    // The pod serves on its own address; no rule was made for it.
+    let out = net.exec(&c, &["sh", "-c", "for i in $(seq 50); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $0 80 && exit 0; sleep 0.1; done; exit 1", &ip]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello-from-ports"), "{}", String::from_utf8_lossy(&out.stderr));
+    let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    assert!(!rules.contains(pod.as_str()), "rules were made for a pod without host ports");
+    net.remove_pod(&pod).await;
+    tests::wait_for(Duration::from_secs(10), || net.veths().is_empty() && net.allocations().is_empty()).await;
+    assert!(net.veths().is_empty() && net.allocations().is_empty(), "{:?} {:?}", net.veths(), net.allocations());
 }
