@@ -15,6 +15,22 @@ pub const BUSYBOX: &str = "corral/busybox:latest";
 /// containerd's default capability set as a CapEff mask.
 pub const DEFAULT_CAP_EFF: &str = "00000000a80425fb";
 
+/// What the kubelet sends as masked and read-only paths for procMount Default.
+pub const KUBELET_MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+pub const KUBELET_READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
 pub struct Node {
     pub c: Corrald,
     pub env: TestEnv,
@@ -104,12 +120,22 @@ impl Node {
         (id, config)
     }
 
+    /// A container config as the kubelet shapes it: a log path and procMount Default's masked
+    /// and read-only paths.
     pub fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
         cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
             image: Some(crate::spec(&self.env.image(BUSYBOX))),
             command: command.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    masked_paths: KUBELET_MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
+                    readonly_paths: KUBELET_READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }

@@ -103,6 +103,9 @@ async fn a_pod_and_container_with_only_the_required_fields_run_with_containerd_d
     assert_eq!(node.sh(&c, "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status").await, format!("CapEff:\t{DEFAULT_CAP_EFF}\nNoNewPrivs:\t0\nSeccomp:\t0"));
     // containerd 2's sysctls in a pod's own network namespace.
     assert_eq!(node.sh(&c, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range").await, "0\n0\t2147483647");
+    // No masked or read-only paths asked for, none made (the kubelet's procMount Unmasked), as
+    // containerd does.
+    assert_ne!(node.sh(&c, "cat /proc/timer_list | wc -c").await, "0");
     // The container's cgroup at /sys/fs/cgroup, read-only.
     let cgroup_mounts = node.sh(&c, "grep ' /sys/fs/cgroup' /proc/self/mounts").await;
     assert!(cgroup_mounts.lines().count() > 1 && cgroup_mounts.lines().all(|l| l.contains(" ro,")), "{cgroup_mounts}");

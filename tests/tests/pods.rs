@@ -151,7 +151,7 @@ async fn env_workdir_users_and_security_context() {
     for line in status.lines() {
         assert!(line.ends_with(DEFAULT_CAP_EFF), "{line}");
     }
-    // Masked and read-only paths (containerd's defaults).
+    // Masked and read-only paths (as the kubelet sends them).
     assert_eq!(node.sh(&plain, "cat /proc/timer_list | wc -c").await, "0");
     assert_eq!(node.sh(&plain, "ls /sys/firmware | wc -l").await, "0");
     let out = node.exec(&plain, &["sh", "-c", "echo 1 > /proc/sys/kernel/panic"], 10).await.unwrap();

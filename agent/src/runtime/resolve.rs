@@ -139,7 +139,6 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         annotations.insert(proto::annotations::STDIN_ONCE.into(), "true".into());
     }
     let shm = if i.pod.ipc == NsMode::Node { PathBuf::from("/dev/shm") } else { i.paths.pod_shm.clone() };
-    let defaults = |given: &Vec<String>, default: &[&str]| if given.is_empty() { default.iter().map(|s| s.to_string()).collect() } else { given.clone() };
     let spec = ContainerSpec {
         rootfs: i.paths.rootfs.clone(),
         readonly_rootfs: req.readonly_rootfs,
@@ -157,13 +156,15 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         privileged: req.privileged,
         namespaces,
         cgroup: format!("{}/{}", i.pod.cgroup.trim_end_matches('/'), i.id),
-        resources: req.resources.clone(),
+        resources: resources(&req.resources),
         mounts,
         pod_files: i.paths.pod_files.clone(),
         shm,
         devices,
-        masked_paths: defaults(&req.masked_paths, &spec::DEFAULT_MASKED_PATHS),
-        readonly_paths: defaults(&req.readonly_paths, &spec::DEFAULT_READONLY_PATHS),
+        // As given: the kubelet sends the default lists for procMount Default and empty ones
+        // for Unmasked, and containerd masks nothing when the lists are empty.
+        masked_paths: req.masked_paths.clone(),
+        readonly_paths: req.readonly_paths.clone(),
         sysctls: i.pod.sysctls.clone(),
         annotations,
     };
@@ -181,6 +182,15 @@ fn check_security(req: &CreateContainer, pod: &PodRecord) -> Result<()> {
         return Err("security context: a privileged container needs a privileged pod sandbox".into());
     }
     Ok(())
+}
+
+/// The request's limits, with containerd's default of no swap beyond the memory limit.
+fn resources(r: &spec::Resources) -> spec::Resources {
+    let mut r = r.clone();
+    if r.memory_limit > 0 && r.memory_swap_limit == 0 {
+        r.memory_swap_limit = r.memory_limit;
+    }
+    r
 }
 
 /// Docker's rules: `command` replaces the image's Entrypoint and Cmd; `args` alone replace Cmd.
@@ -415,8 +425,8 @@ mod tests {
         assert_eq!((s.cwd.as_str(), s.uid, s.gid, s.additional_gids.as_slice()), ("/", 0, 0, &[0u32][..]));
         assert_eq!(s.caps, spec::DEFAULT_CAPS.iter().map(|c| c.to_string()).collect::<Vec<_>>());
         assert!(s.ambient.is_empty() && !s.no_new_privs && !s.privileged && !s.readonly_rootfs && !s.tty);
-        assert_eq!(s.masked_paths.len(), spec::DEFAULT_MASKED_PATHS.len());
-        assert_eq!(s.readonly_paths.len(), spec::DEFAULT_READONLY_PATHS.len());
+        // No lists, nothing masked (the kubelet's procMount Unmasked; containerd does the same).
+        assert!(s.masked_paths.is_empty() && s.readonly_paths.is_empty());
         assert_eq!(s.cgroup, "/corral/pod-p/cid");
         assert_eq!(s.hostname, "node-1");
         assert!(s.mounts.is_empty() && s.devices.is_empty() && r.image_volumes.is_empty() && r.mounts.is_empty());
@@ -574,6 +584,18 @@ mod tests {
         assert_eq!(caps, ["CAP_NET_ADMIN"]);
         assert!(err(&CreateContainer { caps_add: vec!["CAP_NOPE".into()], ..minimal() }).contains("capabilities"));
         assert!(err(&CreateContainer { resources: spec::Resources { memory_limit: -1, ..Default::default() }, ..minimal() }).contains("linux.resources.memory_limit_in_bytes"));
+    }
+
+    #[test]
+    fn masked_paths_and_memory_swap() {
+        let kubelet = CreateContainer { masked_paths: vec!["/proc/kcore".into()], readonly_paths: vec!["/proc/sys".into()], ..minimal() };
+        let s = run(&kubelet, &image(), &pod()).unwrap().spec;
+        assert_eq!((s.masked_paths.as_slice(), s.readonly_paths.as_slice()), (&["/proc/kcore".to_string()][..], &["/proc/sys".to_string()][..]));
+        let limited = CreateContainer { resources: spec::Resources { memory_limit: 1 << 20, ..Default::default() }, ..minimal() };
+        let r = run(&limited, &image(), &pod()).unwrap().spec.resources;
+        assert_eq!((r.memory_limit, r.memory_swap_limit), (1 << 20, 1 << 20), "no swap beyond the limit by default");
+        let swap = CreateContainer { resources: spec::Resources { memory_limit: 1 << 20, memory_swap_limit: 4 << 20, ..Default::default() }, ..minimal() };
+        assert_eq!(run(&swap, &image(), &pod()).unwrap().spec.resources.memory_swap_limit, 4 << 20);
     }
 
     #[test]
