@@ -537,6 +537,14 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
     assert_eq!(read(&format!("memory/{rel}/memory.limit_in_bytes")).unwrap(), (272u64 << 20).to_string());
     let (_, info) = pod_status(&node, &pod_b).await;
     assert_eq!(info["resources"]["cpu_shares"], 512);
+    // Pod-level resources given at RunPodSandbox are written too.
+    let mut sized = node.pod_config("sized", cri::NamespaceMode::Container);
+    sized.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { cpu_shares: 256, ..Default::default() });
+    let pod_c = node.run_pod_with(sized).await.unwrap();
+    let (_, info) = pod_status(&node, &pod_c).await;
+    let rel_c = info["cgroup"].as_str().unwrap().trim_start_matches('/').to_string();
+    assert_eq!(read(&format!("cpu/{rel_c}/cpu.shares")).unwrap(), "256");
+    node.remove_pod(&pod_c).await.unwrap();
     let unknown = cri::UpdatePodSandboxResourcesRequest { pod_sandbox_id: "f".repeat(64), ..Default::default() };
     assert_eq!(rt.update_pod_sandbox_resources(unknown).await.unwrap_err().code(), Code::NotFound);
     let negative = cri::UpdatePodSandboxResourcesRequest {
@@ -641,5 +649,28 @@ async fn a_request_its_client_abandons_still_completes_once() {
     for p in list_pods(&node).await {
         node.remove_pod(&p.id).await.unwrap();
     }
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn privileged_containers_get_the_host_devices_and_every_capability() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let mut pc = node.pod_config("priv", cri::NamespaceMode::Container);
+    pc.linux.as_mut().unwrap().security_context.as_mut().unwrap().privileged = true;
+    let pod = node.run_pod_with(pc.clone()).await.unwrap();
+    let mut cfg = node.container_config("priv", &["sleep", "3600"]);
+    cfg.linux = security(cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+    let privileged = node.run(&pod, &pc, cfg).await;
+    let plain = node.run(&pod, &pc, node.container_config("plain", &["sleep", "3600"])).await;
+    // A device of the host's that no default gives (the CRI validation suite uses brctl, a
+    // capability check, the same way).
+    let host_device = ["/dev/loop-control", "/dev/fuse", "/dev/net/tun"].into_iter().find(|d| Path::new(d).exists()).expect("a host device to look for");
+    assert_eq!(node.sh(&privileged, &format!("test -c {host_device} && echo present")).await, "present");
+    assert_eq!(node.sh(&plain, &format!("test -e {host_device} && echo present || echo absent")).await, "absent");
+    node.sh(&privileged, "brctl addbr corraltest0 && brctl delbr corraltest0").await;
+    assert_ne!(node.exec(&plain, &["brctl", "addbr", "corraltest0"], 10).await.unwrap().exit_code, 0);
+    node.remove_pod(&pod).await.unwrap();
     assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
 }

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::podfiles::{self, Dns};
 use super::spec::Resources;
-use super::{fresh_id, io_err, labels_match, namespaces, now_nanos, validate, Result, Runtime, RuntimeError};
+use super::{cgroup, fresh_id, io_err, labels_match, namespaces, now_nanos, validate, Result, Runtime, RuntimeError};
 use crate::cni::{Attachment, PortMapping};
 use crate::shim_client::{self, Shim};
 use crate::store::Table;
@@ -102,6 +102,9 @@ pub struct RunPod {
     pub target_id: String,
     pub privileged: bool,
     pub port_mappings: Vec<PortMapping>,
+    /// Pod-level resources and the runtime class's overhead (LinuxPodSandboxConfig).
+    pub resources: Option<Resources>,
+    pub overhead: Option<Resources>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -124,6 +127,9 @@ impl Runtime {
             validate::hostname(&req.hostname).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
         }
         let port_mappings = validate::port_mappings(&req.port_mappings).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
+        for r in req.resources.iter().chain(req.overhead.iter()) {
+            validate::resources(r).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: linux.{e}")))?;
+        }
         if !req.runtime_handler.is_empty() {
             return Err(RuntimeError::InvalidArgument(format!(
                 "runtime handler {:?} is not configured (corral has only the default handler \"\")",
@@ -208,8 +214,8 @@ impl Runtime {
             ips: Vec::new(),
             net_attached: req.network != NsMode::Node,
             port_mappings,
-            resources: None,
-            overhead: None,
+            resources: req.resources.clone(),
+            overhead: req.overhead.clone(),
         };
         let _lock = self.locks.lock(&id).await;
         // Reserve the name and record the pod before any side effect.
@@ -322,8 +328,22 @@ impl Runtime {
         }
         if let Some(cgroups) = &self.cgroups {
             cgroups.create(&record.cgroup).map_err(io_err(format!("creating pod cgroup {}", record.cgroup)))?;
+            if record.cgroup_created {
+                self.apply_pod_resources(cgroups, record, record.resources.as_ref(), record.overhead.as_ref())?;
+            }
         }
         Ok(())
+    }
+
+    /// Writes pod-level limits (resources plus overhead) to a pod cgroup corral made.
+    fn apply_pod_resources(&self, cgroups: &cgroup::Hierarchies, record: &PodRecord, resources: Option<&Resources>, overhead: Option<&Resources>) -> Result<()> {
+        let Some(r) = resources else { return Ok(()) };
+        let total = overhead.map(|o| r.plus(o)).unwrap_or_else(|| r.clone());
+        cgroups.apply(&record.cgroup, &total).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => RuntimeError::InvalidArgument(format!("pod sandbox {}: the kernel refused a limit: {e}", record.id)),
+            std::io::ErrorKind::ResourceBusy => RuntimeError::FailedPrecondition(format!("pod sandbox {}: {e} (usage is above the new limit)", record.id)),
+            _ => RuntimeError::Internal(format!("pod sandbox {}: {e}", record.id)),
+        })
     }
 
     /// Stops the pause process, if any, and waits until it is gone.
@@ -425,15 +445,8 @@ impl Runtime {
         let id = self.find_pod_id(wanted)?.ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {:?} not found", validate::bounded(wanted))))?;
         let _lock = self.locks.lock(&id).await;
         let mut record = self.pod(&id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {id} not found")))?;
-        if record.cgroup_created {
-            if let (Some(cgroups), Some(r)) = (&self.cgroups, &resources) {
-                let total = overhead.as_ref().map(|o| r.plus(o)).unwrap_or_else(|| r.clone());
-                cgroups.apply(&record.cgroup, &total).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::InvalidInput => RuntimeError::InvalidArgument(format!("pod sandbox {id}: the kernel refused a limit: {e}")),
-                    std::io::ErrorKind::ResourceBusy => RuntimeError::FailedPrecondition(format!("pod sandbox {id}: {e} (usage is above the new limit)")),
-                    _ => RuntimeError::Internal(format!("pod sandbox {id}: {e}")),
-                })?;
-            }
+        if let (true, Some(cgroups)) = (record.cgroup_created, &self.cgroups) {
+            self.apply_pod_resources(cgroups, &record, resources.as_ref(), overhead.as_ref())?;
         }
         record.resources = resources;
         record.overhead = overhead;

@@ -27,12 +27,16 @@ pub struct DeviceNode {
     pub minor: i64,
     /// Permission bits.
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// What resolution reads of the host.
 pub trait Host: Sync {
     /// The device node at `path` (following symlinks); an error if it is none.
     fn device(&self, path: &str) -> io::Result<DeviceNode>;
+    /// Every device node of the host's /dev, by path, for privileged containers.
+    fn host_devices(&self) -> io::Result<Vec<(String, DeviceNode)>>;
 }
 
 /// An image a mount asks for (image volume), found by the caller among the pulled images.
@@ -124,7 +128,15 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
     let cwd = working_dir(req, i.image)?;
     let (stop_signal, stop_signal_name) = stop_signal(req, i.image)?;
     let (mounts, records, image_volumes) = mounts(i)?;
-    let devices = req.devices.iter().enumerate().map(|(n, d)| device(i.host, n, d)).collect::<Result<Vec<_>>>()?;
+    let mut devices = Vec::new();
+    if req.privileged {
+        // All of the host's devices, as containerd gives privileged containers.
+        let host = i.host.host_devices().map_err(|e| format!("privileged: listing the host's devices: {e}"))?;
+        devices.extend(host.into_iter().map(|(path, n)| Device { container_path: path, kind: n.kind, major: n.major, minor: n.minor, mode: n.mode, uid: n.uid, gid: n.gid, permissions: "rwm".into() }));
+    }
+    for (n, d) in req.devices.iter().enumerate() {
+        devices.push(device(i.host, n, d)?);
+    }
     let caps = spec::capabilities(req.privileged, &req.caps_add, &req.caps_drop).map_err(|e| format!("capabilities: {e}"))?;
     let ambient = req.caps_ambient.iter().map(|c| spec::normalize_cap(c).ok_or_else(|| format!("capabilities: unknown ambient capability {c:?}"))).collect::<Result<Vec<_>>>()?;
     let namespaces = namespaces(i)?;
@@ -338,7 +350,7 @@ fn device(host: &dyn Host, n: usize, d: &(String, String, String)) -> Result<Dev
     if !container_path.starts_with('/') {
         return Err(format!("{field}.container_path {container_path:?} must be an absolute path"));
     }
-    Ok(Device { container_path, kind: node.kind, major: node.major, minor: node.minor, mode: node.mode, permissions })
+    Ok(Device { container_path, kind: node.kind, major: node.major, minor: node.minor, mode: node.mode, uid: node.uid, gid: node.gid, permissions })
 }
 
 /// The pod's network, IPC and UTS namespaces; the PID namespace as the container asks.
@@ -373,10 +385,14 @@ mod tests {
     impl Host for FakeHost {
         fn device(&self, path: &str) -> io::Result<DeviceNode> {
             match path {
-                "/dev/fuse" => Ok(DeviceNode { kind: 'c', major: 10, minor: 229, mode: 0o666 }),
-                "/dev/loop0" => Ok(DeviceNode { kind: 'b', major: 7, minor: 0, mode: 0o660 }),
+                "/dev/fuse" => Ok(DeviceNode { kind: 'c', major: 10, minor: 229, mode: 0o666, uid: 0, gid: 0 }),
+                "/dev/loop0" => Ok(DeviceNode { kind: 'b', major: 7, minor: 0, mode: 0o660, uid: 0, gid: 6 }),
                 _ => Err(io::Error::from_raw_os_error(libc::ENOENT)),
             }
+        }
+
+        fn host_devices(&self) -> io::Result<Vec<(String, DeviceNode)>> {
+            Ok(["/dev/fuse", "/dev/loop0"].iter().map(|p| (p.to_string(), self.device(p).unwrap())).collect())
         }
     }
 
@@ -580,6 +596,11 @@ mod tests {
         let privileged_pod = PodRecord { privileged: true, ..pod() };
         let r = run(&CreateContainer { privileged: true, ..minimal() }, &image(), &privileged_pod).unwrap();
         assert!(r.spec.privileged && r.spec.caps.contains(&"CAP_SYS_ADMIN".to_string()));
+        // Every host device, with its owner.
+        let paths: Vec<&str> = r.spec.devices.iter().map(|d| d.container_path.as_str()).collect();
+        assert_eq!(paths, ["/dev/fuse", "/dev/loop0"]);
+        assert_eq!((r.spec.devices[1].kind, r.spec.devices[1].gid), ('b', 6));
+        assert!(run(&minimal(), &image(), &privileged_pod).unwrap().spec.devices.is_empty());
         let caps = run(&CreateContainer { caps_add: vec!["NET_ADMIN".into()], caps_drop: vec!["ALL".into()], ..minimal() }, &image(), &pod()).unwrap().spec.caps;
         assert_eq!(caps, ["CAP_NET_ADMIN"]);
         assert!(err(&CreateContainer { caps_add: vec!["CAP_NOPE".into()], ..minimal() }).contains("capabilities"));

@@ -111,6 +111,8 @@ pub struct Device {
     pub major: i64,
     pub minor: i64,
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
     pub permissions: String,
 }
 
@@ -286,7 +288,7 @@ pub fn container_spec(s: &ContainerSpec) -> Value {
         device_rules = vec![json!({ "allow": true, "access": "rwm" })];
     }
     for d in &s.devices {
-        devices.push(json!({ "path": d.container_path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "fileMode": d.mode, "uid": 0, "gid": 0 }));
+        devices.push(json!({ "path": d.container_path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "fileMode": d.mode, "uid": d.uid, "gid": d.gid }));
         device_rules.push(json!({ "allow": true, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.permissions }));
     }
 

@@ -91,6 +91,8 @@ pub fn run_pod_request(config: cri::PodSandboxConfig, runtime_handler: String) -
             .into_iter()
             .map(|p| crate::cni::PortMapping { host_port: p.host_port, container_port: p.container_port, protocol: protocol(p.protocol).into(), host_ip: p.host_ip })
             .collect(),
+        resources: linux.resources.as_ref().map(|r| resources(Some(r))),
+        overhead: linux.overhead.as_ref().map(|r| resources(Some(r))),
     })
 }
 
