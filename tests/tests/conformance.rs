@@ -178,6 +178,7 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     cfg.labels.insert("io.kubernetes.container.name".into(), "app".into());
     cfg.annotations.insert("io.kubernetes.container.restartCount".into(), "0".into());
     cfg.envs = vec![cri::KeyValue { key: "KUBERNETES_SERVICE_HOST".into(), value: "10.96.0.1".into() }];
+    cfg.image.as_mut().unwrap().user_specified_image = "busybox:latest".into();
     cfg.linux = Some(cri::LinuxContainerConfig {
         resources: Some(cri::LinuxContainerResources { cpu_period: 100_000, cpu_shares: 2, oom_score_adj: 1000, ..Default::default() }),
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -195,6 +196,7 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     let s = node.status(&c).await;
     assert_eq!(s.labels.get("io.kubernetes.container.name").map(String::as_str), Some("app"));
     assert_eq!(s.resources.and_then(|r| r.linux).map(|l| l.cpu_shares), Some(2));
+    assert_eq!(s.image.as_ref().map(|i| i.user_specified_image.as_str()), Some("busybox:latest"));
 
     node.remove_pod(&pod).await.unwrap();
     // corral removed the container's cgroup and left the kubelet's to the kubelet.

@@ -69,6 +69,9 @@ pub struct ContainerRecord {
     pub attempt: u32,
     /// The image as the client named it.
     pub image: String,
+    /// ImageSpec.user_specified_image: the image as the pod spec names it.
+    #[serde(default)]
+    pub user_specified_image: String,
     pub image_id: String,
     pub image_ref: String,
     pub labels: HashMap<String, String>,
@@ -180,6 +183,7 @@ pub struct CreateContainer {
     pub name: String,
     pub attempt: u32,
     pub image: String,
+    pub user_specified_image: String,
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub working_dir: String,
@@ -296,6 +300,7 @@ impl Runtime {
             name: req.name.clone(),
             attempt: req.attempt,
             image: req.image.clone(),
+            user_specified_image: req.user_specified_image.clone(),
             image_id: image.id.clone(),
             image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
             labels: req.labels.clone(),

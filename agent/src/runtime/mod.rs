@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-pub use self::container::{ContainerFilter, ContainerState, ContainerView, CreateContainer, ImageMount, MountRecord, MountRequest, Profile};
+pub use self::container::{ContainerFilter, ContainerRecord, ContainerState, ContainerView, CreateContainer, ImageMount, MountRecord, MountRequest, Profile};
 pub use self::pod::{NsMode, PodDns, PodFilter, PodPhase, PodRecord, RunPod};
 pub use self::user::GroupsPolicy;
 

@@ -226,7 +226,9 @@ fn mount_request(m: cri::Mount) -> rt::MountRequest {
 #[allow(deprecated)] // the legacy profile fields are still sent by older kubelets
 pub fn create_container_request(pod_id: String, config: cri::ContainerConfig) -> Result<rt::CreateContainer, Status> {
     let meta = config.metadata.ok_or_else(|| Status::invalid_argument("container config: metadata is required"))?;
-    let image = config.image.map(|i| if i.image.is_empty() { i.user_specified_image } else { i.image }).filter(|i| !i.is_empty());
+    let spec = config.image.unwrap_or_default();
+    let user_specified_image = spec.user_specified_image.clone();
+    let image = Some(if spec.image.is_empty() { spec.user_specified_image } else { spec.image }).filter(|i| !i.is_empty());
     let image = image.ok_or_else(|| Status::invalid_argument("container config: image is required"))?;
     let linux = config.linux.unwrap_or_default();
     let sec = linux.security_context.unwrap_or_default();
@@ -248,6 +250,7 @@ pub fn create_container_request(pod_id: String, config: cri::ContainerConfig) ->
         name: meta.name,
         attempt: meta.attempt,
         image,
+        user_specified_image,
         command: config.command,
         args: config.args,
         working_dir: config.working_dir,
@@ -289,7 +292,7 @@ pub fn to_cri_container(v: &rt::ContainerView) -> cri::Container {
         id: r.id.clone(),
         pod_sandbox_id: r.pod_id.clone(),
         metadata: Some(cri::ContainerMetadata { name: r.name.clone(), attempt: r.attempt }),
-        image: Some(cri::ImageSpec { image: r.image.clone(), ..Default::default() }),
+        image: Some(image_spec(r)),
         image_ref: r.image_ref.clone(),
         state: container_state(v.state),
         created_at: r.created_at,
@@ -297,6 +300,11 @@ pub fn to_cri_container(v: &rt::ContainerView) -> cri::Container {
         annotations: r.annotations.clone(),
         image_id: r.image_id.clone(),
     }
+}
+
+/// The container's image as the request named it.
+fn image_spec(r: &rt::ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec { image: r.image.clone(), user_specified_image: r.user_specified_image.clone(), ..Default::default() }
 }
 
 fn mount_cri(m: &rt::MountRecord) -> cri::Mount {
@@ -327,7 +335,7 @@ pub fn container_status(v: &rt::ContainerView) -> cri::ContainerStatus {
         started_at: v.started_at,
         finished_at: v.finished_at,
         exit_code: v.exit_code,
-        image: Some(cri::ImageSpec { image: r.image.clone(), ..Default::default() }),
+        image: Some(image_spec(r)),
         image_ref: r.image_ref.clone(),
         reason: v.reason.clone(),
         message: v.message.clone(),
