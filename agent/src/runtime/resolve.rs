@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::container::{CreateContainer, ImageMountRecord, MountRecord, Profile};
 use super::pod::{NsMode, PodRecord};
+pub use super::spec::DeviceNode;
 use super::spec::{self, BindMount, ContainerSpec, Device, Namespaces, Propagation};
 use super::user::{self, User, UserDb, UserRequest};
 use super::{signal, validate};
@@ -17,19 +18,6 @@ use crate::image::manifest::ContainerConfig as ImageDefaults;
 
 /// `PATH` when neither the image nor the request sets one.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// A host device node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceNode {
-    /// 'c' or 'b'.
-    pub kind: char,
-    pub major: i64,
-    pub minor: i64,
-    /// Permission bits.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
 
 /// What resolution reads of the host.
 pub trait Host: Sync {
@@ -132,7 +120,7 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
     if req.privileged {
         // All of the host's devices, as containerd gives privileged containers.
         let host = i.host.host_devices().map_err(|e| format!("privileged: listing the host's devices: {e}"))?;
-        devices.extend(host.into_iter().map(|(path, n)| Device { container_path: path, kind: n.kind, major: n.major, minor: n.minor, mode: n.mode, uid: n.uid, gid: n.gid, permissions: "rwm".into() }));
+        devices.extend(host.into_iter().map(|(path, node)| Device { container_path: path, node, permissions: "rwm".into() }));
     }
     for (n, d) in req.devices.iter().enumerate() {
         devices.push(device(i.host, n, d)?);
@@ -350,7 +338,7 @@ fn device(host: &dyn Host, n: usize, d: &(String, String, String)) -> Result<Dev
     if !container_path.starts_with('/') {
         return Err(format!("{field}.container_path {container_path:?} must be an absolute path"));
     }
-    Ok(Device { container_path, kind: node.kind, major: node.major, minor: node.minor, mode: node.mode, uid: node.uid, gid: node.gid, permissions })
+    Ok(Device { container_path, node, permissions })
 }
 
 /// The pod's network, IPC and UTS namespaces; the PID namespace as the container asks.
@@ -579,8 +567,8 @@ mod tests {
     fn devices() {
         let req = CreateContainer { devices: vec![("".into(), "/dev/fuse".into(), "".into()), ("/dev/xvda".into(), "/dev/loop0".into(), "r".into())], ..minimal() };
         let d = run(&req, &image(), &pod()).unwrap().spec.devices;
-        assert_eq!((d[0].container_path.as_str(), d[0].kind, d[0].major, d[0].minor, d[0].permissions.as_str()), ("/dev/fuse", 'c', 10, 229, "rwm"));
-        assert_eq!((d[1].container_path.as_str(), d[1].kind, d[1].permissions.as_str()), ("/dev/xvda", 'b', "r"));
+        assert_eq!((d[0].container_path.as_str(), d[0].node.kind, d[0].node.major, d[0].node.minor, d[0].permissions.as_str()), ("/dev/fuse", 'c', 10, 229, "rwm"));
+        assert_eq!((d[1].container_path.as_str(), d[1].node.kind, d[1].permissions.as_str()), ("/dev/xvda", 'b', "r"));
         for (dev, want) in [(("", "", ""), "devices[0].host_path is required"), (("", "/dev/nope", ""), "devices[0].host_path"), (("", "/dev/fuse", "x"), "devices[0].permissions")] {
             let req = CreateContainer { devices: vec![(dev.0.into(), dev.1.into(), dev.2.into())], ..minimal() };
             assert!(err(&req).contains(want), "{dev:?}");
@@ -599,7 +587,7 @@ mod tests {
         // Every host device, with its owner.
         let paths: Vec<&str> = r.spec.devices.iter().map(|d| d.container_path.as_str()).collect();
         assert_eq!(paths, ["/dev/fuse", "/dev/loop0"]);
-        assert_eq!((r.spec.devices[1].kind, r.spec.devices[1].gid), ('b', 6));
+        assert_eq!((r.spec.devices[1].node.kind, r.spec.devices[1].node.gid), ('b', 6));
         assert!(run(&minimal(), &image(), &privileged_pod).unwrap().spec.devices.is_empty());
         let caps = run(&CreateContainer { caps_add: vec!["NET_ADMIN".into()], caps_drop: vec!["ALL".into()], ..minimal() }, &image(), &pod()).unwrap().spec.caps;
         assert_eq!(caps, ["CAP_NET_ADMIN"]);

@@ -37,6 +37,19 @@ pub const ALL_CAPS: [&str; 41] = [
     "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// A device node on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// 'c' or 'b'.
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Capabilities supported by the running kernel (from cap_last_cap).
 fn kernel_caps() -> Vec<&'static str> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(40);
@@ -107,12 +120,8 @@ pub struct BindMount {
 #[derive(Debug, Clone)]
 pub struct Device {
     pub container_path: String,
-    pub kind: char,
-    pub major: i64,
-    pub minor: i64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
+    pub node: DeviceNode,
+    /// cgroup device access: some of r, w, m.
     pub permissions: String,
 }
 
@@ -288,8 +297,9 @@ pub fn container_spec(s: &ContainerSpec) -> Value {
         device_rules = vec![json!({ "allow": true, "access": "rwm" })];
     }
     for d in &s.devices {
-        devices.push(json!({ "path": d.container_path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "fileMode": d.mode, "uid": d.uid, "gid": d.gid }));
-        device_rules.push(json!({ "allow": true, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.permissions }));
+        let n = &d.node;
+        devices.push(json!({ "path": d.container_path, "type": n.kind.to_string(), "major": n.major, "minor": n.minor, "fileMode": n.mode, "uid": n.uid, "gid": n.gid }));
+        device_rules.push(json!({ "allow": true, "type": n.kind.to_string(), "major": n.major, "minor": n.minor, "access": d.permissions }));
     }
 
     let r = &s.resources;
@@ -406,31 +416,11 @@ mod tests {
     #[test]
     fn user_mounts_override_defaults_and_set_propagation() {
         let s = ContainerSpec {
-            rootfs: "/r".into(),
             readonly_rootfs: true,
-            args: vec!["sh".into()],
-            env: vec![],
-            cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-            caps: vec![],
-            ambient: vec![],
-            no_new_privs: false,
-            tty: false,
-            hostname: "h".into(),
-            privileged: false,
             namespaces: Namespaces { uts: Some(Some("/ns/uts".into())), ..Default::default() },
-            cgroup: "/corral/p/c".into(),
-            resources: Resources::default(),
             mounts: vec![BindMount { container_path: "/etc/hosts".into(), host_path: "/tmp/h".into(), readonly: true, recursive_readonly: false, propagation: Propagation::Bidirectional }],
-            pod_files: "/pod".into(),
-            shm: "/shm".into(),
-            devices: vec![],
             masked_paths: vec!["/proc/kcore".into()],
-            readonly_paths: vec![],
-            sysctls: BTreeMap::new(),
-            annotations: HashMap::new(),
+            ..spec_for_test()
         };
         let v = container_spec(&s);
         let hosts: Vec<&Value> = v["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/etc/hosts").collect();
