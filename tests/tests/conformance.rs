@@ -517,7 +517,7 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
     assert_eq!(node.create(&pod_a, &pc_a, bad).await.unwrap_err().code(), Code::InvalidArgument);
 
     let containers = collect(rt.stream_containers(cri::StreamContainersRequest { filter: None }).await.unwrap()).await;
-    assert_eq!(containers.iter().flat_map(|m| m.containers.iter().map(|c| c.id.clone())).collect::<Vec<_>>(), [c.clone()]);
+    assert_eq!(containers.iter().flat_map(|m| m.containers.iter().map(|c| c.id.as_str())).collect::<Vec<_>>(), [c.as_str()]);
     let of_b = cri::ContainerFilter { pod_sandbox_id: pod_b.clone(), ..Default::default() };
     assert!(collect(rt.stream_containers(cri::StreamContainersRequest { filter: Some(of_b) }).await.unwrap()).await.is_empty());
     let images = collect(node.c.images().stream_images(cri::StreamImagesRequest { filter: None }).await.unwrap()).await;

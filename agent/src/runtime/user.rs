@@ -96,7 +96,7 @@ impl UserDb {
     /// Groups listing `user` as a member, except a group named like the user.
     fn memberships(&self, user: &str) -> impl Iterator<Item = u32> + '_ {
         let user = user.to_string();
-        self.groups.iter().filter(move |g| g.name != user && g.members.iter().any(|m| *m == user)).map(|g| g.gid)
+        self.groups.iter().filter(move |g| g.name != user && g.members.contains(&user)).map(|g| g.gid)
     }
 }
 
