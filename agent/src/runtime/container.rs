@@ -475,13 +475,15 @@ impl Runtime {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
-            // The shim would have removed the container's cgroup on Shutdown.
-            let pod = self.view(id).and_then(|v| self.pod(&v.record.pod_id));
-            if let (Some(cgroups), Some(pod)) = (&self.cgroups, pod) {
-                let cgroup = format!("{}/{}", pod.cgroup.trim_end_matches('/'), id);
-                if let Err(e) = cgroups.remove(&cgroup) {
-                    warn!(container = %id, error = %e, "removing the cgroup of a container whose shim is gone");
-                }
+        }
+        // The shim removes the container's cgroup as it exits after Shutdown, which is after it
+        // answered: remove it now, so it is gone when RemoveContainer returns (the kubelet then
+        // removes the pod's cgroup), also when the shim is gone. Both sides take NotFound.
+        let pod = self.view(id).and_then(|v| self.pod(&v.record.pod_id));
+        if let (Some(cgroups), Some(pod)) = (&self.cgroups, pod) {
+            let cgroup = format!("{}/{}", pod.cgroup.trim_end_matches('/'), id);
+            if let Err(e) = cgroups.remove(&cgroup) {
+                warn!(container = %id, shim_gone, error = %e, "removing the container's cgroup");
             }
         }
         let rootfs = self.rootfs_dir(id);
