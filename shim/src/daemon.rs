@@ -118,7 +118,12 @@ pub fn run(mode: Mode, bundle: &Path, id: &str, plan: Plan, mut report: PipeWrit
             Mode::Container => Shim::create(bundle, id, plan).inspect_err(|_| {
                 let _ = std::fs::remove_file(&sock);
             })?,
-            Mode::Pause => Shim::pause(bundle, id)?,
+            Mode::Pause => {
+                let shim = Shim::pause(bundle, id)?;
+                sys::find_setup_code();
+                crate::pause::confine(bundle)?;
+                shim
+            }
         };
         Ok((Arc::new(shim), listener))
     })();
@@ -440,11 +445,9 @@ impl Shim {
         lock(&self.inner).exit_requested
     }
 
-    /// Records a pause exit (Kill) and asks the server to exit after answering.
+    /// Records a pause exit (Kill) and asks the server to exit after answering. The pause has
+    /// no file system to write an exit file to (see pause::confine); corrald waits for its pid.
     pub fn record_exit_and_quit(&self, exit: Exit) {
-        if let Err(e) = exit::write_record(&self.bundle, &exit) {
-            warn!("writing the exit record: {e}");
-        }
         let mut i = lock(&self.inner);
         i.status = Status::Stopped;
         i.exit = Some(exit);
@@ -472,7 +475,9 @@ impl Shim {
                 warn!("{e}");
             }
         }
-        let _ = std::fs::remove_file(self.bundle.join(proto::SOCKET_NAME));
+        if self.mode == Mode::Container {
+            let _ = std::fs::remove_file(self.bundle.join(proto::SOCKET_NAME));
+        }
         info!("shim exiting");
         sys::exit_now(0)
     }

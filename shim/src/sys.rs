@@ -485,6 +485,45 @@ pub fn malloc_trim() {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// Read-only private mappings of our own binary with no copied-on-write page, found once (from
+/// /proc/self/smaps, which the pause shim no longer sees once confined).
+static CODE_RANGES: std::sync::OnceLock<([(usize, usize); 8], usize)> = std::sync::OnceLock::new();
+
+fn find_code_ranges() -> ([(usize, usize); 8], usize) {
+    let mut ranges = [(0usize, 0usize); 8];
+    let mut n = 0;
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return (ranges, 0) };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return (ranges, 0) };
+    let mut candidate: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|(a, _)| a.chars().all(|c| c.is_ascii_hexdigit())) {
+            // A new mapping: "start-end perms offset dev inode path".
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            candidate = match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                (Ok(s), Ok(e)) if !perms.contains('w') && perms.ends_with('p') && Path::new(path) == exe => Some((s, e)),
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            if let Some(range) = candidate.take() {
+                if fields.next() == Some("0") && n < ranges.len() {
+                    ranges[n] = range;
+                    n += 1;
+                }
+            }
+        }
+    }
+    // `smaps` and `exe` are freed here, before any page is dropped.
+    (ranges, n)
+}
+
+/// Finds the code mappings now, while /proc is there (the pause shim, before it is confined).
+pub fn find_setup_code() {
+    let _ = CODE_RANGES.get_or_init(find_code_ranges);
+}
+
 /// Drops the shim's own read-only file pages (code and constants) from the resident set: most
 /// of that code (spec parsing, mounts, namespaces, request handling) does not run again for a
 /// long time, and what runs later faults back in from the page cache. The kernel maps file
@@ -496,35 +535,8 @@ pub fn malloc_trim() {
 /// (copied-on-write) page are dropped, so no content can be lost: dropped pages read back
 /// exactly as they were.
 pub fn release_setup_code() {
-    let mut ranges = [(0usize, 0usize); 8];
-    let mut n = 0;
-    {
-        let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
-        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
-        let mut candidate: Option<(usize, usize)> = None;
-        for line in smaps.lines() {
-            let mut fields = line.split_whitespace();
-            let first = fields.next().unwrap_or("");
-            if let Some((start, end)) = first.split_once('-').filter(|(a, _)| a.chars().all(|c| c.is_ascii_hexdigit())) {
-                // A new mapping: "start-end perms offset dev inode path".
-                let perms = fields.next().unwrap_or("");
-                let path = fields.nth(3).unwrap_or("");
-                candidate = match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                    (Ok(s), Ok(e)) if !perms.contains('w') && perms.ends_with('p') && Path::new(path) == exe => Some((s, e)),
-                    _ => None,
-                };
-            } else if first == "Anonymous:" {
-                if let Some(range) = candidate.take() {
-                    if fields.next() == Some("0") && n < ranges.len() {
-                        ranges[n] = range;
-                        n += 1;
-                    }
-                }
-            }
-        }
-        // `smaps` and `exe` are freed here, before any page is dropped.
-    }
-    for &(start, end) in &ranges[..n] {
+    let (ranges, n) = CODE_RANGES.get_or_init(find_code_ranges);
+    for &(start, end) in &ranges[..*n] {
         // SAFETY: a read-only private file mapping of our own binary with no copied-on-write
         // page; MADV_DONTNEED only drops its pages, which fault back in unchanged from the file.
         unsafe {

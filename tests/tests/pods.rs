@@ -306,10 +306,31 @@ async fn shared_pid_namespace_has_the_pause_process_as_pid_1() {
     assert!(pid1.contains("corral-shim") && pid1.contains("pause"), "PID 1 is {pid1:?}");
     let ps = node.sh(&b, "ps -o args").await;
     assert!(ps.contains("sleep 3600") && ps.contains("sleep 2400"), "{ps}");
+    // The pod's PID 1 is a dead end for its containers, even one allowed to ptrace it: no
+    // capability, and an empty read-only root instead of the node's (/proc/1/root).
+    let mut tracer = node.container_config("tracer", &["sleep", "3600"]);
+    tracer.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() }),
+            capabilities: Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let tracer = node.run(&pod, &pc, tracer).await;
+    let marker = node.c.dir().join("host-marker");
+    std::fs::write(&marker, "the node's file\n").unwrap();
+    assert_eq!(node.sh(&tracer, "grep -E '^Cap(Eff|Prm|Bnd):' /proc/1/status").await, "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000");
+    assert_eq!(node.sh(&tracer, "ls -A /proc/1/root/ | wc -l").await, "0", "the pause's root is not empty");
+    let read = node.exec(&tracer, &["cat", &format!("/proc/1/root{}", marker.display())], 10).await.unwrap();
+    assert_ne!(read.exit_code, 0, "a container read the node's files through PID 1: {}", text(&read.stdout));
+    let write = node.exec(&tracer, &["sh", "-c", "echo x > /proc/1/root/written"], 10).await.unwrap();
+    assert_ne!(write.exit_code, 0, "a container wrote into the pause's root");
     // Stopping the pod ends the shared namespace and every container in it.
     rpc(node.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).await.unwrap();
     assert_eq!(node.status(&a).await.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(node.status(&b).await.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(node.status(&tracer).await.state, cri::ContainerState::ContainerExited as i32);
     let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner();
     assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
     node.remove_pod(&pod).await.unwrap();
