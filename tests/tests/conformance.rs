@@ -99,7 +99,7 @@ async fn a_pod_and_container_with_only_the_required_fields_run_with_containerd_d
     let c = node.run(&pod, &pc, cfg).await;
     let host = node_hostname();
     assert_eq!(node.sh(&c, "hostname; cat /etc/hostname; echo $HOSTNAME; pwd; id").await, format!("{host}\n{host}\n{host}\n/\nuid=0(root) gid=0(root) groups=0(root)"));
-    assert_eq!(node.sh(&c, "echo ${TERM:-none}; echo $PATH").await, "none\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    assert_eq!(node.sh(&c, "echo ${TERM:-none}; echo $PATH; echo $HOME").await, "none\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root");
     assert_eq!(node.sh(&c, "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status").await, format!("CapEff:\t{DEFAULT_CAP_EFF}\nNoNewPrivs:\t0\nSeccomp:\t0"));
     // containerd 2's sysctls in a pod's own network namespace.
     assert_eq!(node.sh(&c, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range").await, "0\n0\t2147483647");
@@ -292,6 +292,14 @@ async fn users_groups_and_the_supplemental_groups_policy() {
     cfg.linux = security(cri::LinuxContainerSecurityContext { run_as_username: "nobody".into(), run_as_group: Some(cri::Int64Value { value: 4321 }), ..Default::default() });
     let named = node.run(&pod, &pc, cfg).await;
     assert_eq!(node.sh(&named, "id -un; id -g").await, "nobody\n4321");
+    // HOME is the user's home from the image's /etc/passwd, as runc sets it.
+    assert_eq!(node.sh(&named, "echo $HOME").await, "/nonexistent");
+    let mut cfg = node.container_config("image-user", &["sh", "-c", "echo home=$HOME; sleep 3600"]);
+    cfg.image = Some(tests::spec(&env.image("corral/nonroot:latest")));
+    let image_user = node.run(&pod, &pc, cfg).await;
+    assert_eq!(node.sh(&image_user, "echo $HOME").await, "/home/corral");
+    let log = node.log_path("users", "image-user");
+    assert!(tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).unwrap_or_default().contains("stdout F home=/home/corral")).await);
 
     // The CRI validation suite's case: uid 1000 is in group 50000 by the image's /etc/group.
     let groups_of = |policy: Option<cri::SupplementalGroupsPolicy>| {

@@ -112,7 +112,11 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         policy: req.supplemental_groups_policy,
     };
     let user = user::resolve(i.users, &user_req, i.image.user.as_deref().unwrap_or("")).map_err(|e| format!("security context: {e}"))?;
-    let env = env(req, i.image, &i.pod.hostname);
+    let mut env = env(req, i.image, &i.pod.hostname);
+    // runc's default: HOME of the user's passwd entry, unless the image or request sets one.
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
     let cwd = working_dir(req, i.image)?;
     let (stop_signal, stop_signal_name) = stop_signal(req, i.image)?;
     let (mounts, records, image_volumes) = mounts(i)?;
@@ -425,7 +429,7 @@ mod tests {
         let r = run(&minimal(), &image(), &pod()).unwrap();
         let s = &r.spec;
         assert_eq!(s.args, ["sh"]);
-        assert_eq!(s.env, ["PATH=/bin", "HOSTNAME=node-1", "IMG=1"]);
+        assert_eq!(s.env, ["PATH=/bin", "HOSTNAME=node-1", "IMG=1", "HOME=/root"]);
         assert_eq!((s.cwd.as_str(), s.uid, s.gid, s.additional_gids.as_slice()), ("/", 0, 0, &[0u32][..]));
         assert_eq!(s.caps, spec::DEFAULT_CAPS.iter().map(|c| c.to_string()).collect::<Vec<_>>());
         assert!(s.ambient.is_empty() && !s.no_new_privs && !s.privileged && !s.readonly_rootfs && !s.tty);
@@ -465,9 +469,16 @@ mod tests {
     fn env_order_and_overrides() {
         let req = CreateContainer { tty: true, envs: vec![("IMG".into(), "2".into()), ("NEW".into(), "x".into())], ..minimal() };
         let r = run(&req, &image(), &pod()).unwrap();
-        assert_eq!(r.spec.env, ["PATH=/bin", "TERM=xterm", "HOSTNAME=node-1", "IMG=2", "NEW=x"]);
+        assert_eq!(r.spec.env, ["PATH=/bin", "TERM=xterm", "HOSTNAME=node-1", "IMG=2", "NEW=x", "HOME=/root"]);
         let bare = run(&minimal(), &ImageDefaults { cmd: Some(vec!["sh".into()]), ..Default::default() }, &pod()).unwrap();
-        assert_eq!(bare.spec.env, [DEFAULT_PATH.to_string(), "HOSTNAME=node-1".into()]);
+        assert_eq!(bare.spec.env, [DEFAULT_PATH.to_string(), "HOSTNAME=node-1".into(), "HOME=/root".into()]);
+        // HOME follows the user, and a given HOME wins.
+        let app = run(&CreateContainer { run_as_user: Some(1000), ..minimal() }, &image(), &pod()).unwrap();
+        assert_eq!(app.spec.env.last().map(String::as_str), Some("HOME=/home/app"));
+        let unknown = run(&CreateContainer { run_as_user: Some(4242), ..minimal() }, &image(), &pod()).unwrap();
+        assert_eq!(unknown.spec.env.last().map(String::as_str), Some("HOME=/"));
+        let given = run(&CreateContainer { envs: vec![("HOME".into(), "/data".into())], ..minimal() }, &image(), &pod()).unwrap();
+        assert_eq!(given.spec.env.iter().filter(|e| e.starts_with("HOME=")).collect::<Vec<_>>(), ["HOME=/data"]);
     }
 
     #[test]

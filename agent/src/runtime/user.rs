@@ -12,6 +12,8 @@ pub struct User {
     pub gid: u32,
     /// Supplementary groups, sorted, without duplicates; they include the primary gid.
     pub additional_gids: Vec<u32>,
+    /// The user's home in the image's /etc/passwd, "/" when it has no entry (runc's HOME).
+    pub home: String,
 }
 
 /// How the requested supplemental groups combine with the image's /etc/group (CRI
@@ -40,6 +42,7 @@ struct PasswdEntry {
     name: String,
     uid: u32,
     gid: u32,
+    home: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +70,8 @@ impl UserDb {
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                Some(PasswdEntry { name: f.first()?.to_string(), uid: f.get(2)?.parse().ok()?, gid: f.get(3)?.parse().ok()? })
+                let home = f.get(5).filter(|h| !h.is_empty()).unwrap_or(&"/").to_string();
+                Some(PasswdEntry { name: f.first()?.to_string(), uid: f.get(2)?.parse().ok()?, gid: f.get(3)?.parse().ok()?, home })
             })
             .collect();
         let groups = group
@@ -156,18 +160,22 @@ pub fn resolve(db: &UserDb, req: &UserRequest, image_user: &str) -> Result<User,
     }
     let (user_part, group_part) = (parts[0], parts.get(1).copied().filter(|g| !g.is_empty()));
     // The user: a number needs no passwd entry (its gid is then 0), a name must have one.
-    let (uid, mut gid, name) = if user_part.is_empty() {
-        (0, 0, db.by_uid(0).map(|e| e.name.clone()))
+    let entry = if user_part.is_empty() {
+        db.by_uid(0)
     } else if let Ok(uid) = user_part.parse::<i64>() {
-        let uid = id_of("uid", uid)?;
-        match db.by_uid(uid) {
-            Some(e) => (uid, e.gid, Some(e.name.clone())),
-            None => (uid, 0, None),
-        }
+        db.by_uid(id_of("uid", uid)?)
     } else {
-        let e = db.by_name(user_part).ok_or_else(|| format!("user {user_part:?} is not in the image's /etc/passwd"))?;
-        (e.uid, e.gid, Some(e.name.clone()))
+        Some(db.by_name(user_part).ok_or_else(|| format!("user {user_part:?} is not in the image's /etc/passwd"))?)
     };
+    let uid = match (user_part.parse::<i64>(), entry) {
+        (Ok(n), _) => id_of("uid", n)?,
+        (Err(_), Some(e)) => e.uid,
+        (Err(_), None) => 0,
+    };
+    // A number without a passwd entry runs with gid 0.
+    let mut gid = entry.map(|e| e.gid).unwrap_or(0);
+    let name = entry.map(|e| e.name.clone());
+    let home = entry.map(|e| e.home.clone()).unwrap_or_else(|| "/".into());
     if let Some(g) = group_part {
         gid = match g.parse::<i64>() {
             Ok(n) => id_of("gid", n)?,
@@ -184,7 +192,7 @@ pub fn resolve(db: &UserDb, req: &UserRequest, image_user: &str) -> Result<User,
     groups.extend(extra);
     groups.sort_unstable();
     groups.dedup();
-    Ok(User { uid, gid, additional_gids: groups })
+    Ok(User { uid, gid, additional_gids: groups, home })
 }
 
 #[cfg(test)]
@@ -203,7 +211,12 @@ mod tests {
     }
 
     fn user(uid: u32, gid: u32, groups: &[u32]) -> User {
-        User { uid, gid, additional_gids: groups.to_vec() }
+        let home = match uid {
+            0 => "/root",
+            1000 => "/home/corral",
+            _ => "/",
+        };
+        User { uid, gid, additional_gids: groups.to_vec(), home: home.into() }
     }
 
     #[test]
@@ -245,10 +258,11 @@ mod tests {
     fn supplemental_groups_policy() {
         let db = db();
         // The CRI validation suite's case: uid 1000 in group 50000 by /etc/group, 1234 requested.
+        let default_user = |groups: &[u32]| User { home: "/".into(), ..user(1000, 1000, groups) };
         let merge = resolve(&db, &req(Some(1000), None, "default-user", &[1234], GroupsPolicy::Merge), "").unwrap();
-        assert_eq!(merge, user(1000, 1000, &[1000, 1234, 50000]));
+        assert_eq!(merge, default_user(&[1000, 1234, 50000]));
         let strict = resolve(&db, &req(Some(1000), None, "default-user", &[1234], GroupsPolicy::Strict), "").unwrap();
-        assert_eq!(strict, user(1000, 1000, &[1000, 1234]));
+        assert_eq!(strict, default_user(&[1000, 1234]));
         // A group named like the user is not a membership of its own.
         let corral = resolve(&db, &req(None, None, "corral", &[], GroupsPolicy::Merge), "").unwrap();
         assert_eq!(corral, user(1000, 1000, &[10, 1000]));
