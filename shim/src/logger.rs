@@ -57,10 +57,11 @@ impl LineSplitter {
         }
     }
 
-    /// End of stream: unterminated output becomes a full (F) entry.
+    /// End of stream: unterminated output is a partial (P) entry, as containerd writes it: the
+    /// kubelet adds a newline after F entries only, so the log reads back as it was written.
     pub fn finish(&mut self, emit: &mut dyn FnMut(&[u8], bool)) {
         if !self.buf.is_empty() {
-            emit(&self.buf, false);
+            emit(&self.buf, true);
             self.buf.clear();
         }
         self.buf.shrink_to(0);
@@ -235,10 +236,10 @@ mod tests {
     }
 
     #[test]
-    fn unterminated_output_is_full_at_eof() {
+    fn unterminated_output_is_partial_at_eof() {
         assert_eq!(
             split(&[b"a\nb"]),
-            vec![(b"a".to_vec(), false), (b"b".to_vec(), false)]
+            vec![(b"a".to_vec(), false), (b"b".to_vec(), true)]
         );
     }
 
