@@ -178,7 +178,9 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     cfg.labels.insert("io.kubernetes.container.name".into(), "app".into());
     cfg.annotations.insert("io.kubernetes.container.restartCount".into(), "0".into());
     cfg.envs = vec![cri::KeyValue { key: "KUBERNETES_SERVICE_HOST".into(), value: "10.96.0.1".into() }];
-    cfg.image.as_mut().unwrap().user_specified_image = "busybox:latest".into();
+    // The kubelet names the image by the id PullImage returned, and the pod's own name for it.
+    let image_id = node.c.pull(&env.image(BUSYBOX)).await.unwrap();
+    cfg.image = Some(cri::ImageSpec { image: image_id.clone(), user_specified_image: env.image(BUSYBOX), ..Default::default() });
     cfg.linux = Some(cri::LinuxContainerConfig {
         resources: Some(cri::LinuxContainerResources { cpu_period: 100_000, cpu_shares: 2, oom_score_adj: 1000, ..Default::default() }),
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -196,7 +198,13 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     let s = node.status(&c).await;
     assert_eq!(s.labels.get("io.kubernetes.container.name").map(String::as_str), Some("app"));
     assert_eq!(s.resources.and_then(|r| r.linux).map(|l| l.cpu_shares), Some(2));
-    assert_eq!(s.image.as_ref().map(|i| i.user_specified_image.as_str()), Some("busybox:latest"));
+    // As containerd: the image's tag and repo digest in the status, its id in the list.
+    let image = s.image.as_ref().unwrap();
+    assert_eq!((image.image.as_str(), image.user_specified_image.as_str()), (env.image(BUSYBOX).as_str(), env.image(BUSYBOX).as_str()));
+    assert!(s.image_ref.contains("@sha256:"), "{}", s.image_ref);
+    assert_eq!(s.image_id, image_id);
+    let listed = rpc(node.rt().list_containers(cri::ListContainersRequest { filter: None })).await.unwrap().into_inner().containers;
+    assert_eq!((listed[0].image_ref.as_str(), listed[0].image_id.as_str()), (image_id.as_str(), image_id.as_str()));
 
     node.remove_pod(&pod).await.unwrap();
     // corral removed the container's cgroup and left the kubelet's to the kubelet.

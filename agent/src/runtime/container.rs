@@ -648,6 +648,16 @@ impl Runtime {
         Ok(())
     }
 
+    /// The name and digest reference of a container's image as it is now (containerd reports
+    /// the image's first tag and first repo digest in ContainerStatus); None when the image is
+    /// gone or has none.
+    pub fn image_names(&self, image_id: &str) -> (Option<String>, Option<String>) {
+        match self.images.find(image_id) {
+            Some(img) => (img.repo_tags.first().cloned(), img.repo_digests.first().cloned()),
+            None => (None, None),
+        }
+    }
+
     pub fn container_status(&self, wanted: &str) -> Result<ContainerView> {
         let id = self.require_container(wanted)?;
         self.view(&id).filter(|v| v.record.phase == ContainerPhase::Created).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))

@@ -293,7 +293,8 @@ pub fn to_cri_container(v: &rt::ContainerView) -> cri::Container {
         pod_sandbox_id: r.pod_id.clone(),
         metadata: Some(cri::ContainerMetadata { name: r.name.clone(), attempt: r.attempt }),
         image: Some(image_spec(r)),
-        image_ref: r.image_ref.clone(),
+        // The image id, as containerd gives it here (and in image_id).
+        image_ref: r.image_id.clone(),
         state: container_state(v.state),
         created_at: r.created_at,
         labels: r.labels.clone(),
@@ -325,8 +326,15 @@ fn mount_cri(m: &rt::MountRecord) -> cri::Mount {
     }
 }
 
-pub fn container_status(v: &rt::ContainerView) -> cri::ContainerStatus {
+/// ContainerStatus; `image_names` are the image's first tag and repo digest now, which it
+/// reports as containerd does (the request may have named the image by id).
+pub fn container_status(v: &rt::ContainerView, image_names: (Option<String>, Option<String>)) -> cri::ContainerStatus {
     let r = &v.record;
+    let (tag, digest) = image_names;
+    let mut image = image_spec(r);
+    if let Some(tag) = tag {
+        image.image = tag;
+    }
     cri::ContainerStatus {
         id: r.id.clone(),
         metadata: Some(cri::ContainerMetadata { name: r.name.clone(), attempt: r.attempt }),
@@ -335,8 +343,8 @@ pub fn container_status(v: &rt::ContainerView) -> cri::ContainerStatus {
         started_at: v.started_at,
         finished_at: v.finished_at,
         exit_code: v.exit_code,
-        image: Some(image_spec(r)),
-        image_ref: r.image_ref.clone(),
+        image: Some(image),
+        image_ref: digest.unwrap_or_else(|| r.image_ref.clone()),
         reason: v.reason.clone(),
         message: v.message.clone(),
         labels: r.labels.clone(),

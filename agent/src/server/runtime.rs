@@ -235,7 +235,8 @@ impl RuntimeService for CriRuntime {
             let verbose = serde_json::json!({ "id": r.id, "pid": v.pid, "podSandboxId": r.pod_id, "logPath": r.log_path, "stopSignal": r.stop_signal });
             info.insert("info".to_string(), verbose.to_string());
         }
-        Ok(Response::new(cri::ContainerStatusResponse { status: Some(convert::container_status(&v)), info }))
+        let names = self.rt.image_names(&r.image_id);
+        Ok(Response::new(cri::ContainerStatusResponse { status: Some(convert::container_status(&v, names)), info }))
     }
     async fn update_container_resources(&self, _req: Request<cri::UpdateContainerResourcesRequest>) -> Result<cri::UpdateContainerResourcesResponse> {
         unimplemented("UpdateContainerResources")
