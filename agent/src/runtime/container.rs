@@ -442,8 +442,8 @@ impl Runtime {
                 std::fs::create_dir_all(parent).map_err(io_err(format!("creating log directory {}", parent.display())))?;
             }
         }
-        let config_json = spec::container_spec(&resolved.spec);
-        std::fs::write(bundle.join("config.json"), config_json.to_string()).map_err(io_err("writing config.json"))?;
+        let config = spec::container_spec(&resolved.spec).map_err(|e| RuntimeError::Internal(format!("container {id}: {e}")))?;
+        write_config(&bundle, &config)?;
         let pid = shim_client::launch(&self.cfg.shim, "create", &bundle, &id).await?;
         debug!(container = %id, pid, "shim created the container process");
         Ok(pid)
@@ -808,6 +808,13 @@ fn host_devices_in(dir: &Path, out: &mut Vec<(String, DeviceNode)>) -> std::io::
         }
     }
     Ok(())
+}
+
+/// Writes a bundle's config.json.
+pub(super) fn write_config(bundle: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let path = bundle.join("config.json");
+    let json = serde_json::to_vec(spec).map_err(|e| RuntimeError::Internal(format!("serializing {}: {e}", path.display())))?;
+    std::fs::write(&path, json).map_err(io_err(format!("writing {}", path.display())))
 }
 
 /// Where a container's image volumes are mounted, inside its bundle.

@@ -307,8 +307,8 @@ impl Runtime {
         if record.pid == NsMode::Pod {
             let bundle = self.pause_bundle(&id);
             std::fs::create_dir_all(&bundle).map_err(io_err(format!("creating {}", bundle.display())))?;
-            let spec = super::spec::pause_spec(&self.ns_dir(&id), wanted, &format!("{}/pause", record.cgroup));
-            std::fs::write(bundle.join("config.json"), spec.to_string()).map_err(io_err("writing pause config.json"))?;
+            let spec = super::spec::pause_spec(&self.ns_dir(&id), wanted, &format!("{}/pause", record.cgroup)).map_err(|e| RuntimeError::Internal(format!("pod sandbox {id}: {e}")))?;
+            super::container::write_config(&bundle, &spec)?;
             let pid = shim_client::launch(&self.cfg.shim, "pause", &bundle, &id).await?;
             record.pause_pid = pid;
             self.save_pod(record)?;

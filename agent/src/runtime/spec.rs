@@ -4,7 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
 
 use super::namespaces::Wanted;
 
@@ -199,33 +205,89 @@ pub struct ContainerSpec {
     pub annotations: HashMap<String, String>,
 }
 
-fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
-    json!({ "destination": dest, "type": kind, "source": source, "options": options })
+/// Errors of building a spec from resolved values (an unknown capability name, a builder
+/// missing a required field).
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// building the OCI spec: {0}
+    #[error("building the OCI spec: {0}")]
+    Oci(#[from] oci_spec::OciSpecError),
+    /// unknown capability {0}
+    #[error("unknown capability {0:?}")]
+    Capability(String),
 }
 
-fn ns_entry(kind: &str, path: &Option<PathBuf>) -> Value {
-    match path {
-        Some(p) => json!({ "type": kind, "path": p }),
-        None => json!({ "type": kind }),
+type SpecResult<T> = Result<T, SpecError>;
+
+fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> SpecResult<Mount> {
+    Ok(MountBuilder::default().destination(dest).typ(kind).source(source).options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>()).build()?)
+}
+
+fn namespace(kind: LinuxNamespaceType, path: &Option<PathBuf>) -> SpecResult<LinuxNamespace> {
+    let b = LinuxNamespaceBuilder::default().typ(kind);
+    Ok(match path {
+        Some(p) => b.path(p.clone()).build()?,
+        None => b.build()?,
+    })
+}
+
+fn capability(name: &str) -> SpecResult<Capability> {
+    let bare = name.strip_prefix("CAP_").unwrap_or(name);
+    Capability::from_str(bare).map_err(|_| SpecError::Capability(name.to_string()))
+}
+
+fn capability_set(names: &[String]) -> SpecResult<Capabilities> {
+    names.iter().map(|n| capability(n)).collect()
+}
+
+fn device_type(kind: char) -> LinuxDeviceType {
+    match kind {
+        'b' => LinuxDeviceType::B,
+        'p' => LinuxDeviceType::P,
+        'u' => LinuxDeviceType::U,
+        _ => LinuxDeviceType::C,
     }
+}
+
+fn device_rule(allow: bool, kind: Option<char>, major: Option<i64>, minor: Option<i64>, access: &str) -> SpecResult<LinuxDeviceCgroup> {
+    let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).access(access);
+    if let Some(k) = kind {
+        b = b.typ(device_type(k));
+    }
+    if let Some(m) = major {
+        b = b.major(m);
+    }
+    if let Some(m) = minor {
+        b = b.minor(m);
+    }
+    let mut rule = b.build()?;
+    if kind.is_none() {
+        // No type: every device (the builder would otherwise take the default "a" anyway, but
+        // leave it unset as runc's own default spec does).
+        rule.set_typ(None);
+    }
+    Ok(rule)
 }
 
 const DEFAULT_DEVICES: [(&str, i64, i64); 6] = [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
 
-pub fn container_spec(s: &ContainerSpec) -> Value {
+/// The mounts of a container: the kernel filesystems, the container's cgroup, the pod's files
+/// and /dev/shm (unless the request mounts something there), then the request's bind mounts by
+/// depth. Returns them with the rootfs propagation they need.
+fn mounts(s: &ContainerSpec) -> SpecResult<(Vec<Mount>, &'static str)> {
     let sys_opts: &[&str] = if s.privileged { &["nosuid", "noexec", "nodev", "rw"] } else { &["nosuid", "noexec", "nodev", "ro"] };
     let mut mounts = vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        mount("/sys", "sysfs", "sysfs", sys_opts),
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", sys_opts)?,
     ];
     let user_paths: Vec<&str> = s.mounts.iter().map(|m| m.container_path.as_str()).collect();
     if !user_paths.contains(&"/sys/fs/cgroup") {
         // The container's own cgroup, read-only unless privileged (containerd's default).
         let cgroup_opts: &[&str] = if s.privileged { &["nosuid", "noexec", "nodev", "relatime", "rw"] } else { &["nosuid", "noexec", "nodev", "relatime", "ro"] };
-        mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_opts));
+        mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_opts)?);
     }
     let file_ro = if s.readonly_rootfs { "ro" } else { "rw" };
     let pod_mounts = [
@@ -236,7 +298,7 @@ pub fn container_spec(s: &ContainerSpec) -> Value {
     ];
     for (dest, source, ro) in pod_mounts {
         if !user_paths.contains(&dest) {
-            mounts.push(mount(dest, "bind", &source.display().to_string(), &["rbind", "rprivate", ro, "nosuid", "nodev"]));
+            mounts.push(mount(dest, "bind", &source.display().to_string(), &["rbind", "rprivate", ro, "nosuid", "nodev"])?);
         }
     }
     let mut user_mounts = s.mounts.clone();
@@ -263,144 +325,164 @@ pub fn container_spec(s: &ContainerSpec) -> Value {
             (true, false) => "ro",
             (false, _) => "rw",
         };
-        mounts.push(mount(&m.container_path, "bind", &m.host_path, &["rbind", prop, access]));
+        mounts.push(mount(&m.container_path, "bind", &m.host_path, &["rbind", prop, access])?);
     }
+    Ok((mounts, root_propagation))
+}
 
-    let mut namespaces = vec![json!({ "type": "mount" })];
-    if let Some(p) = &s.namespaces.network {
-        namespaces.push(ns_entry("network", p));
-    }
-    if let Some(p) = &s.namespaces.ipc {
-        namespaces.push(ns_entry("ipc", p));
-    }
-    if let Some(p) = &s.namespaces.uts {
-        namespaces.push(ns_entry("uts", p));
-    }
-    if let Some(p) = &s.namespaces.pid {
-        namespaces.push(ns_entry("pid", p));
-    }
-
-    let mut devices: Vec<Value> = DEFAULT_DEVICES
-        .iter()
-        .map(|(path, major, minor)| json!({ "path": path, "type": "c", "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0 }))
-        .collect();
-    let mut device_rules = vec![
-        json!({ "allow": false, "access": "rwm" }),
-        json!({ "allow": true, "type": "c", "access": "m" }),
-        json!({ "allow": true, "type": "b", "access": "m" }),
-    ];
-    for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200)] {
-        device_rules.push(json!({ "allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm" }));
-    }
-    device_rules.push(json!({ "allow": true, "type": "c", "major": 136, "access": "rwm" }));
-    if s.privileged {
-        device_rules = vec![json!({ "allow": true, "access": "rwm" })];
-    }
+/// The device nodes and the device cgroup rules: the default nodes, the pty and tty devices,
+/// and the request's devices; every device for a privileged container.
+fn devices(s: &ContainerSpec) -> SpecResult<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>)> {
+    let node = |path: &str, kind: char, major: i64, minor: i64, mode: u32, uid: u32, gid: u32| -> SpecResult<LinuxDevice> {
+        Ok(LinuxDeviceBuilder::default().path(path).typ(device_type(kind)).major(major).minor(minor).file_mode(mode).uid(uid).gid(gid).build()?)
+    };
+    let mut nodes = DEFAULT_DEVICES.iter().map(|(path, major, minor)| node(path, 'c', *major, *minor, 0o666, 0, 0)).collect::<SpecResult<Vec<_>>>()?;
+    let mut rules = if s.privileged {
+        vec![device_rule(true, None, None, None, "rwm")?]
+    } else {
+        let mut rules = vec![device_rule(false, None, None, None, "rwm")?, device_rule(true, Some('c'), None, None, "m")?, device_rule(true, Some('b'), None, None, "m")?];
+        for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200)] {
+            rules.push(device_rule(true, Some('c'), Some(major), Some(minor), "rwm")?);
+        }
+        rules.push(device_rule(true, Some('c'), Some(136), None, "rwm")?);
+        rules
+    };
     for d in &s.devices {
         let n = &d.node;
-        devices.push(json!({ "path": d.container_path, "type": n.kind.to_string(), "major": n.major, "minor": n.minor, "fileMode": n.mode, "uid": n.uid, "gid": n.gid }));
-        device_rules.push(json!({ "allow": true, "type": n.kind.to_string(), "major": n.major, "minor": n.minor, "access": d.permissions }));
+        nodes.push(node(&d.container_path, n.kind, n.major, n.minor, n.mode, n.uid, n.gid)?);
+        if !s.privileged {
+            rules.push(device_rule(true, Some(n.kind), Some(n.major), Some(n.minor), &d.permissions)?);
+        }
     }
+    Ok((nodes, rules))
+}
 
+fn resources(s: &ContainerSpec, device_rules: Vec<LinuxDeviceCgroup>) -> SpecResult<LinuxResources> {
     let r = &s.resources;
-    let mut resources = serde_json::Map::new();
-    resources.insert("devices".into(), Value::Array(device_rules));
-    let mut memory = serde_json::Map::new();
-    if r.memory_limit > 0 {
-        memory.insert("limit".into(), json!(r.memory_limit));
+    let mut b = LinuxResourcesBuilder::default().devices(device_rules);
+    if r.memory_limit > 0 || r.memory_swap_limit > 0 {
+        let mut m = LinuxMemoryBuilder::default();
+        if r.memory_limit > 0 {
+            m = m.limit(r.memory_limit);
+        }
+        if r.memory_swap_limit > 0 {
+            m = m.swap(r.memory_swap_limit);
+        }
+        b = b.memory(m.build()?);
     }
-    if r.memory_swap_limit > 0 {
-        memory.insert("swap".into(), json!(r.memory_swap_limit));
-    }
-    if !memory.is_empty() {
-        resources.insert("memory".into(), Value::Object(memory));
-    }
-    let mut cpu = serde_json::Map::new();
-    if r.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(r.cpu_shares));
-    }
-    if r.cpu_quota != 0 {
-        cpu.insert("quota".into(), json!(r.cpu_quota));
-    }
-    if r.cpu_period > 0 {
-        cpu.insert("period".into(), json!(r.cpu_period));
-    }
-    if !r.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
-    }
-    if !r.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(r.cpuset_mems));
-    }
-    if !cpu.is_empty() {
-        resources.insert("cpu".into(), Value::Object(cpu));
+    if r.cpu_shares > 0 || r.cpu_quota != 0 || r.cpu_period > 0 || !r.cpuset_cpus.is_empty() || !r.cpuset_mems.is_empty() {
+        let mut c = LinuxCpuBuilder::default();
+        if r.cpu_shares > 0 {
+            c = c.shares(r.cpu_shares as u64);
+        }
+        if r.cpu_quota != 0 {
+            c = c.quota(r.cpu_quota);
+        }
+        if r.cpu_period > 0 {
+            c = c.period(r.cpu_period as u64);
+        }
+        if !r.cpuset_cpus.is_empty() {
+            c = c.cpus(r.cpuset_cpus.clone());
+        }
+        if !r.cpuset_mems.is_empty() {
+            c = c.mems(r.cpuset_mems.clone());
+        }
+        b = b.cpu(c.build()?);
     }
     if r.pids_limit > 0 {
-        resources.insert("pids".into(), json!({ "limit": r.pids_limit }));
+        b = b.pids(LinuxPidsBuilder::default().limit(r.pids_limit).build()?);
     }
+    Ok(b.build()?)
+}
 
-    let mut process = json!({
-        "terminal": s.tty,
-        "user": { "uid": s.uid, "gid": s.gid, "additionalGids": s.additional_gids },
-        "args": s.args,
-        "env": s.env,
-        "cwd": s.cwd,
-        "capabilities": {
-            "bounding": s.caps,
-            "effective": s.caps,
-            "permitted": s.caps,
-            "inheritable": [],
-            "ambient": s.ambient,
-        },
-        "noNewPrivileges": s.no_new_privs,
-    });
-    if r.oom_score_adj != 0 {
-        process["oomScoreAdj"] = json!(r.oom_score_adj);
+/// The container's config.json, as the shim reads it. Every field is set here: the oci-spec
+/// builders otherwise fill in defaults of their own (a hostname, rlimits, masked paths).
+pub fn container_spec(s: &ContainerSpec) -> SpecResult<Spec> {
+    let (mounts, root_propagation) = mounts(s)?;
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, &None)?];
+    for (kind, path) in [
+        (LinuxNamespaceType::Network, &s.namespaces.network),
+        (LinuxNamespaceType::Ipc, &s.namespaces.ipc),
+        (LinuxNamespaceType::Uts, &s.namespaces.uts),
+        (LinuxNamespaceType::Pid, &s.namespaces.pid),
+    ] {
+        if let Some(p) = path {
+            namespaces.push(namespace(kind, p)?);
+        }
     }
-
-    let mut linux = json!({
-        "namespaces": namespaces,
-        "devices": devices,
-        "cgroupsPath": s.cgroup,
-        "resources": Value::Object(resources),
-        "rootfsPropagation": root_propagation,
-        "sysctl": s.sysctls,
-    });
-    if !s.privileged {
-        linux["maskedPaths"] = json!(s.masked_paths);
-        linux["readonlyPaths"] = json!(s.readonly_paths);
-    }
-    let mut spec = json!({
-        "ociVersion": "1.1.0",
-        "process": process,
-        "root": { "path": s.rootfs, "readonly": s.readonly_rootfs },
-        "mounts": mounts,
-        "linux": linux,
-        "annotations": s.annotations,
-    });
-    if s.namespaces.uts.as_ref().is_some_and(|p| p.is_none()) {
-        spec["hostname"] = json!(s.hostname);
-    }
-    spec
+    let (nodes, rules) = devices(s)?;
+    let caps = capability_set(&s.caps)?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(Capabilities::new())
+        .ambient(capability_set(&s.ambient)?)
+        .build()?;
+    let user = UserBuilder::default().uid(s.uid).gid(s.gid).additional_gids(s.additional_gids.clone()).build()?;
+    let mut process = ProcessBuilder::default()
+        .terminal(s.tty)
+        .user(user)
+        .args(s.args.clone())
+        .env(s.env.clone())
+        .cwd(s.cwd.clone())
+        .capabilities(capabilities)
+        .no_new_privileges(s.no_new_privs)
+        .rlimits(Vec::new())
+        .build()?;
+    process.set_oom_score_adj((s.resources.oom_score_adj != 0).then_some(s.resources.oom_score_adj as i32));
+    let masked = if s.privileged { Vec::new() } else { s.masked_paths.clone() };
+    let readonly = if s.privileged { Vec::new() } else { s.readonly_paths.clone() };
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .devices(nodes)
+        .cgroups_path(PathBuf::from(&s.cgroup))
+        .resources(resources(s, rules)?)
+        .rootfs_propagation(root_propagation)
+        .sysctl(s.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>())
+        .masked_paths(masked)
+        .readonly_paths(readonly)
+        .build()?;
+    let root = RootBuilder::default().path(s.rootfs.clone()).readonly(s.readonly_rootfs).build()?;
+    let mut spec = SpecBuilder::default().version("1.1.0").process(process).root(root).mounts(mounts).linux(linux).annotations(s.annotations.clone()).build()?;
+    // A hostname only for a UTS namespace of the container's own; a joined one has the pod's.
+    spec.set_hostname(s.namespaces.uts.as_ref().is_some_and(|p| p.is_none()).then(|| s.hostname.clone()));
+    spec.set_domainname(None);
+    Ok(spec)
 }
 
 /// config.json of the pause process: the pod's namespaces to join, a new PID namespace, and
 /// its cgroup. No root and no process: the pause shim does not exec anything.
-pub fn pause_spec(ns_dir: &Path, wanted: Wanted, cgroup: &str) -> Value {
-    let mut namespaces = vec![json!({ "type": "pid" })];
-    for (kind, file, on) in [("network", "net", wanted.net), ("ipc", "ipc", wanted.ipc), ("uts", "uts", wanted.uts)] {
+pub fn pause_spec(ns_dir: &Path, wanted: Wanted, cgroup: &str) -> SpecResult<Spec> {
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Pid, &None)?];
+    for (kind, file, on) in [(LinuxNamespaceType::Network, "net", wanted.net), (LinuxNamespaceType::Ipc, "ipc", wanted.ipc), (LinuxNamespaceType::Uts, "uts", wanted.uts)] {
         if on {
-            namespaces.push(json!({ "type": kind, "path": ns_dir.join(file) }));
+            namespaces.push(namespace(kind, &Some(ns_dir.join(file)))?);
         }
     }
-    json!({
-        "ociVersion": "1.1.0",
-        "linux": { "namespaces": namespaces, "cgroupsPath": cgroup },
-    })
+    let mut linux = LinuxBuilder::default().namespaces(namespaces).cgroups_path(PathBuf::from(cgroup)).build()?;
+    linux.set_resources(None);
+    linux.set_masked_paths(None);
+    linux.set_readonly_paths(None);
+    let mut spec = SpecBuilder::default().version("1.1.0").linux(linux).build()?;
+    spec.set_process(None);
+    spec.set_root(None);
+    spec.set_mounts(None);
+    spec.set_hostname(None);
+    spec.set_annotations(None);
+    Ok(spec)
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
+
+    /// The spec as config.json holds it.
+    fn container_spec(s: &ContainerSpec) -> Value {
+        serde_json::to_value(super::container_spec(s).expect("a spec")).expect("JSON")
+    }
 
     #[test]
     fn capability_arithmetic() {
@@ -446,6 +528,45 @@ mod tests {
             let got = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/m").unwrap().clone();
             assert_eq!(got["options"], json!(["rbind", "rprivate", want]));
         }
+    }
+
+    #[test]
+    fn nothing_of_the_builders_own_defaults_leaks_in() {
+        let v = container_spec(&spec_for_test());
+        assert_eq!(v["ociVersion"], "1.1.0");
+        assert!(v.get("hostname").is_none(), "no UTS namespace of its own: no hostname ({})", v["hostname"]);
+        let p = &v["process"];
+        assert!(p.get("rlimits").is_none_or(|r| r.as_array().is_some_and(|a| a.is_empty())), "rlimits: {}", p["rlimits"]);
+        assert_eq!(p["noNewPrivileges"], false);
+        assert_eq!(p["env"], json!([]));
+        assert_eq!(p["args"], json!(["sh"]));
+        assert!(p.get("oomScoreAdj").is_none());
+        assert_eq!(v["linux"]["maskedPaths"], json!([]));
+        assert_eq!(v["linux"]["readonlyPaths"], json!([]));
+        assert_eq!(v["root"], json!({ "path": "/r", "readonly": false }));
+        // The namespaces asked for and the mount namespace, nothing else.
+        assert_eq!(v["linux"]["namespaces"], json!([{ "type": "mount" }]));
+        // Its own UTS namespace: the pod's hostname.
+        let own = ContainerSpec { namespaces: Namespaces { uts: Some(None), ..Default::default() }, ..spec_for_test() };
+        assert_eq!(container_spec(&own)["hostname"], "h");
+        let round_trip: Spec = serde_json::from_value(v).expect("the shim reads what corrald writes");
+        assert_eq!(round_trip.process().as_ref().map(|p| p.args().clone()), Some(Some(vec!["sh".to_string()])));
+    }
+
+    #[test]
+    fn pause_spec_is_namespaces_and_cgroup_only() {
+        let wanted = Wanted { net: true, ipc: true, uts: false };
+        let v = serde_json::to_value(pause_spec(Path::new("/ns"), wanted, "/corral/pod/pause").unwrap()).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "ociVersion": "1.1.0",
+                "linux": {
+                    "namespaces": [{ "type": "pid" }, { "type": "network", "path": "/ns/net" }, { "type": "ipc", "path": "/ns/ipc" }],
+                    "cgroupsPath": "/corral/pod/pause",
+                },
+            })
+        );
     }
 
     fn spec_for_test() -> ContainerSpec {
