@@ -1,0 +1,29 @@
+//! ExecSync and ReopenContainerLog, through the container's shim.
+
+use super::*;
+use crate::runtime::{Result, Runtime, RuntimeError};
+
+impl Runtime {
+    pub async fn exec_sync(&self, wanted: &str, cmd: Vec<String>, timeout_secs: i64) -> Result<ExecOutput> {
+        let id = self.require_container(wanted)?;
+        let view = self.view(&id).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))?;
+        if view.state != ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!("container {id} is not running")));
+        }
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument("exec: cmd is required".into()));
+        }
+        let req = proto::v1::ExecRequest { args: cmd, env: vec![], cwd: String::new(), timeout_ms: (timeout_secs.max(0) as u64) * 1000 };
+        let out = self.shim(&id).exec(req).await.map_err(shim_err)?;
+        Ok(ExecOutput { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
+    }
+
+    pub async fn reopen_log(&self, wanted: &str) -> Result<()> {
+        let id = self.require_container(wanted)?;
+        let view = self.view(&id).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))?;
+        if view.state != ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!("container {id} is not running")));
+        }
+        self.shim(&id).reopen_log().await.map_err(shim_err)
+    }
+}
