@@ -5,18 +5,18 @@
 //! resolved inside the directory, hardlinks must point inside, device nodes are skipped).
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::path::Missing;
 use sha2::{Digest, Sha256};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
-const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -226,57 +226,18 @@ fn clean_relative(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Resolves `rel` inside `root` as if `root` were `/`: symlinks met on the way are followed with
-/// their targets interpreted inside `root`, and `..` never climbs above it. The result is a
-/// real directory path under `root`. Missing directories are created when `create` is set.
+/// Resolves `rel` inside `root` as if `root` were `/` (common::path::secure_join): symlinks
+/// met on the way are followed with their targets interpreted inside `root`, and `..` never
+/// climbs above it. The result must be a directory; missing ones are created when `create` is
+/// set.
 pub fn secure_join(root: &Path, rel: &Path, create: bool) -> io::Result<PathBuf> {
-    let mut pending: Vec<OsString> = components_rev(rel);
-    let mut current = PathBuf::new();
-    let mut links = 0;
-    while let Some(comp) = pending.pop() {
-        if comp == ".." {
-            current.pop();
-            continue;
-        }
-        let candidate = current.join(&comp);
-        let full = root.join(&candidate);
-        match fs::symlink_metadata(&full) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = fs::read_link(&full)?;
-                if target.is_absolute() {
-                    current = PathBuf::new();
-                }
-                pending.extend(components_rev(&target));
-            }
-            Ok(m) if m.is_dir() => current = candidate,
-            Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                fs::create_dir(&full)?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(0o755))?;
-                current = candidate;
-            }
-            Err(e) => return Err(e),
-        }
+    let missing = if create { Missing::Create } else { Missing::Error };
+    let dir = common::path::secure_join(root, rel, missing)?;
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+        Err(e) => Err(e),
     }
-    Ok(root.join(current))
-}
-
-/// Components to process, reversed so that `pop` yields them in order; `.` dropped.
-fn components_rev(path: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect();
-    v.reverse();
-    v
 }
 
 /// Removes what is at `path` (never following a symlink); directories only when `dirs_too`,
@@ -468,7 +429,7 @@ mod tests {
         // the outer directory holds only what the test put there
         let mut names: Vec<_> = fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
-        assert_eq!(names, vec![OsString::from("root"), OsString::from("secret")]);
+        assert_eq!(names, vec![std::ffi::OsString::from("root"), std::ffi::OsString::from("secret")]);
     }
 
     #[test]

@@ -4,11 +4,16 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use common::cgroup::Version;
+
 use super::spec::Resources;
 
 /// The cgroup hierarchies mounted on this host.
 #[derive(Debug, Clone)]
 pub struct Hierarchies {
+    /// Which hierarchy containers go in, decided by the rule corral-shim shares
+    /// (common::cgroup::detect) and handed to it in each bundle.
+    version: Version,
     /// Mount points of the hierarchies corral places processes in.
     mounts: Vec<PathBuf>,
 }
@@ -18,24 +23,25 @@ impl Hierarchies {
     /// cgroup2 (an empty v2 hierarchy beside v1 controllers, as on hybrid hosts, is not used).
     pub fn detect() -> io::Result<Hierarchies> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let mut v1 = Vec::new();
-        let mut v2 = None;
-        for line in info.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-            let (Some(mount), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
-            let super_opts = fields.get(sep + 3).copied().unwrap_or("");
-            match *fstype {
-                "cgroup" if !super_opts.split(',').any(|o| o.starts_with("name=")) => v1.push(PathBuf::from(mount)),
-                "cgroup2" if *mount == "/sys/fs/cgroup" => v2 = Some(PathBuf::from(mount)),
-                _ => {}
-            }
-        }
-        let mounts = if v1.is_empty() { v2.into_iter().collect() } else { v1 };
-        if mounts.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "no cgroup hierarchy is mounted"));
-        }
-        Ok(Hierarchies { mounts })
+        let version = common::cgroup::detect(&info).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup hierarchy is mounted"))?;
+        let mounts = match version {
+            Version::V2 => vec![PathBuf::from("/sys/fs/cgroup")],
+            Version::V1 => info
+                .lines()
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split(' ').collect();
+                    let sep = fields.iter().position(|f| *f == "-")?;
+                    let super_opts = fields.get(sep + 3).copied().unwrap_or("");
+                    let mount = fields.get(4).filter(|_| sep > 4)?;
+                    (fields.get(sep + 1) == Some(&"cgroup") && !super_opts.split(',').any(|o| o.starts_with("name="))).then(|| PathBuf::from(mount))
+                })
+                .collect(),
+        };
+        Ok(Hierarchies { version, mounts })
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     fn dirs(&self, cgroup: &str) -> impl Iterator<Item = PathBuf> + '_ {

@@ -77,6 +77,8 @@ pub struct Inputs<'a> {
     pub log_path: &'a str,
     /// Whether recursive read-only mounts can be made here.
     pub rro_supported: bool,
+    /// The cgroup hierarchy in use, handed to the shim (None: no cgroups).
+    pub cgroup_version: Option<common::cgroup::Version>,
 }
 
 /// What CreateContainer then does and records.
@@ -130,7 +132,7 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         devices.push(device(i.host, n, d)?);
     }
     let caps = spec::capabilities(req.privileged, &req.caps_add, &req.caps_drop).map_err(|e| format!("capabilities: {e}"))?;
-    let ambient = req.caps_ambient.iter().map(|c| spec::normalize_cap(c).ok_or_else(|| format!("capabilities: unknown ambient capability {c:?}"))).collect::<Result<Vec<_>>>()?;
+    let ambient = req.caps_ambient.iter().map(|c| common::caps::normalize(c).ok_or_else(|| format!("capabilities: unknown ambient capability {c:?}"))).collect::<Result<Vec<_>>>()?;
     let namespaces = namespaces(i)?;
     let mut annotations = req.annotations.clone();
     if !i.log_path.is_empty() {
@@ -141,6 +143,9 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
     }
     if req.stdin_once {
         annotations.insert(proto::annotations::STDIN_ONCE.into(), "true".into());
+    }
+    if let Some(v) = i.cgroup_version {
+        annotations.insert(common::cgroup::VERSION_ANNOTATION.into(), v.as_str().into());
     }
     let shm = if i.pod.ipc == NsMode::Node { PathBuf::from("/dev/shm") } else { i.paths.pod_shm.clone() };
     let spec = ContainerSpec {
@@ -416,7 +421,7 @@ mod tests {
     fn run_with(req: &CreateContainer, image: &ImageDefaults, pod: &PodRecord, volumes: &HashMap<usize, ImageVolumeSource>, target_pid: Option<u32>) -> Result<Resolved> {
         let users = UserDb::parse(PASSWD, GROUP);
         let paths = paths();
-        let inputs = Inputs { id: "cid", req, image, pod, users: &users, host: &FakeHost, paths: &paths, image_volumes: volumes, target_pid, log_path: "", rro_supported: true };
+        let inputs = Inputs { id: "cid", req, image, pod, users: &users, host: &FakeHost, paths: &paths, image_volumes: volumes, target_pid, log_path: "", rro_supported: true, cgroup_version: Some(common::cgroup::Version::V1) };
         resolve(&inputs)
     }
 
@@ -431,7 +436,7 @@ mod tests {
         assert_eq!(s.args, ["sh"]);
         assert_eq!(s.env, ["PATH=/bin", "HOSTNAME=node-1", "IMG=1", "HOME=/root"]);
         assert_eq!((s.cwd.as_str(), s.uid, s.gid, s.additional_gids.as_slice()), ("/", 0, 0, &[0u32][..]));
-        assert_eq!(s.caps, spec::DEFAULT_CAPS.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+        assert_eq!(s.caps, common::caps::DEFAULT.iter().map(|c| c.to_string()).collect::<Vec<_>>());
         assert!(s.ambient.is_empty() && !s.no_new_privs && !s.privileged && !s.readonly_rootfs && !s.tty);
         // No lists, nothing masked (the kubelet's procMount Unmasked; containerd does the same).
         assert!(s.masked_paths.is_empty() && s.readonly_paths.is_empty());
@@ -445,7 +450,8 @@ mod tests {
         // The pod has no shared PID namespace: the container gets its own.
         assert_eq!(s.namespaces.pid, Some(None));
         assert_eq!((r.stop_signal, r.stop_signal_name.as_str()), (libc::SIGTERM, "SIGTERM"));
-        assert!(s.annotations.is_empty());
+        // The cgroup version, decided by corrald for the shim, is the only annotation.
+        assert_eq!(s.annotations, HashMap::from([(common::cgroup::VERSION_ANNOTATION.to_string(), "1".to_string())]));
     }
 
     #[test]
@@ -540,7 +546,7 @@ mod tests {
         let users = UserDb::parse(PASSWD, GROUP);
         let (img, pod, paths, none) = (image(), pod(), paths(), HashMap::new());
         let req = CreateContainer { mounts: vec![ro], ..minimal() };
-        let inputs = Inputs { id: "cid", req: &req, image: &img, pod: &pod, users: &users, host: &FakeHost, paths: &paths, image_volumes: &none, target_pid: None, log_path: "", rro_supported: false };
+        let inputs = Inputs { id: "cid", req: &req, image: &img, pod: &pod, users: &users, host: &FakeHost, paths: &paths, image_volumes: &none, target_pid: None, log_path: "", rro_supported: false, cgroup_version: None };
         assert!(resolve(&inputs).unwrap_err().contains("RROUnsupported"));
     }
 

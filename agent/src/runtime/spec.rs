@@ -12,36 +12,9 @@ use oci_spec::runtime::{
     MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use common::caps;
+
 use super::namespaces::Wanted;
-
-/// containerd's default capability set.
-pub const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-/// Every capability, in kernel order, for privileged containers and "ALL".
-pub const ALL_CAPS: [&str; 41] = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN",
-    "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-];
 
 /// A device node on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,32 +30,25 @@ pub struct DeviceNode {
 }
 
 /// Capabilities supported by the running kernel (from cap_last_cap).
-fn kernel_caps() -> Vec<&'static str> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(40);
-    ALL_CAPS.iter().take(last + 1).copied().collect()
-}
-
-/// `NET_ADMIN` / `cap_net_admin` → `CAP_NET_ADMIN`; None when unknown.
-pub fn normalize_cap(name: &str) -> Option<String> {
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
-    ALL_CAPS.contains(&full.as_str()).then_some(full)
+fn kernel_caps() -> Vec<String> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(40);
+    caps::all_up_to(last)
 }
 
 /// The capability set: the default (or all when privileged), minus drops, plus adds; "ALL" works
 /// on either side.
 pub fn capabilities(privileged: bool, add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
     if privileged {
-        return Ok(kernel_caps().into_iter().map(String::from).collect());
+        return Ok(kernel_caps());
     }
     let check = |names: &[String]| -> Result<Vec<String>, String> {
-        names.iter().map(|n| if n.eq_ignore_ascii_case("ALL") { Ok("ALL".into()) } else { normalize_cap(n).ok_or_else(|| format!("unknown capability {n:?}")) }).collect()
+        names.iter().map(|n| if n.eq_ignore_ascii_case("ALL") { Ok("ALL".into()) } else { caps::normalize(n).ok_or_else(|| format!("unknown capability {n:?}")) }).collect()
     };
     let add = check(add)?;
     let drop = check(drop)?;
-    let mut caps: Vec<String> = if drop.iter().any(|c| c == "ALL") { vec![] } else { DEFAULT_CAPS.iter().map(|c| c.to_string()).filter(|c| !drop.contains(c)).collect() };
+    let mut caps: Vec<String> = if drop.iter().any(|c| c == "ALL") { vec![] } else { caps::DEFAULT.iter().map(|c| c.to_string()).filter(|c| !drop.contains(c)).collect() };
     if add.iter().any(|c| c == "ALL") {
-        caps = kernel_caps().into_iter().map(String::from).filter(|c| !drop.contains(c) || drop.iter().any(|d| d == "ALL")).collect();
+        caps = kernel_caps().into_iter().filter(|c| !drop.contains(c) || drop.iter().any(|d| d == "ALL")).collect();
     } else {
         for c in add {
             if !caps.contains(&c) {
@@ -453,7 +419,7 @@ pub fn container_spec(s: &ContainerSpec) -> SpecResult<Spec> {
 
 /// config.json of the pause process: the pod's namespaces to join, a new PID namespace, and
 /// its cgroup. No root and no process: the pause shim does not exec anything.
-pub fn pause_spec(ns_dir: &Path, wanted: Wanted, cgroup: &str) -> SpecResult<Spec> {
+pub fn pause_spec(ns_dir: &Path, wanted: Wanted, cgroup: &str, cgroup_version: Option<common::cgroup::Version>) -> SpecResult<Spec> {
     let mut namespaces = vec![namespace(LinuxNamespaceType::Pid, &None)?];
     for (kind, file, on) in [(LinuxNamespaceType::Network, "net", wanted.net), (LinuxNamespaceType::Ipc, "ipc", wanted.ipc), (LinuxNamespaceType::Uts, "uts", wanted.uts)] {
         if on {
@@ -469,7 +435,7 @@ pub fn pause_spec(ns_dir: &Path, wanted: Wanted, cgroup: &str) -> SpecResult<Spe
     spec.set_root(None);
     spec.set_mounts(None);
     spec.set_hostname(None);
-    spec.set_annotations(None);
+    spec.set_annotations(cgroup_version.map(|v| HashMap::from([(common::cgroup::VERSION_ANNOTATION.to_string(), v.as_str().to_string())])));
     Ok(spec)
 }
 
@@ -489,7 +455,7 @@ mod tests {
         let caps = capabilities(false, &["NET_ADMIN".into()], &["cap_kill".into(), "MKNOD".into()]).unwrap();
         assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
         assert!(!caps.contains(&"CAP_KILL".to_string()) && !caps.contains(&"CAP_MKNOD".to_string()));
-        assert_eq!(caps.len(), DEFAULT_CAPS.len() - 1);
+        assert_eq!(caps.len(), caps::DEFAULT.len() - 1);
         assert_eq!(capabilities(false, &["CHOWN".into()], &["ALL".into()]).unwrap(), vec!["CAP_CHOWN".to_string()]);
         assert!(capabilities(false, &["NOPE".into()], &[]).is_err());
         assert!(capabilities(true, &[], &[]).unwrap().contains(&"CAP_SYS_ADMIN".to_string()));
@@ -556,7 +522,7 @@ mod tests {
     #[test]
     fn pause_spec_is_namespaces_and_cgroup_only() {
         let wanted = Wanted { net: true, ipc: true, uts: false };
-        let v = serde_json::to_value(pause_spec(Path::new("/ns"), wanted, "/corral/pod/pause").unwrap()).unwrap();
+        let v = serde_json::to_value(pause_spec(Path::new("/ns"), wanted, "/corral/pod/pause", Some(common::cgroup::Version::V2)).unwrap()).unwrap();
         assert_eq!(
             v,
             json!({
@@ -565,6 +531,7 @@ mod tests {
                     "namespaces": [{ "type": "pid" }, { "type": "network", "path": "/ns/net" }, { "type": "ipc", "path": "/ns/ipc" }],
                     "cgroupsPath": "/corral/pod/pause",
                 },
+                "annotations": { "io.corral.cgroup-version": "2" },
             })
         );
     }

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use crate::image::unpack::secure_join;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -104,21 +103,17 @@ impl UserDb {
     }
 }
 
+/// A file of the image read inside its rootfs, resolved by the kernel within it (symlinks
+/// and `..` cannot lead out); empty when it is missing or unreadable.
 fn read_in_root(rootfs: &Path, file: &str) -> String {
-    let rel = Path::new(file);
-    let Some(parent) = rel.parent() else { return String::new() };
-    let Some(name) = rel.file_name() else { return String::new() };
-    match secure_join(rootfs, parent, false) {
-        Ok(dir) => {
-            let path = dir.join(name);
-            // Never follow a final symlink out of the rootfs.
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() => std::fs::read_to_string(&path).unwrap_or_default(),
-                _ => String::new(),
-            }
+    let mut text = String::new();
+    if let Ok(mut f) = common::path::open_in_root(rootfs, Path::new(file)) {
+        use std::io::Read;
+        if f.read_to_string(&mut text).is_err() {
+            text.clear();
         }
-        Err(_) => String::new(),
     }
+    text
 }
 
 fn id_of(what: &str, v: i64) -> Result<u32, String> {

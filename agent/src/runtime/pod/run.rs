@@ -179,7 +179,7 @@ impl Runtime {
         if record.pid == NsMode::Pod {
             let bundle = self.pause_bundle(&id);
             std::fs::create_dir_all(&bundle).map_err(io_err(format!("creating {}", bundle.display())))?;
-            let spec = crate::runtime::spec::pause_spec(&self.ns_dir(&id), wanted, &format!("{}/pause", record.cgroup)).map_err(|e| RuntimeError::Internal(format!("pod sandbox {id}: {e}")))?;
+            let spec = crate::runtime::spec::pause_spec(&self.ns_dir(&id), wanted, &format!("{}/pause", record.cgroup), self.cgroups.as_ref().map(|c| c.version())).map_err(|e| RuntimeError::Internal(format!("pod sandbox {id}: {e}")))?;
             crate::runtime::container::write_config(&bundle, &spec)?;
             let pid = shim_client::launch(&self.cfg.shim, "pause", &bundle, &id).await?;
             record.pause_pid = pid;
