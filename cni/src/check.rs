@@ -6,13 +6,12 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::add::rule_sets;
 use crate::config::{validate_ports, Env, NetConf};
-use crate::ipam::Ipam;
+use crate::ipam::{masq, Ipam};
 use crate::iptables::{self, NatTable};
 use crate::netlink;
 use crate::netns::Netns;
-use crate::rules::Owner;
+use crate::rules::{rule_sets, Owner};
 use crate::spec::{code, CniError, CniResult, Route};
 
 fn failed(msg: String) -> CniError {
@@ -95,7 +94,7 @@ pub async fn check(conf: &NetConf, _raw: &Value, env: &Env) -> Result<(), CniErr
     }
 
     if let (true, Ipam::HostLocal(h)) = (conf.ip_masq, &ipam) {
-        if let Some(m) = crate::masq::missing(&conf.name, h)? {
+        if let Some(m) = masq::missing(&conf.name, h)? {
             return Err(failed(m));
         }
     }

@@ -11,7 +11,7 @@ pub mod errors;
 pub mod gc;
 pub mod ipam;
 pub mod iptables;
-pub mod masq;
+pub mod lock;
 pub mod netlink;
 pub mod netns;
 pub mod rules;

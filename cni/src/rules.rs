@@ -1,6 +1,6 @@
 //! The nat rules of one attachment: hostPort DNAT (portMappings) and, when the IPAM is
 //! delegated (its subnets unknown), masquerade (ipMasq; host-local networks share one set,
-//! see `crate::masq`),
+//! see `crate::ipam::masq`),
 //! in per-attachment chains named from a hash of (network, container id, ifname), every
 //! rule commented with `corral-cni <network> <container id> <ifname>`.
 //!
@@ -163,6 +163,28 @@ impl RuleSet {
         }
         out
     }
+}
+
+/// The rule sets of an attachment with addresses `ips`.
+pub fn rule_sets(
+    owner: &Owner,
+    masq: bool,
+    ports: &[Port],
+    ips: impl Iterator<Item = IpNet>,
+) -> Vec<(Family, RuleSet)> {
+    if !masq && ports.is_empty() {
+        return Vec::new();
+    }
+    ips.map(|ip| {
+        let fam = if ip.addr().is_ipv6() {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        (fam, RuleSet::build(owner, ip, masq, ports))
+    })
+    .filter(|(_, rs)| !rs.is_empty())
+    .collect()
 }
 
 /// Lines deleting whatever the saved table holds for `owners` (by comment and chain name).

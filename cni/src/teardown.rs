@@ -1,9 +1,10 @@
-//! DEL's slow half, off the runtime's path. DEL takes the attachment's lock, takes the
-//! container interface's addresses away and sets it down, then hands the lock and the rest
-//! (nat rules, veth, and last the allocation) to a detached copy of the plugin: the
-//! runtime's wait returns as soon as that copy is started. ADD of the same attachment takes
-//! the same lock first, so it waits for a teardown still running; other attachments never
-//! see the address before its rules and veth are gone, since it is released last.
+//! DEL's slow half, off the runtime's path. DEL takes the attachment's lock (see
+//! `crate::lock`), takes the container interface's addresses away and sets it down, then
+//! hands the lock and the rest ([`run`]: nat rules, veth, and last the allocation) to a
+//! detached copy of the plugin: the runtime's wait returns as soon as that copy is started.
+//! ADD of the same attachment takes the same lock first, so it waits for a teardown still
+//! running; other attachments never see the address before its rules and veth are gone,
+//! since it is released last.
 //!
 //! Detaching: DEL runs `/proc/self/exe` with [`DETACH_ARG`] (stdin = the locked lock file,
 //! stdout and stderr /dev/null, the config in [`CONF_VAR`]) and waits for it; that process
@@ -12,21 +13,23 @@
 //! description) until it exits. A failure of the worker is appended to a log next to the
 //! allocation state ([`log_path`]); GC (`cni.dev/valid-attachments`) recovers what it left.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::fcntl::FlockArg;
+use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::config::{Env, NetConf};
-use crate::errors::io;
+use crate::config::{validate_ports, Env, NetConf};
 use crate::ipam::Ipam;
-use crate::rules::Owner;
-use crate::spec::{code, CniError};
+use crate::iptables::Family;
+use crate::lock::AttachmentLock;
+use crate::netlink;
+use crate::netns::Netns;
+use crate::rules::{self, rule_sets, Owner};
+use crate::spec::{code, CniError, CniResult};
 
 /// argv[1] of the intermediate process that detaches the worker.
 pub const DETACH_ARG: &str = "--corral-internal-teardown-detach";
@@ -34,73 +37,75 @@ pub const DETACH_ARG: &str = "--corral-internal-teardown-detach";
 pub const WORK_ARG: &str = "--corral-internal-teardown";
 /// The network config (stdin of the DEL) passed to the worker.
 pub const CONF_VAR: &str = "CORRAL_CNI_TEARDOWN_CONF";
-/// Where the per-attachment lock files live (tmpfs: a teardown does not survive a reboot).
-pub const LOCK_DIR: &str = "/run/corral-cni/locks";
 const LOG_NAME: &str = "corral-cni-teardown.log";
 
-/// The flock of one attachment, held by ADD and by DEL until its teardown has finished.
-/// The lock belongs to the open file description: closing one of several descriptors of it
-/// (as DEL does once the worker has its own) does not unlock.
-pub struct AttachmentLock {
-    file: File,
-    path: PathBuf,
-}
+/// The slow half of DEL (run by the detached worker, or inline when it can't start).
+pub async fn run(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> {
+    let ipam = Ipam::from_conf(conf)?;
+    let owner = Owner::new(&conf.name, &env.container_id, &env.ifname);
+    // Invalid port mappings can't have been applied; whatever exists is found by comment.
+    let ports = validate_ports(&conf.runtime_config.port_mappings).unwrap_or_default();
 
-// `Flock` unlocks on drop, which would also unlock the worker's inherited descriptor.
-#[allow(deprecated)]
-fn flock_exclusive(f: &File) -> nix::Result<()> {
-    nix::fcntl::flock(f.as_raw_fd(), FlockArg::LockExclusive)
-}
-
-impl AttachmentLock {
-    pub fn path_of(owner: &Owner) -> PathBuf {
-        Path::new(LOCK_DIR).join(format!("{}.lock", owner.hash()))
-    }
-
-    /// Blocks until the attachment is free. The holder unlinks the file before unlocking,
-    /// so a lock on a file no longer at the path is retried.
-    pub fn acquire(owner: &Owner) -> Result<AttachmentLock, CniError> {
-        fs::create_dir_all(LOCK_DIR).map_err(io(LOCK_DIR))?;
-        let path = Self::path_of(owner);
-        loop {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io(path.display()))?;
-            flock_exclusive(&f)
-                .map_err(|e| CniError::new(code::IO, format!("lock {}: {e}", path.display())))?;
-            let held = f.metadata().map_err(io(path.display()))?;
-            match fs::metadata(&path) {
-                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
-                    return Ok(AttachmentLock { file: f, path })
+    // The rule batches run while the veth goes (the kernel takes ~25 ms for that); the
+    // allocation is released only once the rules are gone, so a reused address never
+    // inherits stale DNAT.
+    let per_attachment_masq = ipam.masq_per_attachment(conf);
+    let removal = if per_attachment_masq || !conf.runtime_config.port_mappings.is_empty() {
+        let mut ips: Vec<IpNet> = ipam.held(conf, env).unwrap_or_default();
+        if ips.is_empty() {
+            if let Some(prev) = &conf.prev_result {
+                if let Ok(r) = CniResult::from_json(prev) {
+                    ips = r.ips.iter().map(|i| i.address).collect();
                 }
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(path.display())(e)),
             }
         }
-    }
+        let expected = rule_sets(&owner, per_attachment_masq, &ports, ips.iter().copied());
+        let mut fams: Vec<Family> = Vec::new();
+        for (f, _) in &expected {
+            if !fams.contains(f) {
+                fams.push(*f);
+            }
+        }
+        if fams.is_empty() {
+            fams = vec![Family::V4, Family::V6];
+        }
+        Some(rules::start_remove(&owner, &expected, &fams))
+    } else {
+        None
+    };
 
-    /// Removes the file, then unlocks (by closing it).
-    pub fn release(self) {
-        let _ = fs::remove_file(&self.path);
-        drop(self.file);
+    let links = del_links(env, &owner).await;
+    if let Some(r) = removal {
+        r.finish()?;
     }
+    links?;
+    ipam.del(conf, raw, env)
+}
 
-    /// Closes this process's descriptor without unlocking: for once the worker holds the
-    /// lock through its own descriptor.
-    pub fn hand_over(self) {
-        drop(self.file);
+async fn del_links(env: &Env, owner: &Owner) -> Result<(), CniError> {
+    let host = netlink::connect()?;
+    match netlink::link_by_name(&host, &owner.host_veth()).await? {
+        Some(l) => netlink::del_link(&host, l.index).await?,
+        None => del_in_netns(env).await?,
     }
+    Ok(())
+}
 
-    /// A second descriptor of the same open file description (the lock goes with it).
-    fn share(&self) -> Result<File, CniError> {
-        self.file.try_clone().map_err(io(self.path.display()))
+/// The host side is gone or renamed: remove CNI_IFNAME in the netns if it is a veth.
+async fn del_in_netns(env: &Env) -> Result<(), CniError> {
+    if env.netns.is_empty() {
+        return Ok(());
     }
+    let Ok(ns) = Netns::open(&env.netns) else {
+        return Ok(());
+    };
+    let nsh = netlink::connect_in(&ns)?;
+    if let Some(l) = netlink::link_by_name(&nsh, &env.ifname).await? {
+        if l.kind == Some(rtnetlink::packet_route::link::InfoKind::Veth) {
+            netlink::del_link(&nsh, l.index).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the worker reports failures: next to the allocation state for host-local (when
@@ -205,7 +210,7 @@ pub fn work_main() -> i32 {
         .enable_io()
         .build()
     {
-        Ok(rt) => rt.block_on(crate::del::teardown(&conf, &raw, &env)),
+        Ok(rt) => rt.block_on(run(&conf, &raw, &env)),
         Err(e) => Err(CniError::new(code::IO, format!("tokio runtime: {e}"))),
     };
     if let Err(e) = &res {

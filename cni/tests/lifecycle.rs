@@ -261,7 +261,7 @@ fn network_masquerade_lives_with_the_allocations() {
         &std::process::Command::new("iptables-save").args(["-t", "nat"]).output().unwrap().stdout,
     )
     .into_owned();
-    assert!(!chains.contains(&format!(":{} ", cni::masq::chain(&net.name))), "chain left");
+    assert!(!chains.contains(&format!(":{} ", cni::ipam::masq::chain(&net.name))), "chain left");
 }
 
 #[test]

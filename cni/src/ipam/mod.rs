@@ -2,6 +2,7 @@
 
 pub mod delegate;
 pub mod host_local;
+pub mod masq;
 pub mod store;
 
 use serde_json::Value;
@@ -33,7 +34,7 @@ impl Ipam {
     }
 
     /// Whether ipMasq is one rule set per attachment; for host-local it is one per network
-    /// (see [`crate::masq`]), installed and removed here, under the allocation-store lock.
+    /// (see [`masq`]), installed and removed here, under the allocation-store lock.
     pub fn masq_per_attachment(&self, conf: &NetConf) -> bool {
         conf.ip_masq && !matches!(self, Ipam::HostLocal(_))
     }
@@ -45,11 +46,11 @@ impl Ipam {
                 let store = Store::lock(&h.data_dir, &conf.name).map_err(host_local::io)?;
                 let ips = h.allocate(&store, &env.container_id, &env.ifname)?;
                 if conf.ip_masq {
-                    if let Err(e) = crate::masq::ensure(&conf.name, h) {
+                    if let Err(e) = masq::ensure(&conf.name, h) {
                         let _ = store.release_by_id(&env.container_id, &env.ifname);
                         // A family's half may be in place (one transaction per family).
                         if store.holds_any().is_ok_and(|any| !any) {
-                            let _ = crate::masq::remove(&conf.name, h, true);
+                            let _ = masq::remove(&conf.name, h, true);
                         }
                         return Err(e);
                     }
@@ -85,7 +86,7 @@ impl Ipam {
                         .map_err(host_local::io)?;
                     // The network's masquerade goes with its last address.
                     if !store.holds_any().map_err(host_local::io)? {
-                        crate::masq::remove(&conf.name, h, false)?;
+                        masq::remove(&conf.name, h, false)?;
                     }
                 }
                 Ok(())

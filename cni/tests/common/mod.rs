@@ -198,7 +198,7 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         // The marker of the network's masquerade set, left when a test fails half way.
-        let _ = std::fs::remove_file(cni::masq::marker_path(&self.data_dir(), &self.name));
+        let _ = std::fs::remove_file(cni::ipam::masq::marker_path(&self.data_dir(), &self.name));
         let tag = format!("\"corral-cni {} ", self.name);
         for (save, restore) in [
             ("iptables-save", "iptables-restore"),

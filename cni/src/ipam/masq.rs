@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
+use super::host_local::HostLocal;
 use crate::errors::io;
-use crate::ipam::host_local::HostLocal;
 use crate::iptables::{self, Family, NatTable};
 use crate::rules::{self, COMMENT_PREFIX};
 use crate::spec::{code, CniError};
