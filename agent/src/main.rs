@@ -156,7 +156,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting mode of {}", cfg.root.display()))?;
-    let _lock = lock::RootLock::acquire(&cfg.root)?;
+    let _lock = lock::RootLock::acquire(&cfg.root, lock::LOCK_WAIT)?;
     let store = Arc::new(store::Store::open(&cfg.root.join("meta.redb"))?);
     let images = image::ImageService::open(&cfg.root, Arc::clone(&store), cfg.registry.clone())?;
     let rt_config = runtime::RuntimeConfig {

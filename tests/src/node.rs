@@ -40,12 +40,13 @@ pub struct Node {
 }
 
 /// A CNI plugin that hands out a fixed address and records every call in `calls` (and its last
-/// stdin in `last-stdin`); a file `fail` beside it makes ADD fail, a file `slow` makes it take
+/// stdin in `last-stdin`, its last CNI_ARGS in `last-args`); a file `fail` beside it makes ADD fail, a file `slow` makes it take
 /// a second.
 pub const FAKE_PLUGIN: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 cat > "$dir/last-stdin"
 echo "$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME" >> "$dir/calls"
+printf '%s' "$CNI_ARGS" > "$dir/last-args"
 case "$CNI_COMMAND" in
 ADD)
   if [ -e "$dir/slow" ]; then sleep 1; fi

@@ -51,10 +51,15 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// CNI_ARGS. Values go through `arg_value`, so no name can break its `K=V;K=V` syntax or the
+    /// environment variable it travels in.
     fn cni_args(&self) -> String {
         format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-            self.pod_namespace, self.pod_name, self.pod_id, self.pod_uid
+            arg_value(&self.pod_namespace),
+            arg_value(&self.pod_name),
+            arg_value(&self.pod_id),
+            arg_value(&self.pod_uid)
         )
     }
 
@@ -65,6 +70,20 @@ impl Attachment {
         }
         rc
     }
+}
+
+/// A CNI_ARGS value: bytes other than letters, digits and `-._~:@/+` percent-encoded. Kubernetes
+/// names and uids pass unchanged; a `;`, `=`, NUL or newline cannot reach the plugin raw.
+pub fn arg_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@/+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// What is cached per attachment (libcni's cache file, in spirit).
@@ -296,6 +315,15 @@ pub fn result_ips(result: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cni_arg_values_cannot_break_the_syntax() {
+        assert_eq!(arg_value("web-7d9f-abcde"), "web-7d9f-abcde");
+        assert_eq!(arg_value("0c5f3e0a-2b5c-4e1b-9d8f-1c2e3f4a5b6c"), "0c5f3e0a-2b5c-4e1b-9d8f-1c2e3f4a5b6c");
+        assert_eq!(arg_value("a;K8S_POD_NAME=evil"), "a%3BK8S_POD_NAME%3Devil");
+        assert_eq!(arg_value("nul\0new\nline"), "nul%00new%0Aline");
+        assert_eq!(arg_value("ü"), "%C3%BC");
+    }
 
     #[test]
     fn ips_of_every_result_version() {

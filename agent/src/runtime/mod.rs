@@ -13,6 +13,7 @@ mod user;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -129,6 +130,9 @@ impl Runtime {
         for dir in [cfg.state.join("pods"), cfg.state.join("containers")] {
             std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
+        // Bundles hold the containers' env (passwords, tokens) in config.json: root only.
+        let bundles = cfg.state.join("containers");
+        std::fs::set_permissions(&bundles, std::fs::Permissions::from_mode(0o700)).map_err(io_err(format!("setting the mode of {}", bundles.display())))?;
         let cgroups = match cgroup::Hierarchies::detect() {
             Ok(h) => Some(h),
             Err(e) => {

@@ -88,6 +88,53 @@ pub fn resources(r: &Resources) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest metadata name, namespace or uid taken (a Kubernetes name is at most 253).
+pub const NAME_MAX: usize = 253;
+
+/// A metadata field (name, namespace, uid): at most 253 bytes, no control character (a NUL or a
+/// newline would break the files and CNI arguments the names end up in).
+pub fn name(field: &str, v: &str) -> Result<(), String> {
+    if v.len() > NAME_MAX {
+        return Err(format!("{field} is {} bytes long, the most is {NAME_MAX}: {:?}", v.len(), bounded(v)));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("{field} {:?} holds a control character", bounded(v)));
+    }
+    Ok(())
+}
+
+/// A path that is absolute (or relative, per `absolute`), without `..` and without a control
+/// character.
+fn plain_path(field: &str, p: &str, absolute: bool) -> Result<(), String> {
+    if p.chars().any(char::is_control) {
+        return Err(format!("{field} {:?} holds a control character", bounded(p)));
+    }
+    if p.starts_with('/') != absolute {
+        let want = if absolute { "an absolute path" } else { "a relative path" };
+        return Err(format!("{field} {:?} must be {want}", bounded(p)));
+    }
+    if std::path::Path::new(p).components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!("{field} {:?} must not hold '..'", bounded(p)));
+    }
+    Ok(())
+}
+
+/// linux.cgroup_parent for the cgroupfs driver: an absolute cgroup path without `..`, so it
+/// stays inside the cgroup hierarchies.
+pub fn cgroup_parent(p: &str) -> Result<(), String> {
+    plain_path("linux.cgroup_parent", p, true)
+}
+
+/// log_directory: absolute, without `..`.
+pub fn log_directory(p: &str) -> Result<(), String> {
+    plain_path("log_directory", p, true)
+}
+
+/// log_path: relative to the pod's log directory and inside it (no `..`).
+pub fn log_path(p: &str) -> Result<(), String> {
+    plain_path("log_path", p, false)
+}
+
 /// The first 256 characters of a value quoted in an error message.
 pub fn bounded(s: &str) -> String {
     const MAX: usize = 256;
@@ -158,6 +205,24 @@ mod tests {
             (Resources { cpuset_mems: "a".into(), ..Default::default() }, "cpuset_mems"),
         ] {
             assert!(resources(&bad).unwrap_err().contains(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(name("metadata.name", &"p".repeat(253)).is_ok());
+        assert!(name("metadata.name", &"p".repeat(254)).unwrap_err().contains("metadata.name"));
+        assert!(name("metadata.name", "a\0b").unwrap_err().contains("control"));
+        assert!(name("metadata.uid", "a\nb").is_err());
+        assert!(cgroup_parent("/kubepods/besteffort/pod1").is_ok());
+        for bad in ["/../../../../../../tmp/x", "kubepods", "/a/../b", "/a\nb"] {
+            assert!(cgroup_parent(bad).unwrap_err().contains("linux.cgroup_parent"), "{bad:?}");
+        }
+        assert!(log_directory("/var/log/pods/ns_pod_uid").is_ok());
+        assert!(log_directory("relative").is_err() && log_directory("/var/log/../../etc").is_err());
+        assert!(log_path("app/0.log").is_ok());
+        for bad in ["/etc/cron.d/x", "../../etc/x", "a/../../x", "x\0"] {
+            assert!(log_path(bad).unwrap_err().contains("log_path"), "{bad:?}");
         }
     }
 

@@ -66,7 +66,7 @@ pub fn status_of(err: &ImageError) -> Status {
         ImageError::Unpack { .. } | ImageError::DiffId { .. } => Code::DataLoss,
         ImageError::Store(_) | ImageError::Io { .. } | ImageError::Internal(_) => Code::Internal,
     };
-    Status::new(code, err.to_string())
+    super::status(code, err.to_string())
 }
 
 fn to_cri(img: &ImageRecord) -> cri::Image {

@@ -32,6 +32,22 @@ fn unimplemented<T>(rpc: &str) -> Result<tonic::Response<T>, tonic::Status> {
     Err(tonic::Status::unimplemented(format!("{rpc} is not implemented by corral yet")))
 }
 
+/// The most a status message carries: requests can hold huge values (a 300 KB image reference),
+/// and an error quoting one whole would break the client's metadata limit.
+const MESSAGE_MAX: usize = 4096;
+
+/// A status whose message is cut to `MESSAGE_MAX` bytes (at a character boundary).
+pub fn status(code: tonic::Code, message: String) -> tonic::Status {
+    if message.len() <= MESSAGE_MAX {
+        return tonic::Status::new(code, message);
+    }
+    let mut end = MESSAGE_MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    tonic::Status::new(code, format!("{}… ({} bytes cut)", &message[..end], message.len() - end))
+}
+
 /// The response stream of a server-streaming RPC.
 pub type ItemStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
 
@@ -49,6 +65,16 @@ pub fn batches<I: Send + 'static, T: Send + 'static>(items: Vec<I>, size: usize,
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
+
+    #[test]
+    fn status_messages_are_bounded() {
+        let short = super::status(tonic::Code::NotFound, "image \"x\" not found".into());
+        assert_eq!(short.message(), "image \"x\" not found");
+        let huge = super::status(tonic::Code::InvalidArgument, format!("invalid reference {}", "ü".repeat(200_000)));
+        assert!(huge.message().len() < super::MESSAGE_MAX + 64, "{}", huge.message().len());
+        assert!(huge.message().ends_with("bytes cut)"));
+        assert_eq!(huge.code(), tonic::Code::InvalidArgument);
+    }
 
     #[tokio::test]
     async fn batches_hold_every_item_once_and_nothing_when_empty() {

@@ -48,7 +48,7 @@ pub fn status_of(err: RuntimeError) -> Status {
         RuntimeError::Network(CniError::Exec(ExecError::Timeout { .. })) | RuntimeError::Shim(ShimError::Timeout { .. }) => Code::DeadlineExceeded,
         RuntimeError::Network(_) | RuntimeError::Shim(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
     };
-    Status::new(code, err.to_string())
+    super::status(code, err.to_string())
 }
 
 /// Runs a request that changes state to its end in a task of its own: a client that gives up

@@ -2,6 +2,7 @@
 //! (`resolve.rs`), image volumes, the bundle and the shim that creates the process.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +26,11 @@ impl Runtime {
     pub async fn create_container(self: &Arc<Self>, req: CreateContainer) -> Result<String> {
         if req.name.is_empty() {
             return Err(RuntimeError::InvalidArgument("container config: metadata.name is required".into()));
+        }
+        let invalid = |e: String| RuntimeError::InvalidArgument(format!("container config: {e}"));
+        crate::runtime::validate::name("metadata.name", &req.name).map_err(invalid)?;
+        if !req.log_path.is_empty() {
+            crate::runtime::validate::log_path(&req.log_path).map_err(invalid)?;
         }
         let pod_id = self.find_pod_id(&req.pod_id)?.ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {:?} not found", req.pod_id)))?;
         let pod = self.pod(&pod_id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_id:?} not found")))?;
@@ -146,6 +152,7 @@ impl Runtime {
         let bundle = self.bundle_dir(&id);
         let rootfs = self.rootfs_dir(&id);
         std::fs::create_dir_all(&rootfs).map_err(io_err(format!("creating {}", rootfs.display())))?;
+        std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o700)).map_err(io_err(format!("setting the mode of {}", bundle.display())))?;
         // Image volumes keep their layers from GC like the container's own image does.
         let volumes: Vec<&crate::image::ImageRecord> = volume_images.iter().map(|(_, i)| i).collect();
         let snap = self.images.prepare_container_snapshot(&id, image, &volumes).await?;

@@ -278,6 +278,10 @@ impl Runtime {
 pub(super) fn write_config(bundle: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
     let path = bundle.join("config.json");
     let json = serde_json::to_vec(spec).map_err(|e| RuntimeError::Internal(format!("serializing {}: {e}", path.display())))?;
-    std::fs::write(&path, json).map_err(io_err(format!("writing {}", path.display())))
+    // The container's env is in it: root only.
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(io_err(format!("writing {}", path.display())))?;
+    f.write_all(&json).map_err(io_err(format!("writing {}", path.display())))
 }
 

@@ -19,8 +19,18 @@ impl Runtime {
         if req.name.is_empty() {
             return Err(RuntimeError::InvalidArgument("pod sandbox config: metadata.name is required".into()));
         }
+        let invalid = |e: String| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}"));
+        for (field, v) in [("metadata.name", &req.name), ("metadata.namespace", &req.namespace), ("metadata.uid", &req.uid)] {
+            validate::name(field, v).map_err(invalid)?;
+        }
         if !req.hostname.is_empty() {
-            validate::hostname(&req.hostname).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
+            validate::hostname(&req.hostname).map_err(invalid)?;
+        }
+        if !req.log_directory.is_empty() {
+            validate::log_directory(&req.log_directory).map_err(invalid)?;
+        }
+        if !req.cgroup_parent.is_empty() {
+            validate::cgroup_parent(&req.cgroup_parent).map_err(invalid)?;
         }
         let port_mappings = validate::port_mappings(&req.port_mappings).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
         for r in req.resources.iter().chain(req.overhead.iter()) {

@@ -1,0 +1,108 @@
+//! Hostile and unlucky inputs: request paths and names that try to leave their place, secrets
+//! in bundles, a restart that races the old corrald's exit.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use tests::cri_api::v1 as cri;
+use tests::node::Node;
+use tests::{require_env, require_root, rpc};
+use tonic::Code;
+
+fn refused(what: &str, err: tonic::Status, field: &str) {
+    assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+    assert!(err.message().contains(field), "{what}: {}", err.message());
+}
+
+#[tokio::test]
+async fn request_paths_and_names_stay_where_they_belong() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env.clone()).await;
+    let escape = std::path::PathBuf::from(format!("/tmp/corral-escape-{}", tests::node::random_suffix()));
+
+    let mut pc = node.pod_config("cg", cri::NamespaceMode::Container);
+    pc.linux.as_mut().unwrap().cgroup_parent = format!("/../../../../../..{}", escape.display());
+    refused("cgroup_parent with ..", node.run_pod_with(pc).await.unwrap_err(), "linux.cgroup_parent");
+    assert!(!escape.exists(), "corrald made {} on the host", escape.display());
+    let mut pc = node.pod_config("logdir", cri::NamespaceMode::Container);
+    pc.log_directory = "relative/logs".into();
+    refused("relative log_directory", node.run_pod_with(pc).await.unwrap_err(), "log_directory");
+    let mut pc = node.pod_config("nul", cri::NamespaceMode::Container);
+    pc.metadata.as_mut().unwrap().name = "evil\0name".into();
+    refused("NUL in the pod name", node.run_pod_with(pc).await.unwrap_err(), "metadata.name");
+    let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap_or_default();
+    assert!(calls.is_empty(), "CNI ran for a refused pod: {calls}");
+    assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty(), "a CNI cache file was left");
+
+    // A name that would break CNI_ARGS reaches the plugin encoded.
+    let mut pc = node.pod_config("semi", cri::NamespaceMode::Container);
+    pc.metadata.as_mut().unwrap().name = "a;K8S_POD_NAME=b".into();
+    let pod = node.run_pod_with(pc.clone()).await.expect("a pod with ; and = in its name");
+    let args = std::fs::read_to_string(node.cni.path().join("bin/last-args")).unwrap();
+    assert!(args.contains("K8S_POD_NAME=a%3BK8S_POD_NAME%3Db;"), "{args}");
+    assert_eq!(args.matches("K8S_POD_NAME=").count(), 1, "{args}");
+
+    // log_path: relative and inside the log directory.
+    for bad in ["../../../../etc/cron.d/corral", "/etc/cron.d/corral", "a/../../x.log"] {
+        let mut cfg = node.container_config("log", &["true"]);
+        cfg.log_path = bad.into();
+        refused(bad, node.create(&pod, &pc, cfg).await.unwrap_err(), "log_path");
+    }
+    assert!(!std::path::Path::new("/etc/cron.d/corral").exists());
+
+    // A huge value comes back quoted in part only.
+    let mut cfg = node.container_config("huge", &["true"]);
+    cfg.image = Some(tests::spec(&format!("{}/{}", env.registry, "x".repeat(300_000))));
+    let err = node.create(&pod, &pc, cfg).await.unwrap_err();
+    assert!(err.message().len() < 8192, "a {}-byte error message", err.message().len());
+    let err = rpc(node.c.images().pull_image(cri::PullImageRequest { image: Some(tests::spec(&"y".repeat(300_000))), ..Default::default() })).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 8192, "a {}-byte error message", err.message().len());
+
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn bundles_hold_the_env_for_root_only() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("secret", cri::NamespaceMode::Container).await;
+    let mut cfg = node.container_config("app", &["sleep", "3600"]);
+    cfg.envs = vec![cri::KeyValue { key: "DB_PASSWORD".into(), value: "hunter2".into() }];
+    let c = node.run(&pod, &pc, cfg).await;
+    let bundles = node.c.state.join("containers");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&bundles), 0o700);
+    let bundle = bundles.join(&c[..16]);
+    assert_eq!(mode(&bundle), 0o700);
+    let config = bundle.join("config.json");
+    assert!(std::fs::read_to_string(&config).unwrap().contains("hunter2"));
+    assert_eq!(mode(&config), 0o600, "config.json holds the env");
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn a_restart_waits_for_the_lock_of_a_corrald_still_exiting() {
+    require_root!();
+    let env = require_env!();
+    let mut node = Node::boot(env).await;
+    node.c.kill9();
+    // The killed instance's lock is held a moment longer, as while the kernel tears it down.
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(node.c.root.join("corrald.lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        drop(lock);
+    });
+    node.c.restart().await;
+    release.join().unwrap();
+    assert!(node.c.log_text().contains("waiting up to"), "no word of the wait in the log");
+    let version = rpc(node.rt().version(cri::VersionRequest::default())).await.unwrap().into_inner();
+    assert_eq!(version.runtime_name, "corral");
+}
