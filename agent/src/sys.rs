@@ -110,6 +110,28 @@ pub fn has_mount_setattr() -> bool {
     !(rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
 }
 
+/// pidfd_open(2): a descriptor that becomes readable when the process `pid` exits (Linux 5.3).
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits for the process `pid` (not necessarily a child) to exit, through its pidfd.
+pub async fn process_exit(pid: u32) -> io::Result<()> {
+    let fd = pidfd_open(pid)?;
+    // SAFETY: the descriptor is owned by the value handed over and stays open, referring to the
+    // same pidfd, until the AsyncFd (which owns it) is dropped.
+    let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+    let _ready = watched.readable().await?;
+    Ok(())
+}
+
 /// Whether `path` is a namespace file (nsfs), e.g. a still-pinned netns; false for the empty
 /// file left when the pin is gone.
 pub fn is_nsfs(path: &Path) -> bool {

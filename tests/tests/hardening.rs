@@ -106,3 +106,107 @@ async fn a_restart_waits_for_the_lock_of_a_corrald_still_exiting() {
     let version = rpc(node.rt().version(cri::VersionRequest::default())).await.unwrap().into_inner();
     assert_eq!(version.runtime_name, "corral");
 }
+
+/// The host pids of the shims serving this container's bundle.
+fn shims_of(node: &Node, container: &str) -> Vec<u32> {
+    node.shim_pids().into_iter().filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&container[..16])).unwrap_or(false)).collect()
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: kill has no memory preconditions; the pid is a shim this test's corrald started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// The container process's host pid, from verbose ContainerStatus.
+async fn container_pid(node: &Node, id: &str) -> u32 {
+    let resp = rpc(node.rt().container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })).await.unwrap().into_inner();
+    let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
+    info["pid"].as_u64().expect("pid") as u32
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))).unwrap_or(false)
+}
+
+#[tokio::test]
+async fn containers_whose_shim_died_are_found_stopped_and_removed() {
+    require_root!();
+    let env = require_env!();
+    let mut node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("orphans", cri::NamespaceMode::Container).await;
+    let a = node.run(&pod, &pc, node.container_config("a", &["sleep", "3600"])).await;
+    let b = node.run(&pod, &pc, node.container_config("b", &["sleep", "3600"])).await;
+    let (pid_a, pid_b) = (container_pid(&node, &a).await, container_pid(&node, &b).await);
+
+    // The shims die while corrald is down.
+    node.c.kill9();
+    for shim in shims_of(&node, &a).into_iter().chain(shims_of(&node, &b)) {
+        kill9(shim);
+    }
+    assert!(tests::wait_for(Duration::from_secs(5), || shims_of(&node, &a).is_empty() && shims_of(&node, &b).is_empty()).await);
+    node.c.restart().await;
+    // Reported as they are: running, without a shim.
+    let s = node.status(&a).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32, "{s:?}");
+    assert!(s.message.contains("shim is gone"), "{}", s.message);
+    assert!(alive(pid_a) && alive(pid_b));
+    // Stop means the processes are gone when it returns.
+    node.stop_container(&a, 2).await.expect("StopContainer of an orphan");
+    assert!(!alive(pid_a), "StopContainer returned while the process runs");
+    assert_eq!(node.status(&a).await.state, cri::ContainerState::ContainerExited as i32);
+    // Remove ends what runs; then the pod goes completely.
+    rpc(node.rt().remove_container(cri::RemoveContainerRequest { container_id: b.clone() })).await.expect("RemoveContainer of an orphan");
+    assert!(!alive(pid_b), "RemoveContainer returned while the process runs");
+    node.remove_pod(&pod).await.expect("RemovePodSandbox after orphans");
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn a_container_whose_shim_is_killed_keeps_running_until_stopped() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("lost", cri::NamespaceMode::Container).await;
+    let c = node.run(&pod, &pc, node.container_config("c", &["sleep", "3600"])).await;
+    let pid = container_pid(&node, &c).await;
+    for shim in shims_of(&node, &c) {
+        kill9(shim);
+    }
+    // Not Unknown (which StopContainer took as stopped): still running, without its shim.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = node.status(&c).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32, "{s:?}");
+    node.stop_container(&c, 5).await.expect("StopContainer");
+    assert!(!alive(pid), "StopContainer returned OK while the process runs");
+    let s = node.status(&c).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32, "{s:?}");
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
+
+#[tokio::test]
+async fn a_pod_whose_pid_1_died_is_not_ready() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("pid1", cri::NamespaceMode::Pod).await;
+    let resp = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })).await.unwrap().into_inner();
+    let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
+    let pause = info["pausePid"].as_u64().expect("pausePid") as u32;
+    assert!(pause != 0 && alive(pause));
+    kill9(pause);
+    let not_ready = || async {
+        let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner();
+        st.status.unwrap().state == cri::PodSandboxState::SandboxNotready as i32
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !not_ready().await {
+        assert!(std::time::Instant::now() < deadline, "the pod stayed ready after its PID 1 died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = node.create(&pod, &pc, node.container_config("late", &["true"])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("PID 1"), "{}", err.message());
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}

@@ -81,9 +81,49 @@ impl Hierarchies {
         Ok(())
     }
 
+    /// The pids in the cgroup and below it, from every hierarchy (as the host sees them).
+    pub fn pids(&self, cgroup: &str) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for dir in self.dirs(cgroup) {
+            collect_pids(&dir, &mut pids);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Sends `signal` to every process in the cgroup and below, until none is left or `timeout`
+    /// passes; returns the pids still there then (empty: all gone).
+    pub async fn kill_all(&self, cgroup: &str, signal: i32, timeout: std::time::Duration) -> Vec<u32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pids = self.pids(cgroup);
+            if pids.is_empty() || tokio::time::Instant::now() >= deadline {
+                return pids;
+            }
+            for pid in &pids {
+                let _ = crate::sys::kill(*pid as i32, signal);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Whether the cgroup exists in any hierarchy.
     pub fn exists(&self, cgroup: &str) -> bool {
         self.dirs(cgroup).any(|d| d.exists())
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<u32>) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out);
+            }
+        }
     }
 }
 

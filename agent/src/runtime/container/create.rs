@@ -35,7 +35,8 @@ impl Runtime {
         let pod_id = self.find_pod_id(&req.pod_id)?.ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {:?} not found", req.pod_id)))?;
         let pod = self.pod(&pod_id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_id:?} not found")))?;
         if pod.phase != PodPhase::Ready {
-            return Err(RuntimeError::FailedPrecondition(format!("pod sandbox {pod_id} is not ready")));
+            let why = if pod.reason.is_empty() { String::new() } else { format!(": {}", pod.reason) };
+            return Err(RuntimeError::FailedPrecondition(format!("pod sandbox {pod_id} is not ready{why}")));
         }
         let image = self.images.find(&req.image).ok_or_else(|| RuntimeError::NotFound(format!("image {:?} not found: pull it first", bounded(&req.image))))?;
         let config = ImageConfig::parse(&self.images.config(&image)?).map_err(|e| RuntimeError::Internal(format!("image {}: {e}", image.id)))?;
@@ -79,6 +80,8 @@ impl Runtime {
             stop_signal: libc::SIGTERM,
             stop_signal_name: String::new(),
             reservation: reservation.clone(),
+            pid: 0,
+            pid_start: 0,
             user: None,
             resources: req.resources.clone(),
         };
@@ -98,6 +101,8 @@ impl Runtime {
         let created = async {
             let pid = self.set_up_container(&mut record, &req, &pod, &image, &config, &volume_images).await?;
             record.phase = ContainerPhase::Created;
+            record.pid = pid;
+            record.pid_start = crate::runtime::pod::start_time(pid).unwrap_or(0);
             self.store.put(Table::Containers, &id, &record)?;
             Ok::<u32, RuntimeError>(pid)
         };

@@ -4,6 +4,7 @@
 mod create;
 mod exec;
 mod host;
+mod orphan;
 mod recover;
 mod remove;
 mod start;
@@ -88,6 +89,12 @@ pub struct ContainerRecord {
     pub stop_signal_name: String,
     /// The pod's name key, so the reservation can be checked without the pod.
     pub reservation: String,
+    /// The container process as the host sees it, and its start time (/proc/<pid>/stat), which
+    /// tell it apart from a later process with the same pid when its shim is gone.
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub pid_start: u64,
     /// Resolved at creation; None for records of an older corral.
     #[serde(default)]
     pub user: Option<UserRecord>,

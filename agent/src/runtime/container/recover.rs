@@ -31,6 +31,7 @@ impl Runtime {
             }
             let mut view = ContainerView { record, state: ContainerState::Unknown, pid: 0, started_at: 0, finished_at: 0, exit_code: 0, reason: String::new(), message: String::new() };
             let mut follow = false;
+            let mut orphan = false;
             match self.shim(&id).state().await {
                 Ok(state) => {
                     view.pid = state.pid;
@@ -50,14 +51,17 @@ impl Runtime {
                 Err(e) => match shim_client::read_exit_file(&self.bundle_dir(&id)) {
                     Some(exit) => view.apply_exit(&exit),
                     None => {
-                        view.reason = "Unknown".into();
-                        view.message = format!("the container's shim is gone and left no exit record ({e})");
+                        warn!(container = %id, error = %e, "the container's shim is gone and left no exit record");
+                        orphan = self.orphan_view(&mut view);
                     }
                 },
             }
             self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), view);
             if follow {
                 self.watch(&id);
+            }
+            if orphan {
+                self.follow_orphan(&id);
             }
             kept += 1;
         }

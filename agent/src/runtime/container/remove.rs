@@ -7,7 +7,6 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::*;
-use crate::runtime::pod::process_alive;
 use crate::runtime::{io_err, Result, Runtime};
 use crate::sys;
 use super::volumes::unmount_image_volumes;
@@ -30,13 +29,12 @@ impl Runtime {
             }
         }
         if shim_gone {
-            // Without its shim the container process may still run: end it ourselves.
-            if let Some(pid) = self.view(id).map(|v| v.pid).filter(|p| process_alive(*p) && in_cgroup_of(*p, id)) {
-                warn!(container = %id, pid, "the shim is gone; killing the container process");
-                let _ = sys::kill(pid as i32, libc::SIGKILL);
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                while process_alive(pid) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+            // Without its shim the container's processes may still run: end them all (every
+            // process of its cgroup, and the recorded one if it is still that process).
+            if let Some(view) = self.view(id) {
+                if !self.orphan_pids(&view.record).is_empty() {
+                    warn!(container = %id, "the shim is gone; killing the container's processes");
+                    self.stop_orphan(id, 0).await?;
                 }
             }
         }
@@ -73,9 +71,4 @@ impl Runtime {
         info!(container = %id, "container removed");
         Ok(())
     }
-}
-
-/// Guards against pid reuse: the process sits in a cgroup named for the container.
-fn in_cgroup_of(pid: u32, id: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map(|c| c.contains(id)).unwrap_or(false)
 }

@@ -47,7 +47,7 @@ impl Runtime {
     /// task. Nothing uses it again: the CRI never restarts a container, exec needs a running
     /// one, and processes left in a shared PID namespace keep the root of their own mount
     /// namespace. RemoveContainer's unmount then finds nothing to do.
-    fn release_rootfs(&self, id: &str) {
+    pub(super) fn release_rootfs(&self, id: &str) {
         let rootfs = self.rootfs_dir(id);
         let bundle = self.bundle_dir(id);
         let id = id.to_string();
@@ -80,13 +80,20 @@ impl Runtime {
                     debug!(container = %id, code = exit.exit_code, "container exited");
                     rt.release_rootfs(&id);
                 }
-                None => rt.update_view(&id, |v| {
-                    if v.state == ContainerState::Running {
-                        v.state = ContainerState::Unknown;
-                        v.reason = "Unknown".into();
-                        v.message = "the container's shim is gone and left no exit record".into();
+                None => {
+                    // The shim died: its processes may run on without it.
+                    let Some(mut view) = rt.view(&id) else { return };
+                    if view.state != ContainerState::Running {
+                        return;
                     }
-                }),
+                    let orphan = rt.orphan_view(&mut view);
+                    rt.update_view(&id, |v| *v = view);
+                    if orphan {
+                        rt.follow_orphan(&id);
+                    } else {
+                        rt.release_rootfs(&id);
+                    }
+                }
             }
         });
     }

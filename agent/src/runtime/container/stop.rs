@@ -44,12 +44,13 @@ impl Runtime {
                         return Ok(());
                     }
                 }
-                Err(ShimError::Unreachable { .. }) => {}
+                Err(ShimError::Unreachable { .. }) => return self.stop_orphan(&id, timeout_secs).await,
                 Err(e) => return Err(shim_err(e)),
             }
         }
         match shim.kill(libc::SIGKILL, true).await {
-            Ok(()) | Err(ShimError::Unreachable { .. }) => {}
+            Ok(()) => {}
+            Err(ShimError::Unreachable { .. }) => return self.stop_orphan(&id, 0).await,
             Err(e) => return Err(shim_err(e)),
         }
         if !self.wait_exit(&id, Duration::from_secs(30)).await? {

@@ -2,6 +2,7 @@
 //! and, for a shared PID namespace, corral-shim in pause mode as its PID 1. No pause image.
 
 mod network;
+mod pause;
 mod recover;
 mod remove;
 mod resources;
@@ -76,6 +77,9 @@ pub struct PodRecord {
     pub resources: Option<Resources>,
     #[serde(default)]
     pub overhead: Option<Resources>,
+    /// Why the pod is not ready when it did not stop by request (its PID 1 exited).
+    #[serde(default)]
+    pub reason: String,
 }
 
 impl PodRecord {
@@ -145,6 +149,22 @@ impl Runtime {
         self.pod_state_dir(pod_id).join("pause")
     }
 
+}
+
+/// When a process started (field 22 of /proc/<pid>/stat, clock ticks since boot): with its pid,
+/// what tells it from a later process that got the same pid. None when it is gone or a zombie.
+pub(in crate::runtime) fn start_time(pid: u32) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // Fields after the name start at 3 (state); starttime is 22.
+    rest.nth(22 - 4)?.parse().ok()
 }
 
 /// Whether the process exists and is not a zombie.

@@ -1,6 +1,8 @@
 //! Pods after a restart of corrald: kept, marked not ready, or removed when a crash left them
 //! half made.
 
+use std::sync::Arc;
+
 use tracing::warn;
 
 use super::*;
@@ -10,7 +12,7 @@ use crate::sys;
 
 impl Runtime {
     /// Reloads pods; finishes or undoes what a crash interrupted.
-    pub(in crate::runtime) async fn recover_pods(&self) -> Result<()> {
+    pub(in crate::runtime) async fn recover_pods(self: &Arc<Self>) -> Result<()> {
         let records: Vec<PodRecord> = self.store.list(Table::Pods)?;
         let mut kept = 0;
         for mut record in records {
@@ -25,9 +27,14 @@ impl Runtime {
             if record.phase == PodPhase::Ready && !self.pod_alive(&record) {
                 warn!(pod = %record.id, "pod sandbox lost its namespaces or pause process; marking it not ready");
                 record.phase = PodPhase::NotReady;
+                record.reason = "it lost its namespaces or its PID 1 (pause) while corrald was down".into();
                 self.store.put(Table::Pods, &record.id, &record)?;
             }
+            let watch = (record.phase == PodPhase::Ready && record.pause_pid != 0).then_some((record.id.clone(), record.pause_pid));
             self.pods.lock().unwrap_or_else(|p| p.into_inner()).insert(record.id.clone(), record);
+            if let Some((id, pid)) = watch {
+                self.watch_pause(&id, pid);
+            }
             kept += 1;
         }
         crate::runtime::log_recovered("pod sandboxes", kept);

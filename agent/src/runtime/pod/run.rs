@@ -122,6 +122,7 @@ impl Runtime {
             port_mappings,
             resources: req.resources.clone(),
             overhead: req.overhead.clone(),
+            reason: String::new(),
         };
         let _lock = self.locks.lock(&id).await;
         // Reserve the name and record the pod before any side effect.
@@ -142,6 +143,9 @@ impl Runtime {
         match ready.await {
             Ok(()) => {
                 info!(pod = %id, name = %record.name, namespace = %record.namespace, "pod sandbox ready");
+                if record.pause_pid != 0 {
+                    self.watch_pause(&id, record.pause_pid);
+                }
                 Ok(id)
             }
             Err(e) => {
