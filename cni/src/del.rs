@@ -41,8 +41,10 @@ pub async fn del(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError>
     }
 }
 
-/// Takes the addresses off CNI_IFNAME in the netns and sets it down; without a netns (or
-/// that interface), sets the host veth down. Nothing there is fine.
+/// Takes the addresses off CNI_IFNAME in the netns, sets it down and renames it out of the
+/// way (so the name is free for an ADD into the same netns the moment DEL returns, while the
+/// worker deletes the pair by its host side); without a netns (or that interface), sets the
+/// host veth down. Nothing there is fine.
 async fn quiesce(env: &Env, owner: &Owner) -> Result<(), CniError> {
     if !env.netns.is_empty() {
         if let Ok(ns) = Netns::open(&env.netns) {
@@ -50,6 +52,7 @@ async fn quiesce(env: &Env, owner: &Owner) -> Result<(), CniError> {
             if let Some(l) = netlink::link_by_name(&nsh, &env.ifname).await? {
                 netlink::set_down(&nsh, l.index).await?;
                 netlink::flush_addrs(&nsh, l.index).await?;
+                netlink::rename(&nsh, l.index, &owner.retired_ifname()).await?;
                 return Ok(());
             }
         }

@@ -244,6 +244,21 @@ pub async fn set_up(h: &Handle, index: u32) -> Result<(), Error> {
         .map_err(nl(format!("set link {index} up")))
 }
 
+/// Renames a link that is down. Gone already (ENODEV) is not an error.
+pub async fn rename(h: &Handle, index: u32, name: &str) -> Result<(), Error> {
+    match h.link().set(LinkUnspec::new_with_index(index).name(name.to_string()).build()).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = Error::Netlink(format!("rename link {index} to {name}"), e);
+            if err.errno() == Some(ENODEV) {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 pub async fn set_down(h: &Handle, index: u32) -> Result<(), Error> {
     match h
         .link()

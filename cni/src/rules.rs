@@ -66,6 +66,11 @@ impl Owner {
     pub fn host_veth(&self) -> String {
         format!("veth{}", &self.hash()[..11])
     }
+
+    /// The name the pod-side interface takes between DEL and its deletion by the worker.
+    pub fn retired_ifname(&self) -> String {
+        format!("del{}", &self.hash()[..11])
+    }
 }
 
 /// The rules of one attachment in one family.

@@ -154,6 +154,35 @@ fn del_after_netns_gone_releases_everything() {
 }
 
 #[test]
+fn del_leaves_the_netns_ready_for_the_next_add() {
+    if !root_or_skip("del_leaves_the_netns_ready_for_the_next_add") {
+        return;
+    }
+    let net = TestNet::new();
+    let conf = net.conf("1.1.0", "v4");
+    let ns = TestNetns::new();
+    let path = ns.path();
+    // Another container id into the same netns and interface name, right after each DEL (the
+    // old veth is still being deleted in the background).
+    let mut last = String::new();
+    for round in 0..10 {
+        let id = format!("ctr{round}x{:x}", rand_u64());
+        let add = cni("ADD", &conf, &id, &path, "eth0");
+        assert!(add.ok, "ADD in round {round} right after the previous DEL: {}", add.raw);
+        let del = cni("DEL", &conf, &id, &path, "eth0");
+        assert!(del.ok, "{}", del.raw);
+        let links = String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link", "show"]).stdout).to_string();
+        assert!(!links.contains(" eth0"), "eth0 still in the netns when DEL returned: {links}");
+        last = id;
+    }
+    eventually(|| net.allocations().is_empty() && net.bridge_ports().is_empty());
+    assert!(net.allocations().is_empty(), "{:?}", net.allocations());
+    assert!(net.bridge_ports().is_empty(), "{:?}", net.bridge_ports());
+    let links = String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link", "show"]).stdout).to_string();
+    assert!(!links.contains("del"), "a retired interface was left: {links} (last {last})");
+}
+
+#[test]
 fn gc_frees_attachments_not_listed() {
     if !root_or_skip("gc_frees_attachments_not_listed") {
         return;
