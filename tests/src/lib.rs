@@ -8,6 +8,7 @@
 //! test panics.
 
 pub mod fake_registry;
+pub mod net;
 pub mod node;
 pub mod oci;
 
