@@ -68,17 +68,9 @@ pub fn secure_join(root: &Path, path: &Path, missing: Missing) -> io::Result<Pat
                     fs::set_permissions(&full, fs::Permissions::from_mode(0o755))?;
                     current = candidate;
                 }
-                Missing::Keep => {
-                    // Nothing below a missing component exists: the rest is lexical.
-                    current = candidate;
-                    while let Some(rest) = pending.pop() {
-                        if rest == ".." {
-                            current.pop();
-                        } else {
-                            current.push(rest);
-                        }
-                    }
-                }
+                // Kept as it is; resolution goes on, so a later `..` climbs back to where
+                // symlinks are followed again.
+                Missing::Keep => current = candidate,
             },
             Err(e) => return Err(e),
         }
@@ -140,6 +132,9 @@ mod tests {
         let dir = tree();
         let root = dir.path();
         assert_eq!(secure_join(root, Path::new("/abs/new/x/../y"), Missing::Keep).unwrap(), root.join("etc/new/y"));
+        // Back up out of a missing component: symlinks are resolved inside the root again.
+        assert_eq!(secure_join(root, Path::new("/nope/../abs/passwd"), Missing::Keep).unwrap(), root.join("etc/passwd"));
+        assert_eq!(secure_join(root, Path::new("/nope/../../a/rel"), Missing::Keep).unwrap(), root.join("a/b"));
         assert!(!root.join("etc/new").exists());
         assert_eq!(secure_join(root, Path::new("/abs/made/deeper"), Missing::Create).unwrap(), root.join("etc/made/deeper"));
         assert!(root.join("etc/made/deeper").is_dir());

@@ -1,6 +1,10 @@
-//! The shim's error type: every failure carries what was being done when it happened.
+//! The shim's error types: [`Error`] for setup, where every failure carries what was being done
+//! when it happened, and [`Fail`] for a failed request, with the kind corrald maps to a gRPC
+//! status.
 
 use std::io;
+
+use proto::v1::ErrorKind;
 
 use crate::sys;
 
@@ -17,6 +21,22 @@ pub enum Error {
     /// Any other failure, already worded for the user.
     #[error("{0}")]
     Msg(String),
+}
+
+/// A failed request: the kind corrald maps to a gRPC status, and the message.
+#[derive(Debug)]
+pub struct Fail {
+    pub kind: ErrorKind,
+    pub msg: String,
+}
+
+impl Fail {
+    pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Fail {
+        Fail {
+            kind,
+            msg: msg.into(),
+        }
+    }
 }
 
 /// `EPERM` for known errno values, else the io error's own text.

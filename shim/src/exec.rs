@@ -3,19 +3,25 @@
 //! forks the command so it is inside the pid namespace; it reports the command's pid and
 //! wait status on a status pipe. Output is read until the command ends plus a short drain,
 //! so a background child holding the pipes cannot hang the answer.
+//!
+//! The daemon is multi-threaded, so after the fork the children make only async-signal-safe
+//! calls: everything (files, pipes, the identity, argv, envp, the PATH candidates) is prepared
+//! before, and a failure goes up the status pipe as a fixed-size record (a step code and an
+//! errno) that the daemon words.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use proto::v1::{ErrorKind, ExecRequest, ExecResult};
 
-use crate::container::process;
-use crate::container::spec::merge_env;
-use crate::daemon::{Fail, Shim};
-use crate::error::errno_display;
+use crate::container::process::{Command, Failure, Identity, Step};
+use crate::container::spec::{merge_env, ProcessPlan};
+use crate::daemon::Shim;
+use crate::error::{errno_display, Fail};
 use crate::sys;
+use crate::syscall::{Linux, Syscall};
 
 /// Output kept per stream; the rest is read and dropped.
 pub const MAX_OUTPUT: usize = 16 << 20;
@@ -36,6 +42,49 @@ const NAMESPACES: [(&str, i32); 6] = [
     ("mnt", libc::CLONE_NEWNS),
 ];
 
+/// A status pipe record: [kind, a, b, c] as native-endian u32s, written in one write (less than
+/// PIPE_BUF, so never split or interleaved).
+type Record = [u32; 4];
+const RECORD: usize = 16;
+/// a: the command's pid.
+const PID: u32 = 1;
+/// a: the command's wait status.
+const EXIT: u32 = 2;
+/// a: a SETUP_* step, b: its argument, c: errno.
+const SETUP: u32 = 3;
+/// a, b: a process::Step code and argument, c: errno.
+const PROCESS: u32 = 4;
+
+const SETUP_CGROUP: u32 = 1;
+/// b: the index in NAMESPACES.
+const SETUP_SETNS: u32 = 2;
+const SETUP_FORK: u32 = 3;
+const SETUP_DUP2: u32 = 4;
+
+/// The message of a failure record, worded as before the records existed.
+fn failure_message(rec: Record, p: &ProcessPlan) -> String {
+    let err = io::Error::from_raw_os_error(rec[3] as i32);
+    let msg = match (rec[0], rec[1]) {
+        (SETUP, SETUP_CGROUP) => format!("joining the container cgroup: {}", errno_display(&err)),
+        (SETUP, SETUP_SETNS) => {
+            let name = NAMESPACES.get(rec[2] as usize).map_or("?", |(n, _)| n);
+            format!("joining the container {name} namespace: {}", errno_display(&err))
+        }
+        (SETUP, SETUP_FORK) => format!("fork: {err}"),
+        (SETUP, SETUP_DUP2) => format!("dup2: {err}"),
+        (PROCESS, code) => match Step::from_code(code, rec[2]) {
+            Some(step) => Failure {
+                step,
+                errno: rec[3] as i32,
+            }
+            .message(p),
+            None => format!("exec: unknown failure {code}: {}", errno_display(&err)),
+        },
+        (kind, step) => format!("exec: unknown failure {kind}/{step}: {}", errno_display(&err)),
+    };
+    msg.replace('\n', " ")
+}
+
 pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
     if req.args.is_empty() {
         return Err(Fail::new(
@@ -49,9 +98,10 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
             "container is not running",
         ));
     }
-    let Some(base) = &shim.process else {
+    let Some(target) = shim.role.exec_target() else {
         return Err(Fail::new(ErrorKind::FailedPrecondition, "no process spec"));
     };
+    let base = target.process;
     let mut p = base.clone();
     p.args = req.args.clone();
     p.env = merge_env(&base.env, &req.env);
@@ -60,16 +110,16 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
     }
     // Everything the children need is opened before forking.
     let mut ns = Vec::new();
-    for (name, flag) in NAMESPACES {
+    for (i, (name, flag)) in NAMESPACES.into_iter().enumerate() {
         let path = format!("/proc/{}/ns/{name}", shim.pid);
         match File::open(&path) {
-            Ok(f) => ns.push((f, flag, name)),
+            Ok(f) => ns.push((f, flag, i as u32)),
             Err(e) if name == "cgroup" && e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(internal(format!("opening {path}: {}", errno_display(&e)))),
         }
     }
     let mut procs = Vec::new();
-    if let Some(cg) = &shim.cgroup {
+    if let Some(cg) = target.cgroup {
         for f in cg.procs_files() {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -84,22 +134,26 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (st_r, st_w) = pipe()?;
-    let oom_before = shim.cgroup.as_ref().and_then(|c| c.oom_kills());
+    let identity = Identity::new(&p, target.last_cap);
+    let command = Command::new(&p.args, &p.env);
+    let oom_before = target.cgroup.and_then(|c| c.oom_kills());
 
     let child = sys::fork().map_err(|e| internal(format!("fork: {e}")))?;
     if let sys::Fork::Child = child {
+        // Only async-signal-safe calls from here on: the daemon has other threads.
         drop((out_r, err_r, st_r));
         let stdio: [RawFd; 3] = [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-        child_main(&p, &ns, &mut procs, stdio, st_w, shim.last_cap);
+        child_main(&ns, &procs, stdio, st_w.as_raw_fd(), &identity, &command);
     }
     drop((out_w, err_w, st_w, devnull, ns, procs));
 
     let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
     let outcome = collect(out_r.into(), err_r.into(), st_r.into(), timeout);
-    let oom_after = shim.cgroup.as_ref().and_then(|c| c.oom_kills());
+    let oom_after = target.cgroup.and_then(|c| c.oom_kills());
     if let Some(status) = outcome.status {
         let (_, sig) = sys::decode_status(status);
-        shim.oom
+        target
+            .oom
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .exec_finished(oom_before, oom_after, sig);
@@ -113,7 +167,10 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
             ),
         ));
     }
-    if let Some(e) = outcome.error {
+    if let Some(e) = outcome
+        .error
+        .or_else(|| outcome.failure.map(|rec| failure_message(rec, &p)))
+    {
         return Err(internal(e));
     }
     let Some(status) = outcome.status else {
@@ -126,61 +183,74 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
     })
 }
 
-/// The first child: cgroup, namespaces, fork the command, relay its pid and status.
+/// Writes one record to the status pipe. Async-signal-safe.
+fn report(fd: RawFd, rec: Record) {
+    let mut bytes = [0u8; RECORD];
+    for (chunk, v) in bytes.chunks_exact_mut(4).zip(rec) {
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    let _ = sys::write_all_raw(fd, &bytes);
+}
+
+fn errno(e: &io::Error) -> u32 {
+    e.raw_os_error().unwrap_or(libc::EIO) as u32
+}
+
+fn fail_setup(status: RawFd, step: u32, arg: u32, e: &io::Error) -> ! {
+    report(status, [SETUP, step, arg, errno(e)]);
+    sys::exit_now(1)
+}
+
+fn report_failure(status: RawFd, f: Failure) {
+    let (code, arg) = f.step.code();
+    report(status, [PROCESS, code, arg, f.errno as u32]);
+}
+
+/// The first child: cgroup, namespaces, fork the command, relay its pid and status. Runs in a
+/// child of the multi-threaded daemon: async-signal-safe calls only (no allocation, no lock),
+/// on what `run` prepared.
 fn child_main(
-    p: &crate::container::spec::ProcessPlan,
-    ns: &[(File, i32, &str)],
-    procs: &mut [File],
+    ns: &[(File, i32, u32)],
+    procs: &[File],
     stdio: [RawFd; 3],
-    mut status: io::PipeWriter,
-    last_cap: u32,
+    status: RawFd,
+    identity: &Identity,
+    command: &Command,
 ) -> ! {
-    let fail = |status: &mut io::PipeWriter, msg: String| -> ! {
-        let _ = status.write_all(format!("err {}\n", msg.replace('\n', " ")).as_bytes());
-        sys::exit_now(1)
-    };
-    for f in procs.iter_mut() {
-        if let Err(e) = f.write_all(b"0") {
-            fail(
-                &mut status,
-                format!("joining the container cgroup: {}", errno_display(&e)),
-            );
+    let os: &dyn Syscall = &Linux;
+    for f in procs {
+        if let Err(e) = sys::write_all_raw(f.as_raw_fd(), b"0") {
+            fail_setup(status, SETUP_CGROUP, 0, &e);
         }
     }
-    for (f, flag, name) in ns {
-        if let Err(e) = sys::setns(f.as_raw_fd(), *flag) {
-            fail(
-                &mut status,
-                format!(
-                    "joining the container {name} namespace: {}",
-                    errno_display(&e)
-                ),
-            );
+    for (f, flag, index) in ns {
+        if let Err(e) = os.setns(f.as_raw_fd(), *flag) {
+            fail_setup(status, SETUP_SETNS, *index, &e);
         }
     }
     match sys::fork() {
-        Err(e) => fail(&mut status, format!("fork: {e}")),
+        Err(e) => fail_setup(status, SETUP_FORK, 0, &e),
         Ok(sys::Fork::Child) => {
             let _ = sys::setsid();
             for (i, fd) in stdio.iter().enumerate() {
                 if let Err(e) = sys::dup2(*fd, i as RawFd) {
-                    fail(&mut status, format!("dup2: {e}"));
+                    fail_setup(status, SETUP_DUP2, 0, &e);
                 }
             }
-            if let Err(e) = process::finalize(p, last_cap) {
-                fail(&mut status, e.to_string());
+            if let Err(f) = identity.apply(os) {
+                report_failure(status, f);
+                sys::exit_now(1);
             }
-            let msg = process::exec(&p.args, &p.env);
-            let _ = status.write_all(format!("err {}\n", msg.replace('\n', " ")).as_bytes());
+            report_failure(status, command.exec());
             sys::exit_now(127)
         }
         Ok(sys::Fork::Parent(pid)) => {
-            let _ = status.write_all(format!("pid {pid}\n").as_bytes());
+            report(status, [PID, pid as u32, 0, 0]);
             let code = match sys::waitpid(pid, false) {
                 Ok(Some((_, st))) => st,
                 _ => 255 << 8,
             };
-            let _ = status.write_all(format!("exit {code}\n").as_bytes());
+            report(status, [EXIT, code as u32, 0, 0]);
             sys::exit_now(0)
         }
     }
@@ -191,6 +261,8 @@ struct Outcome {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     status: Option<i32>,
+    /// A failure record of the children.
+    failure: Option<Record>,
     error: Option<String>,
     timed_out: bool,
 }
@@ -199,7 +271,7 @@ struct Outcome {
 fn collect(out: OwnedFd, err: OwnedFd, st: OwnedFd, timeout: Option<Duration>) -> Outcome {
     let mut o = Outcome::default();
     let mut files: [Option<File>; 3] = [Some(out.into()), Some(err.into()), Some(st.into())];
-    let mut status_text = String::new();
+    let mut records: Vec<u8> = Vec::new();
     let mut pid: Option<i32> = None;
     let start = Instant::now();
     let mut deadline = timeout.map(|t| start + t);
@@ -273,16 +345,17 @@ fn collect(out: OwnedFd, err: OwnedFd, st: OwnedFd, timeout: Option<Duration>) -
                     dst.extend_from_slice(&buf[..n.min(room)]);
                 }
                 _ => {
-                    status_text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    while let Some(nl) = status_text.find('\n') {
-                        let line: String = status_text.drain(..=nl).collect();
-                        let line = line.trim_end();
-                        if let Some(v) = line.strip_prefix("pid ") {
-                            pid = v.parse().ok();
-                        } else if let Some(v) = line.strip_prefix("exit ") {
-                            o.status = v.parse().ok();
-                        } else if let Some(v) = line.strip_prefix("err ") {
-                            o.error = Some(v.to_string());
+                    records.extend_from_slice(&buf[..n]);
+                    while records.len() >= RECORD {
+                        let mut rec: Record = [0; 4];
+                        for (v, chunk) in rec.iter_mut().zip(records.chunks_exact(4)) {
+                            *v = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                        }
+                        records.drain(..RECORD);
+                        match rec[0] {
+                            PID => pid = Some(rec[1] as i32),
+                            EXIT => o.status = Some(rec[1] as i32),
+                            _ => o.failure = Some(rec),
                         }
                     }
                 }
@@ -290,4 +363,48 @@ fn collect(out: OwnedFd, err: OwnedFd, st: OwnedFd, timeout: Option<Duration>) -
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn status_records_carry_pid_exit_and_failures() {
+        let (out_r, mut out_w) = io::pipe().unwrap();
+        let (err_r, err_w) = io::pipe().unwrap();
+        let (st_r, st_w) = io::pipe().unwrap();
+        out_w.write_all(b"hello").unwrap();
+        report(st_w.as_raw_fd(), [PID, 4242, 0, 0]);
+        let (code, arg) = Step::NotFound.code();
+        report(st_w.as_raw_fd(), [PROCESS, code, arg, libc::ENOENT as u32]);
+        report(st_w.as_raw_fd(), [EXIT, 127 << 8, 0, 0]);
+        drop((out_w, err_w, st_w));
+        let o = collect(out_r.into(), err_r.into(), st_r.into(), None);
+        assert_eq!(o.stdout, b"hello");
+        assert_eq!(o.status, Some(127 << 8));
+        let p = ProcessPlan {
+            args: vec!["nosuch".into()],
+            ..ProcessPlan::default()
+        };
+        assert_eq!(
+            failure_message(o.failure.unwrap(), &p),
+            r#"exec: "nosuch": executable file not found in $PATH"#
+        );
+        let net = NAMESPACES.iter().position(|(n, _)| *n == "net").unwrap() as u32;
+        assert_eq!(
+            failure_message([SETUP, SETUP_SETNS, net, libc::EPERM as u32], &p),
+            "joining the container net namespace: EPERM"
+        );
+        assert_eq!(
+            failure_message([SETUP, SETUP_CGROUP, 0, libc::ENOSPC as u32], &p),
+            "joining the container cgroup: ENOSPC"
+        );
+        let (code, arg) = Step::SetUid.code();
+        assert_eq!(
+            failure_message([PROCESS, code, arg, libc::EPERM as u32], &p),
+            "setuid(0): EPERM"
+        );
+    }
 }

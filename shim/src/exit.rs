@@ -3,12 +3,10 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::v1::Exit;
 
-use crate::daemon::Shim;
 use crate::sys;
 
 pub fn now_nanos() -> i64 {
@@ -26,14 +24,14 @@ pub fn write_record(bundle: &Path, exit: &Exit) -> io::Result<()> {
     std::fs::rename(&tmp, bundle.join(proto::EXIT_FILE))
 }
 
-/// Reaps every child on a small thread, handing each status to the shim.
-pub fn spawn_reaper(shim: Arc<Shim>) -> io::Result<()> {
+/// Reaps every child on a small thread, handing each (pid, wait status) to `reaped`.
+pub fn spawn_reaper(reaped: impl Fn(i32, i32) + Send + 'static) -> io::Result<()> {
     std::thread::Builder::new()
         .name("reaper".into())
         .stack_size(64 * 1024)
         .spawn(move || loop {
             while let Ok(Some((pid, status))) = sys::waitpid(-1, true) {
-                shim.child_exited(pid, status);
+                reaped(pid, status);
             }
             // SIGCHLD is blocked in every thread, so one that arrives between the waitpid
             // and this wait stays pending; the timeout is only a safety net, kept long so an

@@ -3,6 +3,19 @@
 //! `corral-shim create --bundle DIR --id ID` creates the container from `DIR/config.json`
 //! up to just before exec and serves `DIR/shim.sock`; `corral-shim pause --bundle DIR --id POD`
 //! becomes PID 1 of a pod's pid namespace.
+//!
+//! Modules, bottom up (each uses only modules listed before it):
+//! - `sys`: the raw system calls, the only `unsafe` code (allowed on its line below);
+//! - `error`: setup errors and failed requests; `syscall`: the seam between container setup and
+//!   the kernel (and its recording double, in tests);
+//! - `logger` (the CRI log), `shimlog` (the shim's own log), `oom`, `exit` (reaper and exit
+//!   record);
+//! - `container`: config.json to a plan (`spec`), and the container process built from it
+//!   (`namespaces`, `rootfs`, `process`, `cgroup`);
+//! - `state` (the shared lifecycle), `role` (what differs between a container's shim and a
+//!   pause), `daemon` (the shim's state and operations);
+//! - `workload` and `pause`: the two roles; `exec` and `server`: requests;
+//! - `launcher`: the launcher and the daemon's wiring of role, reaper and server.
 #![deny(unsafe_code)]
 
 mod container;
@@ -14,13 +27,18 @@ mod launcher;
 mod logger;
 mod oom;
 mod pause;
+mod role;
 mod server;
 mod shimlog;
+mod state;
+#[allow(unsafe_code)]
 mod sys;
+mod syscall;
+mod workload;
 
 use std::path::PathBuf;
 
-use daemon::Mode;
+use launcher::Mode;
 
 const USAGE: &str =
     "usage: corral-shim create|pause --bundle DIR --id ID\n       corral-shim --version";

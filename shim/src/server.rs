@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use proto::v1::{request, response, Empty, ErrorKind, Request, Response};
 
-use crate::daemon::{Fail, Shim};
-use crate::{exec, warn};
+use crate::daemon::Shim;
+use crate::error::Fail;
+use crate::{exec, sys, warn};
 
 fn answer(kind: std::result::Result<response::Kind, Fail>) -> Response {
     match kind {
@@ -84,11 +85,11 @@ pub fn serve(listener: UnixListener, shim: Arc<Shim>) -> ! {
     let mut busy = false;
     loop {
         if busy {
-            match crate::sys::poll(&[fd], SETTLE.as_millis() as i32) {
+            match sys::poll(&[fd], SETTLE.as_millis() as i32) {
                 Ok(ready) if ready.first().is_some_and(|r| *r != 0) => {}
                 _ => {
                     busy = false;
-                    crate::sys::release_setup_code();
+                    sys::release_setup_code();
                     continue;
                 }
             }

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::cgroup::Version;
 use oci_spec::runtime::LinuxResources;
 
 use crate::error::{Context, Error, Result};
@@ -109,15 +110,20 @@ fn create_dirs(top: &Path, dir: &Path, cpuset: bool, created: &mut Vec<PathBuf>)
     Ok(())
 }
 
-pub fn is_v2() -> bool {
-    Path::new(ROOT).join("cgroup.controllers").exists()
+/// The cgroup version to use: the one corrald decided on (the bundle's annotation) when it
+/// said, else the same rule (common::cgroup) applied to our own mount table. No hierarchy at
+/// all counts as v1, whose creation then says that none is mounted.
+pub fn version(planned: Option<Version>) -> Version {
+    planned
+        .or_else(common::cgroup::detect_host)
+        .unwrap_or(Version::V1)
 }
 
 impl Cgroup {
-    /// Creates (or finds) the cgroup at `path` in every hierarchy.
-    pub fn create(path: &Path) -> Result<Cgroup> {
+    /// Creates (or finds) the cgroup at `path` in every hierarchy of `version`.
+    pub fn create(path: &Path, version: Version) -> Result<Cgroup> {
         let mut created = Vec::new();
-        let cg = if is_v2() {
+        let cg = if version == Version::V2 {
             let top = PathBuf::from(ROOT);
             let full = top.join(rel(path));
             // Controllers must be enabled on every ancestor for the limits to exist.

@@ -14,11 +14,12 @@ use std::io::{self, BufRead, BufReader, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use cgroup::Cgroup;
-use namespaces::Ns;
-use spec::Plan;
+use process::{Command, Identity};
+use spec::{Ns, Plan};
 
 use crate::error::{Context, Error, Result};
 use crate::sys;
+use crate::syscall::{Linux, Syscall};
 
 /// A message from a container child to the shim (one line each).
 #[derive(Debug, PartialEq, Eq)]
@@ -150,6 +151,11 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
     let joins = namespaces::open_joins(&plan.namespaces)?;
     let flags = namespaces::new_flags(&plan.namespaces);
     let last_cap = process::last_cap();
+    // The container process's identity and command, built before forking.
+    let exec = plan
+        .process
+        .as_ref()
+        .map(|p| (Identity::new(p, last_cap), Command::new(&p.args, &p.env)));
     let (child_stdio, stdio, tty) = make_stdio(plan, capture)?;
     let (sync_r, sync_w) = io::pipe().ctx(|| "creating the sync pipe".into())?;
     let (start_r, start_w) = io::pipe().ctx(|| "creating the start pipe".into())?;
@@ -160,6 +166,7 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
             drop(start_w);
             let mut w = sync_w;
             let r = stage1(
+                &Linux,
                 plan,
                 cgroup,
                 &joins,
@@ -168,7 +175,7 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
                 start_r,
                 child_stdio,
                 tty,
-                last_cap,
+                exec.as_ref(),
             );
             if let Err(e) = r {
                 send(&mut w, &ChildMsg::Error(e.to_string()));
@@ -229,8 +236,14 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
     }
 }
 
+/// The prepared identity and command of the container process.
+type Exec<'a> = Option<&'a (Identity, Command)>;
+
+/// The first child: the cgroup, the namespaces (joins, then the new ones), and the fork of the
+/// container process, whose pid it reports.
 #[allow(clippy::too_many_arguments)]
 fn stage1(
+    os: &dyn Syscall,
     plan: &Plan,
     cgroup: Option<&Cgroup>,
     joins: &namespaces::Joins,
@@ -239,16 +252,15 @@ fn stage1(
     start: PipeReader,
     stdio: [OwnedFd; 3],
     tty: bool,
-    last_cap: u32,
+    exec: Exec,
 ) -> Result<()> {
     if let Some(cg) = cgroup {
         cg.join(0)?;
     }
-    joins.enter()?;
-    namespaces::unshare(flags)?;
+    namespaces::enter(os, joins, flags)?;
     match sys::fork().ctx(|| "fork".into())? {
         sys::Fork::Child => {
-            let r = stage2(plan, cgroup, w, start, &stdio, tty, last_cap);
+            let r = stage2(os, plan, cgroup, w, start, &stdio, tty, exec);
             if let Err(e) = r {
                 send(w, &ChildMsg::Error(e.to_string()));
             }
@@ -261,38 +273,27 @@ fn stage1(
     }
 }
 
+/// The container process: the rootfs, hostname, rlimits, stdio; Ready; then, once started,
+/// the identity and the exec.
+#[allow(clippy::too_many_arguments)]
 fn stage2(
+    os: &dyn Syscall,
     plan: &Plan,
     cgroup: Option<&Cgroup>,
     w: &mut PipeWriter,
     mut start: PipeReader,
     stdio: &[OwnedFd; 3],
     tty: bool,
-    last_cap: u32,
+    exec: Exec,
 ) -> Result<()> {
-    let p = plan
-        .process
-        .as_ref()
-        .ok_or_else(|| Error::Spec("process is missing".into()))?;
+    let (Some(p), Some((identity, command))) = (plan.process.as_ref(), exec) else {
+        return Err(Error::Spec("process is missing".into()));
+    };
     sys::setsid().ctx(|| "setsid".into())?;
-    rootfs::prepare(plan)?;
-    rootfs::mount_all(plan, cgroup)?;
-    rootfs::create_devices(plan)?;
-    rootfs::create_cwd(plan)?;
-    rootfs::pivot_root(&plan.rootfs)?;
-    rootfs::apply_sysctls(&plan.sysctl)?;
-    for path in &plan.readonly_paths {
-        rootfs::readonly_path(path)?;
-    }
-    for path in &plan.masked_paths {
-        rootfs::mask_path(path)?;
-    }
-    if plan.root_readonly {
-        rootfs::readonly_root()?;
-    }
+    rootfs::setup(os, plan, cgroup)?;
     if namespaces::has_new(&plan.namespaces, Ns::Uts) {
         if let Some(h) = &plan.hostname {
-            sys::sethostname(h).ctx(|| format!("sethostname({h})"))?;
+            os.sethostname(h).ctx(|| format!("sethostname({h})"))?;
         }
     }
     for warn in process::apply_rlimits(p)? {
@@ -313,9 +314,11 @@ fn stage2(
         // The shim went away or gave up on this container.
         sys::exit_now(1);
     }
-    process::finalize(p, last_cap)?;
-    let msg = process::exec(&p.args, &p.env);
-    send(w, &ChildMsg::Error(msg));
+    identity
+        .apply(os)
+        .map_err(|f| Error::Msg(f.message(p)))?;
+    let failure = command.exec();
+    send(w, &ChildMsg::Error(failure.message(p)));
     sys::exit_now(127);
 }
 

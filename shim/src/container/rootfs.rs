@@ -1,176 +1,52 @@
 //! The container's filesystem view: rootfs propagation and self-bind, spec mounts, device
 //! nodes, pivot_root, masked and read-only paths.
 
+use std::ffi::CStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Component, Path, PathBuf};
 
+use common::path::Missing;
+
 use super::cgroup::Cgroup;
-use super::spec::{DevicePlan, Plan};
+use super::spec::{DevicePlan, MountPlan, Plan};
 use crate::error::{Context, Result};
-use crate::sys;
+use crate::sys::MOUNT_ATTR_RDONLY;
+use crate::syscall::Syscall;
 
-/// Parsed mount options.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MountOpts {
-    /// MS_* flags for mount(2), without bind/propagation.
-    pub flags: libc::c_ulong,
-    /// Propagation changes applied after the mount, in order.
-    pub propagation: Vec<libc::c_ulong>,
-    /// Filesystem-specific options (mode=755,size=65536k).
-    pub data: String,
-    pub bind: bool,
-    pub recursive: bool,
-    /// "rro": read-only down to every submount (mount_setattr with AT_RECURSIVE).
-    pub recursive_readonly: bool,
-}
-
-/// Splits OCI mount options into flags, propagation and data.
-pub fn parse_options(options: &[String]) -> MountOpts {
-    let mut o = MountOpts::default();
-    let mut data: Vec<&str> = Vec::new();
-    for opt in options {
-        let (set, clear): (libc::c_ulong, libc::c_ulong) = match opt.as_str() {
-            "ro" => (libc::MS_RDONLY, 0),
-            "rro" => {
-                o.recursive_readonly = true;
-                (libc::MS_RDONLY, 0)
-            }
-            "rw" => {
-                o.recursive_readonly = false;
-                (0, libc::MS_RDONLY)
-            }
-            "nosuid" => (libc::MS_NOSUID, 0),
-            "suid" => (0, libc::MS_NOSUID),
-            "nodev" => (libc::MS_NODEV, 0),
-            "dev" => (0, libc::MS_NODEV),
-            "noexec" => (libc::MS_NOEXEC, 0),
-            "exec" => (0, libc::MS_NOEXEC),
-            "sync" => (libc::MS_SYNCHRONOUS, 0),
-            "async" => (0, libc::MS_SYNCHRONOUS),
-            "dirsync" => (libc::MS_DIRSYNC, 0),
-            "mand" => (libc::MS_MANDLOCK, 0),
-            "nomand" => (0, libc::MS_MANDLOCK),
-            "noatime" => (libc::MS_NOATIME, 0),
-            "atime" => (0, libc::MS_NOATIME),
-            "nodiratime" => (libc::MS_NODIRATIME, 0),
-            "diratime" => (0, libc::MS_NODIRATIME),
-            "relatime" => (libc::MS_RELATIME, 0),
-            "norelatime" => (0, libc::MS_RELATIME),
-            "strictatime" => (libc::MS_STRICTATIME, 0),
-            "nostrictatime" => (0, libc::MS_STRICTATIME),
-            "defaults" => (0, 0),
-            "bind" => {
-                o.bind = true;
-                (0, 0)
-            }
-            "rbind" => {
-                o.bind = true;
-                o.recursive = true;
-                (0, 0)
-            }
-            p @ ("private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared"
-            | "unbindable" | "runbindable") => {
-                let rec = if p.starts_with('r') { libc::MS_REC } else { 0 };
-                let kind = match p.trim_start_matches('r') {
-                    "private" => libc::MS_PRIVATE,
-                    "slave" => libc::MS_SLAVE,
-                    "shared" => libc::MS_SHARED,
-                    _ => libc::MS_UNBINDABLE,
-                };
-                o.propagation.push(kind | rec);
-                (0, 0)
-            }
-            other => {
-                data.push(other);
-                (0, 0)
-            }
-        };
-        o.flags = (o.flags | set) & !clear;
+/// Joins `path` under `root`, resolving symlinks as if `root` were `/`, so the result never
+/// leaves `root`; missing components are kept (common::path::secure_join with Missing::Keep).
+/// Common's version treats what follows a missing component lexically, `..` included, so a
+/// `..` can climb back into existing directories without their symlinks being resolved: such a
+/// result is joined once more, which resolves them (it has no `..` left).
+pub fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
+    let joined = common::path::secure_join(root, path, Missing::Keep)?;
+    if !path.components().any(|c| c == Component::ParentDir) {
+        return Ok(joined);
     }
-    o.data = data.join(",");
-    o
+    let rel = joined.strip_prefix(root).unwrap_or(&joined).to_path_buf();
+    common::path::secure_join(root, &rel, Missing::Keep)
 }
 
-/// One mount of the spec.
-#[derive(Clone, Debug)]
-pub struct MountPlan {
-    pub destination: PathBuf,
-    pub typ: String,
-    pub source: Option<PathBuf>,
-    pub opts: MountOpts,
-}
-
-/// Joins `unsafe_path` under `root`, resolving symlinks as if `root` were `/`, so the result
-/// never leaves `root`. Missing components are kept as they are.
-pub fn secure_join(root: &Path, unsafe_path: &Path) -> io::Result<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = unsafe_path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut cur: Vec<std::ffi::OsString> = Vec::new();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            cur.pop();
-            continue;
-        }
-        let mut candidate = root.to_path_buf();
-        candidate.extend(&cur);
-        candidate.push(&part);
-        match fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 255 {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = fs::read_link(&candidate)?;
-                if target.is_absolute() {
-                    cur.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => cur.push(part),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(&cur);
-    Ok(out)
-}
-
-fn mkdir_all(p: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(p)
+fn mkdir_all(sys: &dyn Syscall, p: &Path) -> Result<()> {
+    sys.mkdir_all(p)
         .ctx(|| format!("creating directory {}", p.display()))
 }
 
 /// Creates a mount target: a file when the source is a file, else a directory.
-fn create_target(target: &Path, file: bool) -> Result<()> {
+fn create_target(sys: &dyn Syscall, target: &Path, file: bool) -> Result<()> {
     if file {
         if let Some(parent) = target.parent() {
-            mkdir_all(parent)?;
+            mkdir_all(sys, parent)?;
         }
         if fs::symlink_metadata(target).is_err() {
-            File::create(target).ctx(|| format!("creating mount target {}", target.display()))?;
+            sys.create_file(target)
+                .ctx(|| format!("creating mount target {}", target.display()))?;
         }
         Ok(())
     } else {
-        mkdir_all(target)
+        mkdir_all(sys, target)
     }
 }
 
@@ -183,18 +59,40 @@ fn mount_ctx(typ: &str, what: &Path, dest: &Path) -> impl FnOnce() -> String {
     move || format!("mounting {t} {w} at {d}")
 }
 
+/// The container's filesystem view, in order: propagation and the rootfs self-bind, the spec
+/// mounts, device nodes, the cwd, pivot_root, sysctls, read-only paths, masked paths, and the
+/// read-only root.
+pub fn setup(sys: &dyn Syscall, plan: &Plan, cgroup: Option<&Cgroup>) -> Result<()> {
+    prepare(sys, plan)?;
+    mount_all(sys, plan, cgroup)?;
+    create_devices(sys, plan)?;
+    create_cwd(sys, plan)?;
+    pivot_root(sys, &plan.rootfs)?;
+    apply_sysctls(&plan.sysctl)?;
+    for path in &plan.readonly_paths {
+        readonly_path(sys, path)?;
+    }
+    for path in &plan.masked_paths {
+        mask_path(sys, path)?;
+    }
+    if plan.root_readonly {
+        readonly_root(sys)?;
+    }
+    Ok(())
+}
+
 /// Makes the mount tree a slave (or as asked) of the host and binds the rootfs onto itself.
-pub fn prepare(plan: &Plan) -> Result<()> {
-    sys::mount(None, Path::new("/"), None, plan.rootfs_propagation, None)
+pub fn prepare(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
+    sys.mount(None, Path::new("/"), None, plan.rootfs_propagation, None)
         .ctx(|| "setting the propagation of / in the container mount namespace".into())?;
     // pivot_root refuses a shared parent of the new root, which "/" made rshared (for
     // bidirectional mounts) would give it: make the rootfs mount itself private, as runc does
     // for the rootfs' parent mount. EINVAL: the rootfs is not a mount point, nothing to do.
-    match sys::mount(None, &plan.rootfs, None, libc::MS_PRIVATE, None) {
+    match sys.mount(None, &plan.rootfs, None, libc::MS_PRIVATE, None) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
         other => other.ctx(|| format!("making the rootfs {} private", plan.rootfs.display()))?,
     }
-    sys::mount(
+    sys.mount(
         Some(&plan.rootfs),
         &plan.rootfs,
         None,
@@ -211,7 +109,7 @@ pub fn prepare(plan: &Plan) -> Result<()> {
 }
 
 /// Mounts every spec mount inside the rootfs.
-pub fn mount_all(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<()> {
+pub fn mount_all(sys: &dyn Syscall, plan: &Plan, cgroup: Option<&Cgroup>) -> Result<()> {
     for m in &plan.mounts {
         let dest = secure_join(&plan.rootfs, &m.destination)
             .ctx(|| format!("resolving mount destination {}", m.destination.display()))?;
@@ -221,32 +119,32 @@ pub fn mount_all(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<()> {
             let is_file = fs::metadata(&source)
                 .map(|md| !md.is_dir())
                 .ctx(|| format!("bind source {}", source.display()))?;
-            create_target(&dest, is_file)?;
+            create_target(sys, &dest, is_file)?;
             let rec = if m.opts.recursive { libc::MS_REC } else { 0 };
-            sys::mount(Some(&source), &dest, None, libc::MS_BIND | rec, None)
+            sys.mount(Some(&source), &dest, None, libc::MS_BIND | rec, None)
                 .ctx(mount_ctx("bind", &source, shown))?;
             if m.opts.flags != 0 {
-                let keep = sys::mount_flags_of(&dest).unwrap_or(0);
+                let keep = sys.mount_flags_of(&dest).unwrap_or(0);
                 let flags = libc::MS_BIND | libc::MS_REMOUNT | rec | m.opts.flags | keep;
-                sys::mount(None, &dest, None, flags, None)
+                sys.mount(None, &dest, None, flags, None)
                     .ctx(|| format!("remounting bind mount {}", shown.display()))?;
             }
             if m.opts.recursive_readonly {
-                sys::mount_setattr_recursive(&dest, sys::MOUNT_ATTR_RDONLY).ctx(|| {
+                sys.mount_setattr_recursive(&dest, MOUNT_ATTR_RDONLY).ctx(|| {
                     format!("making {} read-only recursively", shown.display())
                 })?;
             }
         } else if m.typ == "cgroup" || m.typ == "cgroup2" {
-            create_target(&dest, false)?;
-            mount_cgroup(&dest, shown, m, cgroup)?;
+            create_target(sys, &dest, false)?;
+            mount_cgroup(sys, &dest, shown, m, cgroup)?;
         } else {
-            create_target(&dest, false)?;
+            create_target(sys, &dest, false)?;
             let data = (!m.opts.data.is_empty()).then_some(m.opts.data.as_str());
-            sys::mount(Some(&source), &dest, Some(&m.typ), m.opts.flags, data)
+            sys.mount(Some(&source), &dest, Some(&m.typ), m.opts.flags, data)
                 .ctx(mount_ctx(&m.typ, &source, shown))?;
         }
         for &p in &m.opts.propagation {
-            sys::mount(None, &dest, None, p, None)
+            sys.mount(None, &dest, None, p, None)
                 .ctx(|| format!("setting propagation of {}", shown.display()))?;
         }
     }
@@ -255,12 +153,18 @@ pub fn mount_all(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<()> {
 
 /// The cgroup filesystem: v2 mounts cgroup2; v1 a tmpfs holding a bind of the container's
 /// cgroup dir per hierarchy, then read-only.
-fn mount_cgroup(dest: &Path, shown: &Path, m: &MountPlan, cgroup: Option<&Cgroup>) -> Result<()> {
+fn mount_cgroup(
+    sys: &dyn Syscall,
+    dest: &Path,
+    shown: &Path,
+    m: &MountPlan,
+    cgroup: Option<&Cgroup>,
+) -> Result<()> {
     let ro = m.opts.flags & libc::MS_RDONLY;
     let base = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     match cgroup {
         Some(Cgroup::V1 { dirs, .. }) => {
-            sys::mount(
+            sys.mount(
                 Some(Path::new("tmpfs")),
                 dest,
                 Some("tmpfs"),
@@ -270,10 +174,10 @@ fn mount_cgroup(dest: &Path, shown: &Path, m: &MountPlan, cgroup: Option<&Cgroup
             .ctx(mount_ctx("tmpfs", Path::new("tmpfs"), shown))?;
             for d in dirs {
                 let sub = dest.join(&d.name);
-                mkdir_all(&sub)?;
-                sys::mount(Some(&d.path), &sub, None, libc::MS_BIND, None)
+                mkdir_all(sys, &sub)?;
+                sys.mount(Some(&d.path), &sub, None, libc::MS_BIND, None)
                     .ctx(mount_ctx("bind", &d.path, &sub))?;
-                sys::mount(
+                sys.mount(
                     None,
                     &sub,
                     None,
@@ -283,7 +187,7 @@ fn mount_cgroup(dest: &Path, shown: &Path, m: &MountPlan, cgroup: Option<&Cgroup
                 .ctx(|| format!("remounting {}", sub.display()))?;
             }
             if ro != 0 {
-                sys::mount(
+                sys.mount(
                     None,
                     dest,
                     None,
@@ -294,22 +198,23 @@ fn mount_cgroup(dest: &Path, shown: &Path, m: &MountPlan, cgroup: Option<&Cgroup
             }
             Ok(())
         }
-        _ => sys::mount(
-            Some(Path::new("cgroup2")),
-            dest,
-            Some("cgroup2"),
-            base | ro,
-            None,
-        )
-        .ctx(mount_ctx("cgroup2", Path::new("cgroup2"), shown)),
+        _ => sys
+            .mount(
+                Some(Path::new("cgroup2")),
+                dest,
+                Some("cgroup2"),
+                base | ro,
+                None,
+            )
+            .ctx(mount_ctx("cgroup2", Path::new("cgroup2"), shown)),
     }
 }
 
 /// Creates the device nodes (bind-mounting the host's node where mknod is refused) and the
 /// standard /dev symlinks.
-pub fn create_devices(plan: &Plan) -> Result<()> {
+pub fn create_devices(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
     for d in &plan.devices {
-        create_device(&plan.rootfs, d)?;
+        create_device(sys, &plan.rootfs, d)?;
     }
     let dev = secure_join(&plan.rootfs, Path::new("/dev")).ctx(|| "resolving /dev".into())?;
     if dev.is_dir() {
@@ -323,9 +228,9 @@ pub fn create_devices(plan: &Plan) -> Result<()> {
             let p = dev.join(link);
             if link == "ptmx" && fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_symlink())
             {
-                let _ = fs::remove_file(&p);
+                let _ = sys.remove_file(&p);
             }
-            match symlink(target, &p) {
+            match sys.symlink(Path::new(target), &p) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                     return Err(e).ctx(|| format!("creating symlink /dev/{link}"));
                 }
@@ -336,26 +241,28 @@ pub fn create_devices(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn create_device(rootfs: &Path, d: &DevicePlan) -> Result<()> {
+fn create_device(sys: &dyn Syscall, rootfs: &Path, d: &DevicePlan) -> Result<()> {
     let dest =
         secure_join(rootfs, &d.path).ctx(|| format!("resolving device {}", d.path.display()))?;
     if let Some(parent) = dest.parent() {
-        mkdir_all(parent)?;
+        mkdir_all(sys, parent)?;
     }
     if fs::symlink_metadata(&dest).is_ok() {
-        fs::remove_file(&dest).ctx(|| format!("replacing {}", d.path.display()))?;
+        sys.remove_file(&dest)
+            .ctx(|| format!("replacing {}", d.path.display()))?;
     }
-    match sys::mknod(&dest, d.kind | d.mode, d.major, d.minor) {
+    match sys.mknod(&dest, d.kind | d.mode, d.major, d.minor) {
         Ok(()) => {
             // mknod applies the umask: set the mode exactly.
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&dest, fs::Permissions::from_mode(d.mode))
+            sys.chmod(&dest, d.mode)
                 .ctx(|| format!("chmod {}", d.path.display()))?;
-            sys::lchown(&dest, d.uid, d.gid).ctx(|| format!("chown {}", d.path.display()))
+            sys.lchown(&dest, d.uid, d.gid)
+                .ctx(|| format!("chown {}", d.path.display()))
         }
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            File::create(&dest).ctx(|| format!("creating {}", d.path.display()))?;
-            sys::mount(Some(&d.path), &dest, None, libc::MS_BIND, None)
+            sys.create_file(&dest)
+                .ctx(|| format!("creating {}", d.path.display()))?;
+            sys.mount(Some(&d.path), &dest, None, libc::MS_BIND, None)
                 .ctx(mount_ctx("bind", &d.path, &d.path))
         }
         Err(e) => Err(e).ctx(|| format!("mknod {}", d.path.display())),
@@ -363,26 +270,30 @@ fn create_device(rootfs: &Path, d: &DevicePlan) -> Result<()> {
 }
 
 /// Creates the process cwd inside the rootfs when it is missing (as runc).
-pub fn create_cwd(plan: &Plan) -> Result<()> {
+pub fn create_cwd(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
     if let Some(p) = &plan.process {
         let dir = secure_join(&plan.rootfs, &p.cwd)
             .ctx(|| format!("resolving cwd {}", p.cwd.display()))?;
         if fs::symlink_metadata(&dir).is_err() {
-            mkdir_all(&dir)?;
+            mkdir_all(sys, &dir)?;
         }
     }
     Ok(())
 }
 
+const ROOT: &CStr = c"/";
+
 /// pivot_root into the rootfs and detach the old root (runc's way: both at ".").
-pub fn pivot_root(rootfs: &Path) -> Result<()> {
+pub fn pivot_root(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
     let old = File::open("/").ctx(|| "opening /".into())?;
     let new = File::open(rootfs).ctx(|| format!("opening rootfs {}", rootfs.display()))?;
-    sys::fchdir(new.as_raw_fd()).ctx(|| "chdir to the rootfs".into())?;
-    sys::pivot_root(Path::new("."), Path::new("."))
+    sys.fchdir(new.as_raw_fd())
+        .ctx(|| "chdir to the rootfs".into())?;
+    sys.pivot_root(Path::new("."), Path::new("."))
         .ctx(|| format!("pivot_root to {}", rootfs.display()))?;
-    sys::fchdir(old.as_raw_fd()).ctx(|| "chdir to the old root".into())?;
-    sys::mount(
+    sys.fchdir(old.as_raw_fd())
+        .ctx(|| "chdir to the old root".into())?;
+    sys.mount(
         None,
         Path::new("."),
         None,
@@ -390,12 +301,13 @@ pub fn pivot_root(rootfs: &Path) -> Result<()> {
         None,
     )
     .ctx(|| "making the old root a slave".into())?;
-    sys::umount_detach(Path::new(".")).ctx(|| "unmounting the old root".into())?;
-    std::env::set_current_dir("/").ctx(|| "chdir to /".into())
+    sys.umount_detach(Path::new("."))
+        .ctx(|| "unmounting the old root".into())?;
+    sys.chdir(ROOT).ctx(|| "chdir to /".into())
 }
 
 /// Masks a path: /dev/null over files, an empty read-only tmpfs over directories.
-pub fn mask_path(path: &str) -> Result<()> {
+pub fn mask_path(sys: &dyn Syscall, path: &str) -> Result<()> {
     let p = Path::new(path);
     let md = match fs::metadata(p) {
         Ok(m) => m,
@@ -403,7 +315,7 @@ pub fn mask_path(path: &str) -> Result<()> {
         Err(e) => return Err(e).ctx(|| format!("masking {path}")),
     };
     let r = if md.is_dir() {
-        sys::mount(
+        sys.mount(
             Some(Path::new("tmpfs")),
             p,
             Some("tmpfs"),
@@ -411,7 +323,7 @@ pub fn mask_path(path: &str) -> Result<()> {
             None,
         )
     } else {
-        sys::mount(Some(Path::new("/dev/null")), p, None, libc::MS_BIND, None)
+        sys.mount(Some(Path::new("/dev/null")), p, None, libc::MS_BIND, None)
     };
     match r {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -420,14 +332,14 @@ pub fn mask_path(path: &str) -> Result<()> {
 }
 
 /// Makes a path read-only (bind onto itself, then remount).
-pub fn readonly_path(path: &str) -> Result<()> {
+pub fn readonly_path(sys: &dyn Syscall, path: &str) -> Result<()> {
     let p = Path::new(path);
-    match sys::mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None) {
+    match sys.mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         r => r.ctx(|| format!("bind-mounting {path} for read-only"))?,
     }
-    let keep = sys::mount_flags_of(p).unwrap_or(0);
-    sys::mount(
+    let keep = sys.mount_flags_of(p).unwrap_or(0);
+    sys.mount(
         None,
         p,
         None,
@@ -438,9 +350,9 @@ pub fn readonly_path(path: &str) -> Result<()> {
 }
 
 /// Remounts / read-only.
-pub fn readonly_root() -> Result<()> {
-    let keep = sys::mount_flags_of(Path::new("/")).unwrap_or(0);
-    sys::mount(
+pub fn readonly_root(sys: &dyn Syscall) -> Result<()> {
+    let keep = sys.mount_flags_of(Path::new("/")).unwrap_or(0);
+    sys.mount(
         None,
         Path::new("/"),
         None,
@@ -465,37 +377,10 @@ pub fn apply_sysctls(sysctl: &[(String, String)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn opts(v: &[&str]) -> MountOpts {
-        parse_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-    }
-
-    #[test]
-    fn options_split_into_flags_propagation_and_data() {
-        let o = opts(&["nosuid", "strictatime", "mode=755", "size=65536k"]);
-        assert_eq!(o.flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
-        assert_eq!(o.data, "mode=755,size=65536k");
-        assert!(!o.bind);
-        let o = opts(&["rbind", "ro", "nosuid", "nodev", "noexec", "rslave"]);
-        assert!(o.bind && o.recursive);
-        assert_eq!(
-            o.flags,
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC
-        );
-        assert_eq!(o.propagation, vec![libc::MS_SLAVE | libc::MS_REC]);
-        let o = opts(&["ro", "rw", "bind", "private"]);
-        assert_eq!(o.flags, 0);
-        assert!(o.bind && !o.recursive);
-        assert_eq!(o.propagation, vec![libc::MS_PRIVATE]);
-        let o = opts(&["rbind", "rro", "rprivate"]);
-        assert!(o.bind && o.recursive && o.recursive_readonly);
-        assert_eq!(o.flags, libc::MS_RDONLY);
-        assert_eq!(o.data, "");
-        let o = opts(&["rro", "rw"]);
-        assert!(!o.recursive_readonly && o.flags == 0);
-        let o = opts(&["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]);
-        assert_eq!(o.data, "newinstance,ptmxmode=0666,mode=0620,gid=5");
-    }
+    use crate::container::cgroup::CgDir;
+    use crate::container::spec;
+    use crate::syscall::recorder::Recorder;
+    use std::os::unix::fs::symlink;
 
     #[test]
     fn secure_join_stays_inside_root() {
@@ -527,5 +412,213 @@ mod tests {
         );
         symlink("loop", root.join("loop")).unwrap();
         assert!(secure_join(root, Path::new("/loop/x")).is_err());
+        // A `..` after a missing component climbs back into the tree: the symlinks met there
+        // are resolved too (common's join alone would give root/abs/passwd, through /etc).
+        assert_eq!(
+            secure_join(root, Path::new("/nope/../abs/passwd")).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/nope/../a/rel/../x")).unwrap(),
+            root.join("a/x")
+        );
+        // What changed with common's join: an existing file in the middle of the path is
+        // ENOTDIR at once (before, the mount or mkdir on it failed).
+        fs::write(root.join("file"), "").unwrap();
+        assert_eq!(
+            secure_join(root, Path::new("/file/x")).unwrap_err().raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+    }
+
+    /// A representative container: proc, a /dev tmpfs, devpts, a read-only sysfs, the cgroup
+    /// v1 mount, a read-only bind, an "rro" bind, propagation changes, a file bind, devices,
+    /// read-only and masked paths, a read-only root.
+    #[test]
+    fn mount_sequence_of_a_representative_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().canonicalize().unwrap();
+        let rootfs = t.join("rootfs");
+        fs::create_dir_all(rootfs.join("dev")).unwrap();
+        for d in ["data", "image", "shared", "ro_dir", "masked_dir"] {
+            fs::create_dir(t.join(d)).unwrap();
+        }
+        fs::write(t.join("hostname"), "h\n").unwrap();
+        fs::write(t.join("masked_file"), "").unwrap();
+        let spec_json = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": rootfs, "readonly": true},
+            "process": {"args": ["sh"], "cwd": "/app", "user": {"uid": 0, "gid": 0}},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc",
+                 "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+                {"destination": "/data", "type": "bind", "source": t.join("data"),
+                 "options": ["rbind", "ro", "rprivate"]},
+                {"destination": "/image", "type": "bind", "source": t.join("image"),
+                 "options": ["rbind", "rro", "nosuid"]},
+                {"destination": "/shared", "type": "bind", "source": t.join("shared"),
+                 "options": ["rbind", "rshared"]},
+                {"destination": "/etc/hostname", "type": "bind", "source": t.join("hostname"),
+                 "options": ["bind"]},
+            ],
+            "linux": {
+                "devices": [
+                    {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438},
+                    {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438,
+                     "uid": 0, "gid": 0},
+                ],
+                "readonlyPaths": [t.join("ro_dir"), t.join("ro_missing")],
+                "maskedPaths": [t.join("masked_file"), t.join("masked_dir"), t.join("masked_missing")],
+            },
+        });
+        let plan = spec::plan(&serde_json::from_value(spec_json).unwrap(), false).unwrap();
+        let cgroup = Cgroup::V1 {
+            dirs: vec![
+                CgDir {
+                    name: "cpu,cpuacct".into(),
+                    controllers: vec!["cpu".into(), "cpuacct".into()],
+                    path: "/sys/fs/cgroup/cpu,cpuacct/corral/c1".into(),
+                },
+                CgDir {
+                    name: "memory".into(),
+                    controllers: vec!["memory".into()],
+                    path: "/sys/fs/cgroup/memory/corral/c1".into(),
+                },
+            ],
+            created: vec![],
+        };
+        let mut rec = Recorder::under(&t);
+        // What the mounts already have (kept on remounts): nodev, relatime.
+        rec.mount_flags = libc::MS_NODEV | libc::MS_RELATIME;
+        // mknod is refused for the second device: the host's node is bound instead.
+        rec.fail("mknod(T/rootfs/dev/fuse", libc::EPERM);
+        // A read-only path that does not exist is skipped.
+        rec.fail("mount(T/ro_missing", libc::ENOENT);
+        setup(&rec, &plan, Some(&cgroup)).unwrap();
+        let expected = [
+            // The rootfs: rslave propagation, the rootfs private and bound onto itself.
+            "mount(-, /, -, REC|SLAVE, -)",
+            "mount(-, T/rootfs, -, PRIVATE, -)",
+            "mount(T/rootfs, T/rootfs, -, BIND|REC, -)",
+            "mkdir_all(T/rootfs/proc)",
+            "mount(proc, T/rootfs/proc, proc, NOSUID|NODEV|NOEXEC, -)",
+            "mkdir_all(T/rootfs/dev)",
+            "mount(tmpfs, T/rootfs/dev, tmpfs, NOSUID|STRICTATIME, mode=755,size=65536k)",
+            "mkdir_all(T/rootfs/dev/pts)",
+            "mount(devpts, T/rootfs/dev/pts, devpts, NOSUID|NOEXEC, newinstance,ptmxmode=0666,mode=0620,gid=5)",
+            "mkdir_all(T/rootfs/sys)",
+            "mount(sysfs, T/rootfs/sys, sysfs, RDONLY|NOSUID|NODEV|NOEXEC, -)",
+            // cgroup v1: a tmpfs, one read-only bind per hierarchy, the tmpfs read-only.
+            "mkdir_all(T/rootfs/sys/fs/cgroup)",
+            "mount(tmpfs, T/rootfs/sys/fs/cgroup, tmpfs, NOSUID|NODEV|NOEXEC, mode=755)",
+            "mkdir_all(T/rootfs/sys/fs/cgroup/cpu,cpuacct)",
+            "mount(/sys/fs/cgroup/cpu,cpuacct/corral/c1, T/rootfs/sys/fs/cgroup/cpu,cpuacct, -, BIND, -)",
+            "mount(-, T/rootfs/sys/fs/cgroup/cpu,cpuacct, -, RDONLY|NOSUID|NODEV|NOEXEC|REMOUNT|BIND, -)",
+            "mkdir_all(T/rootfs/sys/fs/cgroup/memory)",
+            "mount(/sys/fs/cgroup/memory/corral/c1, T/rootfs/sys/fs/cgroup/memory, -, BIND, -)",
+            "mount(-, T/rootfs/sys/fs/cgroup/memory, -, RDONLY|NOSUID|NODEV|NOEXEC|REMOUNT|BIND, -)",
+            "mount(-, T/rootfs/sys/fs/cgroup, -, RDONLY|NOSUID|NODEV|NOEXEC|REMOUNT, mode=755)",
+            // A read-only rbind: bind, then a remount with the flags already there, then the
+            // propagation change.
+            "mkdir_all(T/rootfs/data)",
+            "mount(T/data, T/rootfs/data, -, BIND|REC, -)",
+            "mount(-, T/rootfs/data, -, RDONLY|NODEV|REMOUNT|BIND|REC|RELATIME, -)",
+            "mount(-, T/rootfs/data, -, REC|PRIVATE, -)",
+            // "rro": the same, then read-only down to every submount.
+            "mkdir_all(T/rootfs/image)",
+            "mount(T/image, T/rootfs/image, -, BIND|REC, -)",
+            "mount(-, T/rootfs/image, -, RDONLY|NOSUID|NODEV|REMOUNT|BIND|REC|RELATIME, -)",
+            "mount_setattr_recursive(T/rootfs/image, RDONLY)",
+            // No flag: no remount, only the propagation.
+            "mkdir_all(T/rootfs/shared)",
+            "mount(T/shared, T/rootfs/shared, -, BIND|REC, -)",
+            "mount(-, T/rootfs/shared, -, REC|SHARED, -)",
+            // A file: its parent directory, an empty file, the bind.
+            "mkdir_all(T/rootfs/etc)",
+            "create_file(T/rootfs/etc/hostname)",
+            "mount(T/hostname, T/rootfs/etc/hostname, -, BIND, -)",
+            // Devices: mknod, the exact mode, the owner; refused: the host's node bound.
+            "mkdir_all(T/rootfs/dev)",
+            "mknod(T/rootfs/dev/null, 0o20666, 1, 3)",
+            "chmod(T/rootfs/dev/null, 0o666)",
+            "lchown(T/rootfs/dev/null, 0, 0)",
+            "mkdir_all(T/rootfs/dev)",
+            "mknod(T/rootfs/dev/fuse, 0o20666, 10, 229)",
+            "create_file(T/rootfs/dev/fuse)",
+            "mount(/dev/fuse, T/rootfs/dev/fuse, -, BIND, -)",
+            "symlink(/proc/self/fd, T/rootfs/dev/fd)",
+            "symlink(/proc/self/fd/0, T/rootfs/dev/stdin)",
+            "symlink(/proc/self/fd/1, T/rootfs/dev/stdout)",
+            "symlink(/proc/self/fd/2, T/rootfs/dev/stderr)",
+            "symlink(pts/ptmx, T/rootfs/dev/ptmx)",
+            // The missing cwd.
+            "mkdir_all(T/rootfs/app)",
+            // pivot_root, runc's way.
+            "fchdir(T/rootfs)",
+            "pivot_root(., .)",
+            "fchdir(/)",
+            "mount(-, ., -, REC|SLAVE, -)",
+            "umount_detach(.)",
+            "chdir(/)",
+            // Read-only paths: bound onto themselves and remounted read-only.
+            "mount(T/ro_dir, T/ro_dir, -, BIND|REC, -)",
+            "mount(-, T/ro_dir, -, RDONLY|NODEV|REMOUNT|BIND|REC|RELATIME, -)",
+            "mount(T/ro_missing, T/ro_missing, -, BIND|REC, -)",
+            // Masked paths: /dev/null over a file, a read-only tmpfs over a directory.
+            "mount(/dev/null, T/masked_file, -, BIND, -)",
+            "mount(tmpfs, T/masked_dir, tmpfs, RDONLY, -)",
+            // The read-only root.
+            "mount(-, /, -, RDONLY|NODEV|REMOUNT|BIND|RELATIME, -)",
+        ];
+        assert_eq!(rec.calls(), expected);
+    }
+
+    #[test]
+    fn mount_failures_name_the_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let spec_json = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": rootfs},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
+            ],
+        });
+        let plan = spec::plan(&serde_json::from_value(spec_json).unwrap(), false).unwrap();
+        let rec = Recorder::under(dir.path());
+        rec.fail("mount(proc,", libc::EPERM);
+        let err = setup(&rec, &plan, None).unwrap_err().to_string();
+        assert_eq!(err, "mounting proc proc at /proc: EPERM");
+        assert!(rec.calls().last().unwrap().starts_with("mount(proc,"), "stops at the failure");
+        // cgroup v2 (or no cgroup): one cgroup2 mount.
+        let mut plan = plan;
+        plan.mounts = spec::plan(
+            &serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2", "root": {"path": rootfs},
+                "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+                "mounts": [{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                            "options": ["ro"]}],
+            }))
+            .unwrap(),
+            false,
+        )
+        .unwrap()
+        .mounts;
+        let rec = Recorder::under(dir.path());
+        mount_all(&rec, &plan, None).unwrap();
+        assert_eq!(
+            rec.calls_of(&["mount("]),
+            vec!["mount(cgroup2, T/rootfs/sys/fs/cgroup, cgroup2, RDONLY|NOSUID|NODEV|NOEXEC, -)"]
+        );
     }
 }

@@ -1,15 +1,184 @@
 //! Loads config.json (an OCI runtime spec) and turns it into a validated plan: everything the
-//! container child needs, parsed before it forks.
+//! container child needs, parsed before it forks. This module owns the plan types and their
+//! parsers (namespaces, mount options, capability sets) and depends on no other part of the
+//! container module: namespaces.rs, process.rs and rootfs.rs carry out what it plans.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, PosixRlimitType, Spec};
+use common::cgroup::{Version, VERSION_ANNOTATION};
+use oci_spec::runtime::{Capabilities, LinuxNamespaceType, LinuxResources, PosixRlimitType, Spec};
 
-use super::namespaces::{Ns, NsPlan};
-use super::process::{caps_mask, CapSets};
-use super::rootfs::{parse_options, MountPlan};
 use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ns {
+    Mount,
+    Pid,
+    Net,
+    Ipc,
+    Uts,
+    Cgroup,
+}
+
+impl Ns {
+    pub fn flag(self) -> i32 {
+        match self {
+            Ns::Mount => libc::CLONE_NEWNS,
+            Ns::Pid => libc::CLONE_NEWPID,
+            Ns::Net => libc::CLONE_NEWNET,
+            Ns::Ipc => libc::CLONE_NEWIPC,
+            Ns::Uts => libc::CLONE_NEWUTS,
+            Ns::Cgroup => libc::CLONE_NEWCGROUP,
+        }
+    }
+
+    /// The name under /proc/<pid>/ns/.
+    pub fn proc_name(self) -> &'static str {
+        match self {
+            Ns::Mount => "mnt",
+            Ns::Pid => "pid",
+            Ns::Net => "net",
+            Ns::Ipc => "ipc",
+            Ns::Uts => "uts",
+            Ns::Cgroup => "cgroup",
+        }
+    }
+}
+
+/// One namespace of the container: joined when it has a path, else new.
+#[derive(Clone, Debug)]
+pub struct NsPlan {
+    pub ns: Ns,
+    pub path: Option<PathBuf>,
+}
+
+/// Parsed mount options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountOpts {
+    /// MS_* flags for mount(2), without bind/propagation.
+    pub flags: libc::c_ulong,
+    /// Propagation changes applied after the mount, in order.
+    pub propagation: Vec<libc::c_ulong>,
+    /// Filesystem-specific options (mode=755,size=65536k).
+    pub data: String,
+    pub bind: bool,
+    pub recursive: bool,
+    /// "rro": read-only down to every submount (mount_setattr with AT_RECURSIVE).
+    pub recursive_readonly: bool,
+}
+
+/// Splits OCI mount options into flags, propagation and data.
+pub fn parse_options(options: &[String]) -> MountOpts {
+    let mut o = MountOpts::default();
+    let mut data: Vec<&str> = Vec::new();
+    for opt in options {
+        let (set, clear): (libc::c_ulong, libc::c_ulong) = match opt.as_str() {
+            "ro" => (libc::MS_RDONLY, 0),
+            "rro" => {
+                o.recursive_readonly = true;
+                (libc::MS_RDONLY, 0)
+            }
+            "rw" => {
+                o.recursive_readonly = false;
+                (0, libc::MS_RDONLY)
+            }
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "async" => (0, libc::MS_SYNCHRONOUS),
+            "dirsync" => (libc::MS_DIRSYNC, 0),
+            "mand" => (libc::MS_MANDLOCK, 0),
+            "nomand" => (0, libc::MS_MANDLOCK),
+            "noatime" => (libc::MS_NOATIME, 0),
+            "atime" => (0, libc::MS_NOATIME),
+            "nodiratime" => (libc::MS_NODIRATIME, 0),
+            "diratime" => (0, libc::MS_NODIRATIME),
+            "relatime" => (libc::MS_RELATIME, 0),
+            "norelatime" => (0, libc::MS_RELATIME),
+            "strictatime" => (libc::MS_STRICTATIME, 0),
+            "nostrictatime" => (0, libc::MS_STRICTATIME),
+            "defaults" => (0, 0),
+            "bind" => {
+                o.bind = true;
+                (0, 0)
+            }
+            "rbind" => {
+                o.bind = true;
+                o.recursive = true;
+                (0, 0)
+            }
+            p @ ("private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared"
+            | "unbindable" | "runbindable") => {
+                let rec = if p.starts_with('r') { libc::MS_REC } else { 0 };
+                let kind = match p.trim_start_matches('r') {
+                    "private" => libc::MS_PRIVATE,
+                    "slave" => libc::MS_SLAVE,
+                    "shared" => libc::MS_SHARED,
+                    _ => libc::MS_UNBINDABLE,
+                };
+                o.propagation.push(kind | rec);
+                (0, 0)
+            }
+            other => {
+                data.push(other);
+                (0, 0)
+            }
+        };
+        o.flags = (o.flags | set) & !clear;
+    }
+    o.data = data.join(",");
+    o
+}
+
+/// One mount of the spec.
+#[derive(Clone, Debug)]
+pub struct MountPlan {
+    pub destination: PathBuf,
+    pub typ: String,
+    pub source: Option<PathBuf>,
+    pub opts: MountOpts,
+}
+
+/// The bit mask of a spec capability set (names the capability table does not know are
+/// left out).
+pub fn caps_mask(set: &Option<Capabilities>) -> u64 {
+    set.iter()
+        .flatten()
+        .filter_map(|c| common::caps::number(&c.to_string()))
+        .fold(0, |m, n| m | (1u64 << n))
+}
+
+/// The five capability sets as masks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapSets {
+    pub bounding: u64,
+    pub effective: u64,
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub ambient: u64,
+}
+
+impl CapSets {
+    /// Removes what `allowed` (our own bounding set) lacks; returns what was removed.
+    pub fn clamp(&mut self, allowed: u64) -> u64 {
+        let all = self.bounding | self.effective | self.inheritable | self.permitted | self.ambient;
+        for set in [
+            &mut self.bounding,
+            &mut self.effective,
+            &mut self.inheritable,
+            &mut self.permitted,
+            &mut self.ambient,
+        ] {
+            *set &= allowed;
+        }
+        all & !allowed
+    }
+}
 
 /// The process to run and how.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +228,8 @@ pub struct Plan {
     pub sysctl: Vec<(String, String)>,
     pub log_path: Option<PathBuf>,
     pub stdin: bool,
+    /// The cgroup version corrald decided on (annotation), None when it did not say.
+    pub cgroup_version: Option<Version>,
 }
 
 pub fn load(bundle: &Path) -> Result<Spec> {
@@ -157,6 +328,11 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
         plan.stdin = ann
             .get(proto::annotations::STDIN)
             .is_some_and(|v| v == "true");
+        if let Some(v) = ann.get(VERSION_ANNOTATION) {
+            plan.cgroup_version = Some(Version::parse(v).ok_or_else(|| {
+                Error::Spec(format!("annotation {VERSION_ANNOTATION} is {v:?}, not 1 or 2"))
+            })?);
+        }
     }
     if pause {
         return Ok(plan);
@@ -324,6 +500,86 @@ pub fn merge_env(base: &[String], extra: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn opts(v: &[&str]) -> MountOpts {
+        parse_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_split_into_flags_propagation_and_data() {
+        let o = opts(&["nosuid", "strictatime", "mode=755", "size=65536k"]);
+        assert_eq!(o.flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
+        assert_eq!(o.data, "mode=755,size=65536k");
+        assert!(!o.bind);
+        let o = opts(&["rbind", "ro", "nosuid", "nodev", "noexec", "rslave"]);
+        assert!(o.bind && o.recursive);
+        assert_eq!(
+            o.flags,
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC
+        );
+        assert_eq!(o.propagation, vec![libc::MS_SLAVE | libc::MS_REC]);
+        let o = opts(&["ro", "rw", "bind", "private"]);
+        assert_eq!(o.flags, 0);
+        assert!(o.bind && !o.recursive);
+        assert_eq!(o.propagation, vec![libc::MS_PRIVATE]);
+        let o = opts(&["rbind", "rro", "rprivate"]);
+        assert!(o.bind && o.recursive && o.recursive_readonly);
+        assert_eq!(o.flags, libc::MS_RDONLY);
+        assert_eq!(o.data, "");
+        let o = opts(&["rro", "rw"]);
+        assert!(!o.recursive_readonly && o.flags == 0);
+        let o = opts(&["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]);
+        assert_eq!(o.data, "newinstance,ptmxmode=0666,mode=0620,gid=5");
+    }
+
+    #[test]
+    fn capability_sets_parse() {
+        let set: Capabilities =
+            serde_json::from_str(r#"["CAP_KILL","CAP_SETUID","AUDIT_WRITE"]"#).unwrap();
+        assert_eq!(caps_mask(&Some(set)), (1 << 5) | (1 << 7) | (1 << 29));
+        assert_eq!(caps_mask(&None), 0);
+    }
+
+    #[test]
+    fn clamp_removes_unavailable_caps() {
+        let mut c = CapSets {
+            bounding: 0b111,
+            effective: 0b101,
+            inheritable: 0,
+            permitted: 0b111,
+            ambient: 0b100,
+        };
+        assert_eq!(c.clamp(0b011), 0b100);
+        assert_eq!(
+            c,
+            CapSets {
+                bounding: 0b011,
+                effective: 0b001,
+                inheritable: 0,
+                permitted: 0b011,
+                ambient: 0
+            }
+        );
+    }
+
+    #[test]
+    fn cgroup_version_comes_from_the_annotation() {
+        let with = |ann: &str| -> Result<Plan> {
+            let spec: Spec = serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","annotations":{{{ann}}}}}"#
+            ))
+            .unwrap();
+            plan(&spec, true)
+        };
+        assert_eq!(with("").unwrap().cgroup_version, None);
+        let v1 = format!(r#""{VERSION_ANNOTATION}":"1""#);
+        assert_eq!(with(&v1).unwrap().cgroup_version, Some(Version::V1));
+        let v2 = format!(r#""{VERSION_ANNOTATION}":"2""#);
+        assert_eq!(with(&v2).unwrap().cgroup_version, Some(Version::V2));
+        let bad = format!(r#""{VERSION_ANNOTATION}":"3""#);
+        let err = with(&bad).unwrap_err().to_string();
+        assert!(err.contains(VERSION_ANNOTATION), "{err}");
+    }
 
     #[test]
     fn env_override_by_key() {
