@@ -48,7 +48,7 @@ pub struct Unpacked {
 }
 
 /// Unpacks the (possibly compressed) layer read from `input` into `dest`, which must exist.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn unpack(input: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
     unpack_cancellable(input, dest, &AtomicBool::new(false))
 }

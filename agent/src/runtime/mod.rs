@@ -22,6 +22,8 @@ use tracing::{info, warn};
 pub use self::container::{ContainerFilter, ContainerRecord, ContainerState, ContainerView, CreateContainer, ImageMount, MountRecord, MountRequest, Profile};
 pub use self::pod::{NsMode, PodDns, PodFilter, PodPhase, PodRecord, RunPod};
 pub use self::user::GroupsPolicy;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use self::resolve::resolve_detached;
 
 /// The OCI-level types a CreateContainer request carries.
 pub mod spec_types {

@@ -371,6 +371,31 @@ fn namespaces(i: &Inputs) -> Result<Namespaces> {
     })
 }
 
+/// Resolution of `req` in a fixed pod with a small image, with no host behind it (for the
+/// fuzz targets): whatever the request, an answer and no panic.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn resolve_detached(req: &CreateContainer) -> Result<()> {
+    struct NoHost;
+    impl Host for NoHost {
+        fn device(&self, _path: &str) -> io::Result<DeviceNode> {
+            Ok(DeviceNode { kind: 'c', major: 1, minor: 3, mode: 0o666, uid: 0, gid: 0 })
+        }
+        fn host_devices(&self) -> io::Result<Vec<(String, DeviceNode)>> {
+            Ok(vec![("/dev/null".into(), DeviceNode { kind: 'c', major: 1, minor: 3, mode: 0o666, uid: 0, gid: 0 })])
+        }
+    }
+    let users = UserDb::parse("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n", "root:x:0:\napp:x:1000:\nextra:x:50000:app\n");
+    let image = ImageDefaults { entrypoint: Some(vec!["/bin/sh".into()]), cmd: Some(vec!["-c".into(), "true".into()]), ..Default::default() };
+    let pod = PodRecord { id: "p".into(), hostname: "h".into(), cgroup: "/corral/p".into(), privileged: true, ..Default::default() };
+    let paths = Paths { rootfs: "/b/rootfs".into(), ns_dir: "/s/ns".into(), pod_files: "/s/files".into(), pod_shm: "/s/shm".into(), volumes: "/b/volumes".into() };
+    let volumes: HashMap<usize, ImageVolumeSource> =
+        req.mounts.iter().enumerate().filter(|(_, m)| m.image.is_some()).map(|(n, _)| (n, ImageVolumeSource { id: "sha256:0".into(), layers: vec!["/l/1".into()] })).collect();
+    let inputs = Inputs { id: "c", req, image: &image, pod: &pod, users: &users, host: &NoHost, paths: &paths, image_volumes: &volumes, target_pid: Some(1), log_path: "", rro_supported: true, cgroup_version: None };
+    let resolved = resolve(&inputs)?;
+    spec::container_spec(&resolved.spec).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

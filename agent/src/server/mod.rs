@@ -5,6 +5,9 @@ mod convert;
 mod image;
 mod runtime;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub use convert::create_container_request;
+
 use std::pin::Pin;
 use std::sync::Arc;
 
