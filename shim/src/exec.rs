@@ -23,8 +23,9 @@ use crate::error::{errno_display, Fail};
 use crate::sys;
 use crate::syscall::{Linux, Syscall};
 
-/// Output kept per stream; the rest is read and dropped.
-pub const MAX_OUTPUT: usize = 16 << 20;
+/// Output kept per stream; the rest is read and dropped (as CRI-O and dockershim cap it). Both
+/// streams together stay under the 16 MiB of a shim frame and of a CRI message.
+pub const MAX_OUTPUT: usize = (8 << 20) - (64 << 10);
 /// How long output is still read after the command exited.
 const DRAIN: Duration = Duration::from_millis(100);
 
@@ -180,6 +181,7 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
         stdout: outcome.stdout,
         stderr: outcome.stderr,
         exit_code: sys::decode_status(status).0,
+        truncated: outcome.truncated,
     })
 }
 
@@ -265,6 +267,8 @@ struct Outcome {
     failure: Option<Record>,
     error: Option<String>,
     timed_out: bool,
+    /// Output beyond MAX_OUTPUT was dropped.
+    truncated: bool,
 }
 
 /// Reads output and status until the command ended plus the drain, or the timeout.
@@ -343,6 +347,7 @@ fn collect(out: OwnedFd, err: OwnedFd, st: OwnedFd, timeout: Option<Duration>) -
                     let dst = if i == 0 { &mut o.stdout } else { &mut o.stderr };
                     let room = MAX_OUTPUT.saturating_sub(dst.len());
                     dst.extend_from_slice(&buf[..n.min(room)]);
+                    o.truncated |= n > room;
                 }
                 _ => {
                     records.extend_from_slice(&buf[..n]);

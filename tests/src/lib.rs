@@ -36,6 +36,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A bound on each CRI call, so that a hung corrald fails a test instead of hanging the suite.
 const RPC_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The largest CRI message a client takes, as the kubelet's (16 MiB).
+pub const CRI_MESSAGE_MAX: usize = 16 << 20;
+
 pub type Runtime = RuntimeServiceClient<Channel>;
 pub type Images = ImageServiceClient<Channel>;
 
@@ -247,10 +250,11 @@ impl Corrald {
             }
             if self.socket.exists() {
                 if let Ok(channel) = connect(&self.socket).await {
-                    let mut rt = RuntimeServiceClient::new(channel.clone());
+                    // The kubelet's limit on a CRI answer (ExecSync output, lists).
+                    let mut rt = RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(CRI_MESSAGE_MAX);
                     if rt.version(cri::VersionRequest::default()).await.is_ok() {
                         self.runtime = Some(rt);
-                        self.images = Some(ImageServiceClient::new(channel));
+                        self.images = Some(ImageServiceClient::new(channel).max_decoding_message_size(CRI_MESSAGE_MAX));
                         return;
                     }
                 }

@@ -210,3 +210,22 @@ async fn a_pod_whose_pid_1_died_is_not_ready() {
     node.remove_pod(&pod).await.unwrap();
     assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
 }
+
+#[tokio::test]
+async fn exec_output_over_the_cap_is_cut_and_the_shim_stays_usable() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("bigexec", cri::NamespaceMode::Container).await;
+    let c = node.run(&pod, &pc, node.container_config("c", &["sleep", "3600"])).await;
+    // 20 MiB of stdout and 1 MiB of stderr: over the cap (8 MiB less 64 KiB per stream), and over
+    // a 16 MiB frame together if nothing cut them.
+    let out = node.exec(&c, &["sh", "-c", "head -c 20971520 /dev/zero; head -c 1048576 /dev/zero >&2; exit 7"], 60).await.expect("ExecSync with 21 MiB of output");
+    assert_eq!(out.exit_code, 7);
+    assert_eq!(out.stdout.len(), (8 << 20) - (64 << 10));
+    assert_eq!(out.stderr.len(), 1 << 20);
+    // The shim answers the next request as ever.
+    assert_eq!(node.sh(&c, "echo after").await, "after");
+    node.remove_pod(&pod).await.unwrap();
+    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+}
