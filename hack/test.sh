@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds corral and runs every test of the workspace as root, with the local test registries
-# and images started for the run and stopped afterwards.
+# Checks the formatting (rustfmt.toml) and the lints (clippy, warnings are errors), builds corral
+# and runs every test of the workspace as root, with the local test registries and images
+# started for the run and stopped afterwards.
 #
 #   hack/test.sh [cargo test args...]
 set -euo pipefail
@@ -12,6 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 hack/install-deps.sh
+# Style and lints first: they fail in seconds, the tests take minutes.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 
 envdir=$(mktemp -d /tmp/corral-test-env.XXXXXX)

@@ -84,9 +84,7 @@ impl Config {
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                return Ok(Config::default())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Config::default()),
             Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
         };
         Config::parse(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
@@ -104,7 +102,10 @@ impl Config {
             }
         }
         if !self.cgroup_parent.starts_with('/') {
-            return Err(ConfigError::Invalid(format!("cgroup_parent must start with '/', got {:?}", self.cgroup_parent)));
+            return Err(ConfigError::Invalid(format!(
+                "cgroup_parent must start with '/', got {:?}",
+                self.cgroup_parent
+            )));
         }
         for (host, mirror) in &self.registry.mirrors {
             for endpoint in &mirror.endpoints {

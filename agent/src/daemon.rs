@@ -152,7 +152,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         state: cfg.state.clone(),
         shim: shim_path(&cfg.shim_path),
         cgroup_parent: cfg.cgroup_parent.clone(),
-        cni: Arc::new(cni::Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone(), cfg.root.join("cni").join("results"))),
+        cni: Arc::new(cni::Cni::new(
+            cfg.cni_conf_dir.clone(),
+            cfg.cni_bin_dirs.clone(),
+            cfg.root.join("cni").join("results"),
+        )),
     };
     let rt = runtime::Runtime::open(rt_config, Arc::clone(&store), Arc::clone(&images)).await?;
     let listener = bind(&cfg.listen).await?;

@@ -38,7 +38,8 @@ pub fn layer(data: &[u8]) {
         return;
     }
     let _ = crate::image::unpack::unpack(data, &dest);
-    let beside: Vec<_> = std::fs::read_dir(dir.path()).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let beside: Vec<_> =
+        std::fs::read_dir(dir.path()).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert_eq!(beside, vec![std::ffi::OsString::from("fs")], "a layer wrote outside its directory");
 }
 

@@ -31,13 +31,23 @@ impl RootLock {
     pub fn acquire(root: &Path, wait: Duration) -> Result<RootLock, LockError> {
         let path = root.join("corrald.lock");
         let io_err = |source| LockError::Io { path: path.display().to_string(), source };
-        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io_err)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err)?;
         let deadline = Instant::now() + wait;
         let mut said = false;
         while !try_flock(&file).map_err(io_err)? {
             let holder = std::fs::read_to_string(&path).map(|s| format!(" by pid {}", s.trim())).unwrap_or_default();
             if Instant::now() >= deadline {
-                return Err(LockError::Held { root: root.display().to_string(), path: path.display().to_string(), holder });
+                return Err(LockError::Held {
+                    root: root.display().to_string(),
+                    path: path.display().to_string(),
+                    holder,
+                });
             }
             if !said {
                 tracing::warn!(lock = %path.display(), "the root lock is held{holder}; waiting up to {wait:?} for it (a corrald that was just killed still holds it while it exits)");
@@ -74,7 +84,13 @@ mod tests {
     /// Another holder of the lock: flock locks belong to an open file description, so a second
     /// open in this process contends like another process would.
     fn hold(root: &Path) -> File {
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(root.join("corrald.lock")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(root.join("corrald.lock"))
+            .unwrap();
         assert!(try_flock(&f).unwrap());
         f
     }

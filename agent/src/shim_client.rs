@@ -74,10 +74,19 @@ impl Shim {
     }
 
     /// Sends one request and reads its answer; `timeout` None waits as long as it takes.
-    pub async fn call(&self, what: &'static str, kind: request::Kind, timeout: Option<Duration>) -> Result<response::Kind, ShimError> {
+    pub async fn call(
+        &self,
+        what: &'static str,
+        kind: request::Kind,
+        timeout: Option<Duration>,
+    ) -> Result<response::Kind, ShimError> {
         let fut = self.round_trip(Request { kind: Some(kind) });
         let resp = match timeout {
-            Some(after) => tokio::time::timeout(after, fut).await.map_err(|_| ShimError::Timeout { id: self.id.clone(), what, after })?,
+            Some(after) => tokio::time::timeout(after, fut).await.map_err(|_| ShimError::Timeout {
+                id: self.id.clone(),
+                what,
+                after,
+            })?,
             None => fut.await,
         }
         .map_err(|source| ShimError::Unreachable { id: self.id.clone(), source })?;
@@ -109,7 +118,9 @@ impl Shim {
     }
 
     pub async fn kill(&self, signal: i32, all: bool) -> Result<(), ShimError> {
-        self.call("Kill", request::Kind::Kill(proto::v1::KillRequest { signal, all }), Some(Duration::from_secs(10))).await.map(|_| ())
+        self.call("Kill", request::Kind::Kill(proto::v1::KillRequest { signal, all }), Some(Duration::from_secs(10)))
+            .await
+            .map(|_| ())
     }
 
     /// Waits for the exit; `None` waits forever. Err(Timeout) when it did not exit in time.
@@ -136,11 +147,15 @@ impl Shim {
     }
 
     pub async fn reopen_log(&self) -> Result<(), ShimError> {
-        self.call("ReopenLog", request::Kind::ReopenLog(Default::default()), Some(Duration::from_secs(10))).await.map(|_| ())
+        self.call("ReopenLog", request::Kind::ReopenLog(Default::default()), Some(Duration::from_secs(10)))
+            .await
+            .map(|_| ())
     }
 
     pub async fn shutdown(&self) -> Result<(), ShimError> {
-        self.call("Shutdown", request::Kind::Shutdown(Default::default()), Some(Duration::from_secs(10))).await.map(|_| ())
+        self.call("Shutdown", request::Kind::Shutdown(Default::default()), Some(Duration::from_secs(10)))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -181,7 +181,11 @@ impl Store {
 }
 
 fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { table: table.name(), key: key.to_string(), source })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        table: table.name(),
+        key: key.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

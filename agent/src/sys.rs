@@ -127,7 +127,8 @@ pub async fn process_exit(pid: u32) -> io::Result<()> {
     let fd = pidfd_open(pid)?;
     // SAFETY: the descriptor is owned by the value handed over and stays open, referring to the
     // same pidfd, until the AsyncFd (which owns it) is dropped.
-    let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+    let watched = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
     let _ready = watched.readable().await?;
     Ok(())
 }

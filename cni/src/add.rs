@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::config::{validate_ports, Env, NetConf, Port};
 use crate::ipam::Ipam;
 use crate::iptables::Family;
+use crate::lock::AttachmentLock;
 use crate::netlink;
 use crate::netns::Netns;
-use crate::lock::AttachmentLock;
 use crate::rules::{self, rule_sets, Owner, RuleSet};
 use crate::spec::{code, CniError, CniResult, Interface, Route};
 use crate::sysctl;
@@ -83,25 +83,12 @@ impl<'a> AddContext<'a> {
         if netlink::link_by_name(&nsh, &env.ifname).await?.is_some() {
             return Err(CniError::new(
                 code::INVALID_ENV,
-                format!(
-                    "CNI_IFNAME: interface {} already exists in {}",
-                    env.ifname, env.netns
-                ),
+                format!("CNI_IFNAME: interface {} already exists in {}", env.ifname, env.netns),
             ));
         }
         let host = netlink::connect()?;
         let owner = Owner::new(&conf.name, &env.container_id, &env.ifname);
-        Ok(AddContext {
-            conf,
-            raw,
-            env,
-            ipam,
-            ports,
-            owner,
-            host,
-            nsh,
-            ns,
-        })
+        Ok(AddContext { conf, raw, env, ipam, ports, owner, host, nsh, ns })
     }
 
     async fn run(&self, progress: &mut Progress) -> Result<CniResult, CniError> {
@@ -109,10 +96,7 @@ impl<'a> AddContext<'a> {
         let mut result = self.ipam.add(conf, self.raw, self.env)?;
         progress.ipam = true;
         if result.ips.is_empty() {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                "IPAM returned no addresses",
-            ));
+            return Err(CniError::new(code::INVALID_CONFIG, "IPAM returned no addresses"));
         }
         if conf.is_default_gateway {
             add_default_routes(&mut result)?;
@@ -139,16 +123,7 @@ impl<'a> AddContext<'a> {
 
     /// Bridge, veth, addresses, routes and sysctls; fills in the result's interfaces.
     async fn links(&self, progress: &mut Progress, result: &mut CniResult) -> Result<(), CniError> {
-        let AddContext {
-            conf,
-            env,
-            ns,
-            host,
-            nsh,
-            owner,
-            ports,
-            ..
-        } = self;
+        let AddContext { conf, env, ns, host, nsh, owner, ports, .. } = self;
         let is_gw = conf.is_gateway || conf.is_default_gateway;
 
         let bridge = netlink::ensure_bridge(host, &conf.bridge, conf.mtu, conf.promisc_mode).await?;
@@ -173,24 +148,13 @@ impl<'a> AddContext<'a> {
         }
         let cif = netlink::link_by_name(nsh, &env.ifname)
             .await?
-            .ok_or_else(|| {
-                CniError::new(
-                    code::INTERNAL,
-                    format!("{} vanished from {}", env.ifname, env.netns),
-                )
-            })?;
+            .ok_or_else(|| CniError::new(code::INTERNAL, format!("{} vanished from {}", env.ifname, env.netns)))?;
 
         for ip in &result.ips {
             netlink::add_addr(nsh, cif.index, ip.address, false).await?;
         }
         netlink::set_up(nsh, cif.index).await?;
-        let gw_of = |v6: bool| {
-            result
-                .ips
-                .iter()
-                .find(|i| i.address.addr().is_ipv6() == v6)
-                .and_then(|i| i.gateway)
-        };
+        let gw_of = |v6: bool| result.ips.iter().find(|i| i.address.addr().is_ipv6() == v6).and_then(|i| i.gateway);
         for r in &result.routes {
             let v6 = r.dst.addr().is_ipv6();
             let gw = r.gw.or_else(|| gw_of(v6));
@@ -218,21 +182,9 @@ impl<'a> AddContext<'a> {
             None => bridge.mac,
         };
         result.interfaces = vec![
-            Interface {
-                name: conf.bridge.clone(),
-                mac: bridge_mac,
-                sandbox: None,
-            },
-            Interface {
-                name: host_name,
-                mac: hveth.mac,
-                sandbox: None,
-            },
-            Interface {
-                name: env.ifname.clone(),
-                mac: cif.mac,
-                sandbox: Some(env.netns.clone()),
-            },
+            Interface { name: conf.bridge.clone(), mac: bridge_mac, sandbox: None },
+            Interface { name: host_name, mac: hveth.mac, sandbox: None },
+            Interface { name: env.ifname.clone(), mac: cif.mac, sandbox: Some(env.netns.clone()) },
         ];
         if result.dns.is_none() {
             result.dns = conf.dns.clone();
@@ -241,15 +193,7 @@ impl<'a> AddContext<'a> {
     }
 
     async fn undo(&self, p: Progress) {
-        let AddContext {
-            conf,
-            raw,
-            env,
-            ipam,
-            host,
-            owner,
-            ..
-        } = self;
+        let AddContext { conf, raw, env, ipam, host, owner, .. } = self;
         if !p.rules.is_empty() {
             let fams: Vec<Family> = p.rules.iter().map(|(f, _)| *f).collect();
             let _ = rules::remove(owner, &p.rules, &fams);
@@ -271,21 +215,14 @@ fn add_default_routes(result: &mut CniResult) -> Result<(), CniError> {
     for ip in &result.ips {
         let Some(gw) = ip.gateway else { continue };
         let dst: IpNet = match gw {
-            IpAddr::V4(_) => "0.0.0.0/0"
-                .parse()
-                .map_err(|_| CniError::new(code::INTERNAL, "default route"))?,
-            IpAddr::V6(_) => "::/0"
-                .parse()
-                .map_err(|_| CniError::new(code::INTERNAL, "default route"))?,
+            IpAddr::V4(_) => "0.0.0.0/0".parse().map_err(|_| CniError::new(code::INTERNAL, "default route"))?,
+            IpAddr::V6(_) => "::/0".parse().map_err(|_| CniError::new(code::INTERNAL, "default route"))?,
         };
         if let Some(r) = result.routes.iter().find(|r| r.dst == dst) {
             if r.gw.is_some_and(|g| g != gw) {
                 return Err(CniError::new(
                     code::INVALID_CONFIG,
-                    format!(
-                        "isDefaultGateway ineffective because IPAM sets default route via {:?}",
-                        r.gw
-                    ),
+                    format!("isDefaultGateway ineffective because IPAM sets default route via {:?}", r.gw),
                 ));
             }
             continue;

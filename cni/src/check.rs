@@ -31,21 +31,12 @@ pub async fn check(conf: &NetConf, _raw: &Value, env: &Env) -> Result<(), CniErr
     let ips: Vec<IpNet> = match (&prev, &held) {
         (Some(p), _) if !p.ips.is_empty() => p.ips.iter().map(|i| i.address).collect(),
         (_, Some(h)) => h.clone(),
-        _ => {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                "CHECK needs a prevResult",
-            ))
-        }
+        _ => return Err(CniError::new(code::INVALID_CONFIG, "CHECK needs a prevResult")),
     };
     if let Some(h) = &held {
         for ip in &ips {
             if !h.iter().any(|a| a.addr() == ip.addr()) {
-                return Err(failed(format!(
-                    "address {} is not allocated to {}",
-                    ip.addr(),
-                    env.container_id
-                )));
+                return Err(failed(format!("address {} is not allocated to {}", ip.addr(), env.container_id)));
             }
         }
     }
@@ -54,12 +45,7 @@ pub async fn check(conf: &NetConf, _raw: &Value, env: &Env) -> Result<(), CniErr
     let nsh = netlink::connect_in(&ns)?;
     let cif = netlink::link_by_name(&nsh, &env.ifname)
         .await?
-        .ok_or_else(|| {
-            failed(format!(
-                "interface {} not found in {}",
-                env.ifname, env.netns
-            ))
-        })?;
+        .ok_or_else(|| failed(format!("interface {} not found in {}", env.ifname, env.netns)))?;
     let have = netlink::addrs(&nsh, cif.index).await?;
     for ip in &ips {
         if !have.contains(ip) {
@@ -69,13 +55,7 @@ pub async fn check(conf: &NetConf, _raw: &Value, env: &Env) -> Result<(), CniErr
     if let Some(p) = &prev {
         let gw_of = |v6: bool| ips_gw(p, v6);
         for r in &p.routes {
-            check_route(
-                &nsh,
-                cif.index,
-                r,
-                r.gw.or_else(|| gw_of(r.dst.addr().is_ipv6())),
-            )
-            .await?;
+            check_route(&nsh, cif.index, r, r.gw.or_else(|| gw_of(r.dst.addr().is_ipv6()))).await?;
         }
     }
 
@@ -87,10 +67,7 @@ pub async fn check(conf: &NetConf, _raw: &Value, env: &Env) -> Result<(), CniErr
         .await?
         .ok_or_else(|| failed(format!("host veth {} not found", owner.host_veth())))?;
     if hveth.controller != Some(bridge.index) {
-        return Err(failed(format!(
-            "host veth {} is not on bridge {}",
-            hveth.name, conf.bridge
-        )));
+        return Err(failed(format!("host veth {} is not on bridge {}", hveth.name, conf.bridge)));
     }
 
     if let (true, Ipam::HostLocal(h)) = (conf.ip_masq, &ipam) {
@@ -106,39 +83,22 @@ pub async fn check(conf: &NetConf, _raw: &Value, env: &Env) -> Result<(), CniErr
             }
         }
         let comment = owner.comment();
-        let n = table
-            .rules
-            .iter()
-            .filter(|r| NatTable::comment(r) == Some(comment.as_str()))
-            .count();
+        let n = table.rules.iter().filter(|r| NatTable::comment(r) == Some(comment.as_str())).count();
         let want = rs.chain_rules.len() + rs.builtin_rules.len();
         if n < want {
-            return Err(failed(format!(
-                "{fam:?} nat rules of {} missing ({n} of {want})",
-                env.container_id
-            )));
+            return Err(failed(format!("{fam:?} nat rules of {} missing ({n} of {want})", env.container_id)));
         }
     }
     Ok(())
 }
 
 fn ips_gw(p: &CniResult, v6: bool) -> Option<IpAddr> {
-    p.ips
-        .iter()
-        .find(|i| i.address.addr().is_ipv6() == v6)
-        .and_then(|i| i.gateway)
+    p.ips.iter().find(|i| i.address.addr().is_ipv6() == v6).and_then(|i| i.gateway)
 }
 
-async fn check_route(
-    h: &rtnetlink::Handle,
-    index: u32,
-    r: &Route,
-    gw: Option<IpAddr>,
-) -> Result<(), CniError> {
+async fn check_route(h: &rtnetlink::Handle, index: u32, r: &Route, gw: Option<IpAddr>) -> Result<(), CniError> {
     let routes = netlink::routes(h, r.dst.addr().is_ipv6()).await?;
-    let found = routes
-        .iter()
-        .any(|x| x.dst == r.dst && x.oif == Some(index) && (gw.is_none() || x.gw == gw));
+    let found = routes.iter().any(|x| x.dst == r.dst && x.oif == Some(index) && (gw.is_none() || x.gw == gw));
     if found {
         Ok(())
     } else {

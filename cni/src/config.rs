@@ -90,20 +90,16 @@ pub fn valid_ifname(s: &str) -> bool {
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '"' | '\'' | '\\'))
+        && s.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '"' | '\'' | '\\'))
 }
 
 impl NetConf {
     /// Parses and validates the stdin config. Returns the config and the raw JSON
     /// (handed to delegated IPAM plugins).
     pub fn parse(bytes: &[u8]) -> Result<(NetConf, Value), CniError> {
-        let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
-            CniError::new(code::DECODE, format!("invalid network config JSON: {e}"))
-        })?;
-        let obj = raw
-            .as_object()
-            .ok_or_else(|| CniError::new(code::DECODE, "network config is not a JSON object"))?;
+        let raw: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::new(code::DECODE, format!("invalid network config JSON: {e}")))?;
+        let obj = raw.as_object().ok_or_else(|| CniError::new(code::DECODE, "network config is not a JSON object"))?;
         let version = match obj.get("cniVersion") {
             Some(Value::String(v)) if !v.is_empty() => v.clone(),
             _ => return Err(CniError::new(code::INVALID_CONFIG, "missing cniVersion")),
@@ -120,45 +116,24 @@ impl NetConf {
         for key in ["name", "type"] {
             match obj.get(key) {
                 Some(Value::String(s)) if !s.is_empty() => {}
-                _ => {
-                    return Err(CniError::new(
-                        code::INVALID_CONFIG,
-                        format!("missing network {key}"),
-                    ))
-                }
+                _ => return Err(CniError::new(code::INVALID_CONFIG, format!("missing network {key}"))),
             }
         }
-        let conf: NetConf = serde_json::from_value(raw.clone()).map_err(|e| {
-            CniError::new(
-                code::DECODE,
-                format!("failed to decode network config: {e}"),
-            )
-        })?;
+        let conf: NetConf = serde_json::from_value(raw.clone())
+            .map_err(|e| CniError::new(code::DECODE, format!("failed to decode network config: {e}")))?;
         if !valid_identifier(&conf.name) {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!("invalid network name {:?}", conf.name),
-            ));
+            return Err(CniError::new(code::INVALID_CONFIG, format!("invalid network name {:?}", conf.name)));
         }
         if !valid_ifname(&conf.bridge) {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!("invalid bridge name {:?}", conf.bridge),
-            ));
+            return Err(CniError::new(code::INVALID_CONFIG, format!("invalid bridge name {:?}", conf.bridge)));
         }
         if let Some(mtu) = conf.mtu {
             if !(68..=65535).contains(&mtu) {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    format!("invalid mtu {mtu}"),
-                ));
+                return Err(CniError::new(code::INVALID_CONFIG, format!("invalid mtu {mtu}")));
             }
         }
         if conf.vlan.is_some_and(|v| v != 0) {
-            return Err(CniError::new(
-                code::UNSUPPORTED_FIELD,
-                "vlan is not supported by corral-cni",
-            ));
+            return Err(CniError::new(code::UNSUPPORTED_FIELD, "vlan is not supported by corral-cni"));
         }
         Ok((conf, raw))
     }
@@ -193,10 +168,7 @@ impl Env {
     }
 
     fn missing(var: &str) -> CniError {
-        CniError::new(
-            code::INVALID_ENV,
-            format!("required env variable {var} missing"),
-        )
+        CniError::new(code::INVALID_ENV, format!("required env variable {var} missing"))
     }
 
     /// Validates what ADD, CHECK and DEL need; `need_netns` for ADD and CHECK.
@@ -205,19 +177,13 @@ impl Env {
             return Err(Self::missing("CNI_CONTAINERID"));
         }
         if !valid_identifier(&self.container_id) {
-            return Err(CniError::new(
-                code::INVALID_ENV,
-                format!("invalid CNI_CONTAINERID {:?}", self.container_id),
-            ));
+            return Err(CniError::new(code::INVALID_ENV, format!("invalid CNI_CONTAINERID {:?}", self.container_id)));
         }
         if self.ifname.is_empty() {
             return Err(Self::missing("CNI_IFNAME"));
         }
         if !valid_ifname(&self.ifname) {
-            return Err(CniError::new(
-                code::INVALID_ENV,
-                format!("invalid CNI_IFNAME {:?}", self.ifname),
-            ));
+            return Err(CniError::new(code::INVALID_ENV, format!("invalid CNI_IFNAME {:?}", self.ifname)));
         }
         if need_netns && self.netns.is_empty() {
             return Err(Self::missing("CNI_NETNS"));
@@ -245,12 +211,7 @@ pub fn validate_ports(maps: &[PortMapping]) -> Result<Vec<Port>, CniError> {
                     .filter(|p| *p != 0)
                     .ok_or_else(|| bad(format!("invalid {what} {p} in portMappings")))
             };
-            let proto = match m
-                .protocol
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
+            let proto = match m.protocol.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None | Some("") | Some("tcp") => "tcp",
                 Some("udp") => "udp",
                 Some(p) => return Err(bad(format!("unsupported protocol {p:?} in portMappings"))),
@@ -258,9 +219,7 @@ pub fn validate_ports(maps: &[PortMapping]) -> Result<Vec<Port>, CniError> {
             let host_ip = match m.host_ip.as_deref() {
                 None | Some("") => None,
                 Some(ip) => {
-                    let ip: IpAddr = ip
-                        .parse()
-                        .map_err(|_| bad(format!("invalid hostIP {ip:?} in portMappings")))?;
+                    let ip: IpAddr = ip.parse().map_err(|_| bad(format!("invalid hostIP {ip:?} in portMappings")))?;
                     if ip.is_unspecified() {
                         None
                     } else {
@@ -285,55 +244,29 @@ mod tests {
     #[test]
     fn parse_errors() {
         assert_eq!(NetConf::parse(b"{").unwrap_err().code, code::DECODE);
+        assert_eq!(NetConf::parse(br#"{"name":"a","type":"b"}"#).unwrap_err().code, code::INVALID_CONFIG);
         assert_eq!(
-            NetConf::parse(br#"{"name":"a","type":"b"}"#)
-                .unwrap_err()
-                .code,
-            code::INVALID_CONFIG
-        );
-        assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"9.9.9","name":"a","type":"b"}"#)
-                .unwrap_err()
-                .code,
+            NetConf::parse(br#"{"cniVersion":"9.9.9","name":"a","type":"b"}"#).unwrap_err().code,
             code::INCOMPATIBLE_VERSION
         );
+        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","type":"b"}"#).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","name":"a"}"#).unwrap_err().code, code::INVALID_CONFIG);
         assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"1.0.0","type":"b"}"#)
-                .unwrap_err()
-                .code,
-            code::INVALID_CONFIG
-        );
-        assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"a"}"#)
-                .unwrap_err()
-                .code,
-            code::INVALID_CONFIG
-        );
-        assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"a","type":"b","mtu":"x"}"#)
-                .unwrap_err()
-                .code,
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"a","type":"b","mtu":"x"}"#).unwrap_err().code,
             code::DECODE
         );
         assert_eq!(
-            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"../x","type":"b"}"#)
-                .unwrap_err()
-                .code,
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"../x","type":"b"}"#).unwrap_err().code,
             code::INVALID_CONFIG
         );
-        let (c, _) =
-            NetConf::parse(br#"{"cniVersion":"0.3.1","name":"n","type":"corral-cni"}"#).unwrap();
+        let (c, _) = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"n","type":"corral-cni"}"#).unwrap();
         assert_eq!(c.bridge, "cni0");
     }
 
     #[test]
     fn ports() {
-        let pm = |h, c, p: &str| PortMapping {
-            host_port: h,
-            container_port: c,
-            protocol: Some(p.into()),
-            host_ip: None,
-        };
+        let pm =
+            |h, c, p: &str| PortMapping { host_port: h, container_port: c, protocol: Some(p.into()), host_ip: None };
         assert!(validate_ports(&[pm(8080, 80, "TCP"), pm(53, 53, "udp")]).is_ok());
         assert!(validate_ports(&[pm(0, 80, "tcp")]).is_err());
         assert!(validate_ports(&[pm(70000, 80, "tcp")]).is_err());

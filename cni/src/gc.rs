@@ -22,12 +22,7 @@ pub async fn gc(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> 
         .iter()
         .cloned()
         .collect();
-    let is_valid = |o: &Owner| {
-        valid.contains(&Attachment {
-            container_id: o.id.clone(),
-            ifname: o.ifname.clone(),
-        })
-    };
+    let is_valid = |o: &Owner| valid.contains(&Attachment { container_id: o.id.clone(), ifname: o.ifname.clone() });
     let mut stale: BTreeSet<Owner> = BTreeSet::new();
 
     match Ipam::from_conf(conf)? {
@@ -39,10 +34,8 @@ pub async fn gc(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> 
 
     for fam in [Family::V4, Family::V6] {
         let table = NatTable::parse(&iptables::save_nat(fam)?);
-        let owners: Vec<Owner> = rules::owners_in_table(&table, &conf.name)
-            .into_iter()
-            .filter(|o| !is_valid(o))
-            .collect();
+        let owners: Vec<Owner> =
+            rules::owners_in_table(&table, &conf.name).into_iter().filter(|o| !is_valid(o)).collect();
         let lines = rules::del_lines_from_table(&table, &owners);
         iptables::restore_nat(fam, &lines)?;
         stale.extend(owners);
@@ -60,11 +53,7 @@ pub async fn gc(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> 
 /// Releases the allocations of stale attachments; then, still under the store's lock, the
 /// network's masquerade set goes if no allocation is left, else it is checked against the
 /// live table and restored where something removed it.
-fn gc_host_local(
-    h: &HostLocal,
-    conf: &NetConf,
-    is_valid: &dyn Fn(&Owner) -> bool,
-) -> Result<Vec<Owner>, CniError> {
+fn gc_host_local(h: &HostLocal, conf: &NetConf, is_valid: &dyn Fn(&Owner) -> bool) -> Result<Vec<Owner>, CniError> {
     let net = conf.name.as_str();
     // No store, no allocation ever, nothing installed: and without its lock a removal here
     // could race the network's first ADD.

@@ -55,16 +55,11 @@ impl Pending {
         let Some(child) = self.child else {
             return Ok(());
         };
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::Spawn(self.bin, e))?;
+        let out = child.wait_with_output().map_err(|e| Error::Spawn(self.bin, e))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(Error::Failed(
-                self.bin,
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ))
+            Err(Error::Failed(self.bin, String::from_utf8_lossy(&out.stderr).trim().to_string()))
         }
     }
 }
@@ -97,10 +92,7 @@ pub fn spawn_restore(family: Family, rules: &[String]) -> Result<Pending, Error>
             return Err(Error::Spawn(bin, e));
         }
     }
-    Ok(Pending {
-        bin,
-        child: Some(child),
-    })
+    Ok(Pending { bin, child: Some(child) })
 }
 
 /// Applies `rules` in one transaction and waits for it.
@@ -111,33 +103,20 @@ pub fn restore_nat(family: Family, rules: &[String]) -> Result<(), Error> {
 /// Checks that `iptables-restore` of the family can be run.
 pub fn available(family: Family) -> Result<(), Error> {
     let bin = family.restore_bin();
-    let out = command(bin)
-        .arg("--version")
-        .output()
-        .map_err(|e| Error::Spawn(bin, e))?;
+    let out = command(bin).arg("--version").output().map_err(|e| Error::Spawn(bin, e))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Failed(
-            bin,
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        Err(Error::Failed(bin, String::from_utf8_lossy(&out.stderr).trim().to_string()))
     }
 }
 
 /// The nat table as `iptables-save` prints it.
 pub fn save_nat(family: Family) -> Result<String, Error> {
     let bin = family.save_bin();
-    let out = command(bin)
-        .args(["-t", "nat"])
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| Error::Spawn(bin, e))?;
+    let out = command(bin).args(["-t", "nat"]).stderr(Stdio::piped()).output().map_err(|e| Error::Spawn(bin, e))?;
     if !out.status.success() {
-        return Err(Error::Failed(
-            bin,
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+        return Err(Error::Failed(bin, String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

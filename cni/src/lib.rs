@@ -31,15 +31,7 @@ pub type Output = Option<Value>;
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, (CniError, String)> {
     let latest = spec::LATEST.to_string();
     match env.command.as_str() {
-        "" => {
-            return Err((
-                CniError::new(
-                    code::INVALID_ENV,
-                    "required env variable CNI_COMMAND missing",
-                ),
-                latest,
-            ))
-        }
+        "" => return Err((CniError::new(code::INVALID_ENV, "required env variable CNI_COMMAND missing"), latest)),
         "VERSION" => {
             let v = serde_json::from_slice::<Value>(stdin)
                 .ok()
@@ -50,10 +42,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, (CniError, String)> {
         }
         "ADD" | "DEL" | "CHECK" | "GC" | "STATUS" => {}
         other => {
-            return Err((
-                CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND: {other}")),
-                latest,
-            ));
+            return Err((CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND: {other}")), latest));
         }
     }
     let (conf, raw) = NetConf::parse(stdin).map_err(|e| {
@@ -70,10 +59,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, (CniError, String)> {
             Ok(())
         } else {
             Err((
-                CniError::new(
-                    code::INCOMPATIBLE_VERSION,
-                    format!("config version {version} does not allow {verb}"),
-                ),
+                CniError::new(code::INCOMPATIBLE_VERSION, format!("config version {version} does not allow {verb}")),
                 version.clone(),
             ))
         }
@@ -87,17 +73,10 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, (CniError, String)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .map_err(|e| {
-            (
-                CniError::new(code::IO, format!("tokio runtime: {e}")),
-                version.clone(),
-            )
-        })?;
+        .map_err(|e| (CniError::new(code::IO, format!("tokio runtime: {e}")), version.clone()))?;
     let res = rt.block_on(async {
         match env.command.as_str() {
-            "ADD" => add::add(&conf, &raw, env)
-                .await
-                .map(|r| Some(r.to_json(&version))),
+            "ADD" => add::add(&conf, &raw, env).await.map(|r| Some(r.to_json(&version))),
             "DEL" => del::del(&conf, &raw, env).await.map(|_| None),
             "CHECK" => check::check(&conf, &raw, env).await.map(|_| None),
             "GC" => gc::gc(&conf, &raw, env).await.map(|_| None),
@@ -110,17 +89,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, (CniError, String)> {
 /// STATUS: ready when the IPAM is usable and, if rules are needed, iptables is there.
 fn status(conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> {
     if conf.ip_masq || !conf.runtime_config.port_mappings.is_empty() {
-        iptables::available(iptables::Family::V4)
-            .map_err(|e| CniError::new(code::NOT_AVAILABLE, e.to_string()))?;
+        iptables::available(iptables::Family::V4).map_err(|e| CniError::new(code::NOT_AVAILABLE, e.to_string()))?;
     }
     match ipam::Ipam::from_conf(conf)? {
         ipam::Ipam::HostLocal(h) => {
-            std::fs::create_dir_all(h.data_dir.join(&conf.name)).map_err(|e| {
-                CniError::new(
-                    code::NOT_AVAILABLE,
-                    format!("data dir {}: {e}", h.data_dir.display()),
-                )
-            })?;
+            std::fs::create_dir_all(h.data_dir.join(&conf.name))
+                .map_err(|e| CniError::new(code::NOT_AVAILABLE, format!("data dir {}: {e}", h.data_dir.display())))?;
             Ok(())
         }
         ipam::Ipam::Delegate(t) => ipam::delegate::exec(&t, "STATUS", raw, env).map(|_| ()),

@@ -49,13 +49,10 @@ impl AttachmentLock {
                 .mode(0o600)
                 .open(&path)
                 .map_err(io(path.display()))?;
-            flock_exclusive(&f)
-                .map_err(|e| CniError::new(code::IO, format!("lock {}: {e}", path.display())))?;
+            flock_exclusive(&f).map_err(|e| CniError::new(code::IO, format!("lock {}: {e}", path.display())))?;
             let held = f.metadata().map_err(io(path.display()))?;
             match fs::metadata(&path) {
-                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
-                    return Ok(AttachmentLock { file: f, path })
-                }
+                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => return Ok(AttachmentLock { file: f, path }),
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(path.display())(e)),

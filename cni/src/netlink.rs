@@ -6,14 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns::Netns;
 
@@ -80,10 +75,7 @@ pub struct Link {
 }
 
 fn mac_string(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl Link {
@@ -152,12 +144,7 @@ pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<Link>, Error
 }
 
 /// Finds or creates the bridge `name` and brings it up.
-pub async fn ensure_bridge(
-    h: &Handle,
-    name: &str,
-    mtu: Option<u32>,
-    promisc: bool,
-) -> Result<Link, Error> {
+pub async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>, promisc: bool) -> Result<Link, Error> {
     if link_by_name(h, name).await?.is_none() {
         let mut b = LinkBridge::new(name).up();
         if let Some(mtu) = mtu {
@@ -173,24 +160,16 @@ pub async fn ensure_bridge(
             }
         }
     }
-    let link = link_by_name(h, name)
-        .await?
-        .ok_or_else(|| Error::Unexpected(format!("bridge {name} vanished")))?;
+    let link = link_by_name(h, name).await?.ok_or_else(|| Error::Unexpected(format!("bridge {name} vanished")))?;
     if link.kind != Some(InfoKind::Bridge) {
-        return Err(Error::Unexpected(format!(
-            "{name} already exists but is not a bridge"
-        )));
+        return Err(Error::Unexpected(format!("{name} already exists but is not a bridge")));
     }
     if !link.up || promisc {
         let mut m = LinkUnspec::new_with_index(link.index).up();
         if promisc {
             m = m.promiscuous(true);
         }
-        h.link()
-            .set(m.build())
-            .execute()
-            .await
-            .map_err(nl(format!("set bridge {name} up")))?;
+        h.link().set(m.build()).execute().await.map_err(nl(format!("set bridge {name} up")))?;
     }
     Ok(link)
 }
@@ -204,9 +183,7 @@ pub async fn create_veth(
     mtu: Option<u32>,
     bridge: u32,
 ) -> Result<(), Error> {
-    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(peer_name.to_string())
-        .setns_by_fd(ns.raw_fd());
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_string()).setns_by_fd(ns.raw_fd());
     if let Some(mtu) = mtu {
         peer = peer.mtu(mtu);
     }
@@ -221,11 +198,7 @@ pub async fn create_veth(
     peer.attributes.extend([LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]);
     let mut msg = veth.set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
     msg.attributes.extend([LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]);
-    h.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(nl(format!("create veth {host_name}/{peer_name}")))
+    h.link().add(msg).execute().await.map_err(nl(format!("create veth {host_name}/{peer_name}")))
 }
 
 pub async fn set_hairpin(h: &Handle, index: u32, on: bool) -> Result<(), Error> {
@@ -260,12 +233,7 @@ pub async fn rename(h: &Handle, index: u32, name: &str) -> Result<(), Error> {
 }
 
 pub async fn set_down(h: &Handle, index: u32) -> Result<(), Error> {
-    match h
-        .link()
-        .set(LinkUnspec::new_with_index(index).down().build())
-        .execute()
-        .await
-    {
+    match h.link().set(LinkUnspec::new_with_index(index).down().build()).execute().await {
         Ok(()) => Ok(()),
         Err(e) => {
             let err = Error::Netlink(format!("set link {index} down"), e);
@@ -315,17 +283,10 @@ pub async fn del_link(h: &Handle, index: u32) -> Result<(), Error> {
 
 /// Adds `addr` (address/prefix) to a link, without duplicate address detection.
 /// An address already present is fine when `ok_if_exists`.
-pub async fn add_addr(
-    h: &Handle,
-    index: u32,
-    addr: IpNet,
-    ok_if_exists: bool,
-) -> Result<(), Error> {
+pub async fn add_addr(h: &Handle, index: u32, addr: IpNet, ok_if_exists: bool) -> Result<(), Error> {
     let mut req = h.address().add(index, addr.addr(), addr.prefix_len());
     if addr.addr().is_ipv6() {
-        req.message_mut()
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     match req.execute().await {
         Ok(()) => Ok(()),
@@ -360,23 +321,14 @@ pub async fn addrs(h: &Handle, index: u32) -> Result<Vec<IpNet>, Error> {
 }
 
 /// Adds a route through link `index`, via `gw` when given.
-pub async fn add_route(
-    h: &Handle,
-    index: u32,
-    dst: IpNet,
-    gw: Option<IpAddr>,
-) -> Result<(), Error> {
+pub async fn add_route(h: &Handle, index: u32, dst: IpNet, gw: Option<IpAddr>) -> Result<(), Error> {
     let what = format!("add route {dst} via {gw:?}");
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst.addr(), dst.prefix_len())
         .map_err(|e| Error::Unexpected(format!("{what}: {e}")))?
         .output_interface(index);
     match gw {
-        Some(gw) => {
-            b = b
-                .gateway(gw)
-                .map_err(|e| Error::Unexpected(format!("{what}: {e}")))?
-        }
+        Some(gw) => b = b.gateway(gw).map_err(|e| Error::Unexpected(format!("{what}: {e}")))?,
         None => b = b.scope(RouteScope::Link),
     }
     h.route().add(b.build()).execute().await.map_err(nl(what))
@@ -410,16 +362,8 @@ fn route_info(m: &RouteMessage, v6: bool) -> Option<RouteInfo> {
             _ => {}
         }
     }
-    let dst = dst.unwrap_or(if v6 {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    });
-    Some(RouteInfo {
-        dst: IpNet::new(dst, m.header.destination_prefix_length).ok()?,
-        gw,
-        oif,
-    })
+    let dst = dst.unwrap_or(if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) });
+    Some(RouteInfo { dst: IpNet::new(dst, m.header.destination_prefix_length).ok()?, gw, oif })
 }
 
 /// Routes of the main table of one family.

@@ -43,10 +43,7 @@ impl Netns {
         if magic != NSFS_MAGIC {
             return Err(Error::NotNamespace(path.to_string()));
         }
-        let ns = Netns {
-            file,
-            path: path.to_string(),
-        };
+        let ns = Netns { file, path: path.to_string() };
         // setns checks the namespace type for us (EINVAL for a non-network namespace).
         ns.run(|| ()).map_err(|e| match e {
             Error::Enter(p, nix::Error::EINVAL) => Error::NotNamespace(p),
@@ -67,17 +64,11 @@ impl Netns {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| Error::Enter(self.path.clone(), e))?;
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::Enter(self.path.clone(), e))?;
                 Ok(f())
             })
             .join()
-            .unwrap_or_else(|_| {
-                Err(Error::Io(
-                    self.path.clone(),
-                    std::io::Error::other("netns thread panicked"),
-                ))
-            })
+            .unwrap_or_else(|_| Err(Error::Io(self.path.clone(), std::io::Error::other("netns thread panicked"))))
         })
     }
 }

@@ -28,11 +28,7 @@ pub struct Owner {
 
 impl Owner {
     pub fn new(net: &str, id: &str, ifname: &str) -> Owner {
-        Owner {
-            net: net.into(),
-            id: id.into(),
-            ifname: ifname.into(),
-        }
+        Owner { net: net.into(), id: id.into(), ifname: ifname.into() }
     }
 
     pub fn hash(&self) -> String {
@@ -96,18 +92,12 @@ impl RuleSet {
         if masq {
             let chain = owner.masq_chain();
             let mcast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
-            rs.chain_rules
-                .push(format!("-A {chain} -d {subnet} {c} -j RETURN"));
-            rs.chain_rules
-                .push(format!("-A {chain} ! -d {mcast} {c} -j MASQUERADE"));
-            rs.builtin_rules
-                .push(format!("-A POSTROUTING -s {host} {c} -j {chain}"));
+            rs.chain_rules.push(format!("-A {chain} -d {subnet} {c} -j RETURN"));
+            rs.chain_rules.push(format!("-A {chain} ! -d {mcast} {c} -j MASQUERADE"));
+            rs.builtin_rules.push(format!("-A POSTROUTING -s {host} {c} -j {chain}"));
             rs.chains.push(chain);
         }
-        let ports: Vec<&Port> = ports
-            .iter()
-            .filter(|p| p.host_ip.is_none_or(|h| h.is_ipv6() == v6))
-            .collect();
+        let ports: Vec<&Port> = ports.iter().filter(|p| p.host_ip.is_none_or(|h| h.is_ipv6() == v6)).collect();
         if !ports.is_empty() {
             let chain = owner.dnat_chain();
             for p in ports {
@@ -123,17 +113,11 @@ impl RuleSet {
                     hp = p.host_port
                 ));
             }
-            rs.builtin_rules.push(format!(
-                "-A PREROUTING -m addrtype --dst-type LOCAL {c} -j {chain}"
-            ));
-            rs.builtin_rules.push(format!(
-                "-A OUTPUT -m addrtype --dst-type LOCAL {c} -j {chain}"
-            ));
+            rs.builtin_rules.push(format!("-A PREROUTING -m addrtype --dst-type LOCAL {c} -j {chain}"));
+            rs.builtin_rules.push(format!("-A OUTPUT -m addrtype --dst-type LOCAL {c} -j {chain}"));
             if !v6 {
                 // From the host itself (127.0.0.1 via route_localnet): the pod can't answer 127/8.
-                rs.builtin_rules.push(format!(
-                    "-A POSTROUTING -s 127.0.0.0/8 -d {host} {c} -j MASQUERADE"
-                ));
+                rs.builtin_rules.push(format!("-A POSTROUTING -s 127.0.0.0/8 -d {host} {c} -j MASQUERADE"));
             }
             // Hairpin and other pods of the subnet reaching the hostPort.
             rs.builtin_rules
@@ -145,11 +129,7 @@ impl RuleSet {
 
     /// Batch lines creating the set (a re-ADD replaces chain contents).
     pub fn add_lines(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .chains
-            .iter()
-            .map(|c| format!(":{c} - [0:0]"))
-            .collect();
+        let mut out: Vec<String> = self.chains.iter().map(|c| format!(":{c} - [0:0]")).collect();
         out.extend(self.chain_rules.iter().cloned());
         out.extend(self.builtin_rules.iter().cloned());
         out
@@ -157,11 +137,7 @@ impl RuleSet {
 
     /// Batch lines deleting the set (fails as a whole if any rule is missing).
     pub fn del_lines(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .builtin_rules
-            .iter()
-            .map(|r| format!("-D{}", &r[2..]))
-            .collect();
+        let mut out: Vec<String> = self.builtin_rules.iter().map(|r| format!("-D{}", &r[2..])).collect();
         for c in &self.chains {
             out.push(format!("-F {c}"));
             out.push(format!("-X {c}"));
@@ -181,11 +157,7 @@ pub fn rule_sets(
         return Vec::new();
     }
     ips.map(|ip| {
-        let fam = if ip.addr().is_ipv6() {
-            Family::V6
-        } else {
-            Family::V4
-        };
+        let fam = if ip.addr().is_ipv6() { Family::V6 } else { Family::V4 };
         (fam, RuleSet::build(owner, ip, masq, ports))
     })
     .filter(|(_, rs)| !rs.is_empty())
@@ -195,20 +167,13 @@ pub fn rule_sets(
 /// Lines deleting whatever the saved table holds for `owners` (by comment and chain name).
 pub fn del_lines_from_table(table: &NatTable, owners: &[Owner]) -> Vec<String> {
     let comments: BTreeSet<String> = owners.iter().map(Owner::comment).collect();
-    let chains: BTreeSet<String> = owners
-        .iter()
-        .flat_map(|o| [o.masq_chain(), o.dnat_chain()])
-        .collect();
+    let chains: BTreeSet<String> = owners.iter().flat_map(|o| [o.masq_chain(), o.dnat_chain()]).collect();
     del_lines_matching(table, &comments, &chains)
 }
 
 /// Lines deleting the rules with one of `comments` outside `chains`, then flushing and
 /// deleting those of `chains` the table has.
-pub fn del_lines_matching(
-    table: &NatTable,
-    comments: &BTreeSet<String>,
-    chains: &BTreeSet<String>,
-) -> Vec<String> {
+pub fn del_lines_matching(table: &NatTable, comments: &BTreeSet<String>, chains: &BTreeSet<String>) -> Vec<String> {
     let mut out = Vec::new();
     for r in &table.rules {
         let chain = r.split_whitespace().nth(1).unwrap_or_default();
@@ -243,20 +208,15 @@ pub fn start_apply(sets: &[(Family, RuleSet)]) -> Vec<Result<iptables::Pending, 
     [Family::V4, Family::V6]
         .into_iter()
         .map(|fam| {
-            let lines: Vec<String> = sets
-                .iter()
-                .filter(|(f, _)| *f == fam)
-                .flat_map(|(_, rs)| rs.add_lines())
-                .collect();
+            let lines: Vec<String> =
+                sets.iter().filter(|(f, _)| *f == fam).flat_map(|(_, rs)| rs.add_lines()).collect();
             iptables::spawn_restore(fam, &lines)
         })
         .collect()
 }
 
 /// Waits for every batch; the first error wins.
-pub fn finish(
-    pending: Vec<Result<iptables::Pending, iptables::Error>>,
-) -> Result<(), iptables::Error> {
+pub fn finish(pending: Vec<Result<iptables::Pending, iptables::Error>>) -> Result<(), iptables::Error> {
     let mut first = Ok(());
     for p in pending {
         let r = p.and_then(iptables::Pending::wait);
@@ -286,22 +246,15 @@ pub fn start_remove(owner: &Owner, expected: &[(Family, RuleSet)], families: &[F
     let mut started = Vec::new();
     let mut fallback = Vec::new();
     for &fam in families {
-        let lines: Vec<String> = expected
-            .iter()
-            .filter(|(f, _)| *f == fam)
-            .flat_map(|(_, rs)| rs.del_lines())
-            .collect();
+        let lines: Vec<String> =
+            expected.iter().filter(|(f, _)| *f == fam).flat_map(|(_, rs)| rs.del_lines()).collect();
         if lines.is_empty() {
             fallback.push(fam);
         } else {
             started.push((fam, iptables::spawn_restore(fam, &lines)));
         }
     }
-    Removal {
-        owner: owner.clone(),
-        started,
-        fallback,
-    }
+    Removal { owner: owner.clone(), started, fallback }
 }
 
 impl Removal {
@@ -320,11 +273,7 @@ impl Removal {
 }
 
 /// Removes the rules of `owner` (see [`start_remove`]).
-pub fn remove(
-    owner: &Owner,
-    expected: &[(Family, RuleSet)],
-    families: &[Family],
-) -> Result<(), iptables::Error> {
+pub fn remove(owner: &Owner, expected: &[(Family, RuleSet)], families: &[Family]) -> Result<(), iptables::Error> {
     start_remove(owner, expected, families).finish()
 }
 
@@ -351,22 +300,11 @@ mod tests {
     #[test]
     fn build_rules() {
         let o = Owner::new("net", "abc", "eth0");
-        let ports = [Port {
-            host_port: 8080,
-            container_port: 80,
-            proto: "tcp",
-            host_ip: None,
-        }];
+        let ports = [Port { host_port: 8080, container_port: 80, proto: "tcp", host_ip: None }];
         let rs = RuleSet::build(&o, "10.1.0.5/24".parse().unwrap(), true, &ports);
         assert_eq!(rs.chains.len(), 2);
-        assert!(rs
-            .chain_rules
-            .iter()
-            .any(|r| r.contains("--to-destination 10.1.0.5:80")));
-        assert!(rs
-            .builtin_rules
-            .iter()
-            .any(|r| r.starts_with("-A POSTROUTING -s 10.1.0.5/32")));
+        assert!(rs.chain_rules.iter().any(|r| r.contains("--to-destination 10.1.0.5:80")));
+        assert!(rs.builtin_rules.iter().any(|r| r.starts_with("-A POSTROUTING -s 10.1.0.5/32")));
         assert!(rs.del_lines()[0].starts_with("-D POSTROUTING"));
         let rs6 = RuleSet::build(&o, "fd00:1::5/64".parse().unwrap(), false, &ports);
         assert!(rs6.chain_rules[0].contains("[fd00:1::5]:80"));
@@ -378,9 +316,6 @@ mod tests {
         let t = NatTable::parse(&saved);
         let lines = del_lines_from_table(&t, std::slice::from_ref(&o));
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert_eq!(
-            owners_in_table(&t, "net").into_iter().collect::<Vec<_>>(),
-            vec![o]
-        );
+        assert_eq!(owners_in_table(&t, "net").into_iter().collect::<Vec<_>>(), vec![o]);
     }
 }

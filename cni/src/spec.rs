@@ -39,11 +39,7 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        CniError { code, msg: msg.into(), details: String::new() }
     }
 
     pub fn details(mut self, details: impl Into<String>) -> Self {
@@ -144,11 +140,7 @@ impl CniResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if v03 {
-                    let fam = if ip.address.addr().is_ipv4() {
-                        "4"
-                    } else {
-                        "6"
-                    };
+                    let fam = if ip.address.addr().is_ipv4() { "4" } else { "6" };
                     o.insert("version".into(), json!(fam));
                 }
                 if let Some(i) = ip.interface {
@@ -189,16 +181,8 @@ impl CniResult {
         if let Some(ifs) = v.get("interfaces").and_then(Value::as_array) {
             for i in ifs {
                 r.interfaces.push(Interface {
-                    name: i
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    mac: i
-                        .get("mac")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    name: i.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    mac: i.get("mac").and_then(Value::as_str).unwrap_or_default().to_string(),
                     sandbox: i.get("sandbox").and_then(Value::as_str).map(str::to_string),
                 });
             }
@@ -214,21 +198,13 @@ impl CniResult {
                     Some(g) => Some(g.parse::<IpAddr>().map_err(|_| bad("ips[].gateway"))?),
                     None => None,
                 };
-                let interface = ip
-                    .get("interface")
-                    .and_then(Value::as_u64)
-                    .map(|i| i as usize);
-                r.ips.push(IpConfig {
-                    address,
-                    gateway,
-                    interface,
-                });
+                let interface = ip.get("interface").and_then(Value::as_u64).map(|i| i as usize);
+                r.ips.push(IpConfig { address, gateway, interface });
             }
         }
         if let Some(routes) = v.get("routes").and_then(Value::as_array) {
             for rt in routes {
-                r.routes
-                    .push(parse_route(rt).ok_or_else(|| bad("routes[]"))?);
+                r.routes.push(parse_route(rt).ok_or_else(|| bad("routes[]"))?);
             }
         }
         r.dns = v.get("dns").cloned();
@@ -262,10 +238,7 @@ mod tests {
                 gateway: Some("10.1.0.1".parse().unwrap()),
                 interface: Some(0),
             }],
-            routes: vec![Route {
-                dst: "0.0.0.0/0".parse().unwrap(),
-                gw: None,
-            }],
+            routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: None }],
             dns: None,
         }
     }

@@ -121,13 +121,7 @@ pub fn log_path(conf: &NetConf) -> PathBuf {
 }
 
 fn log(conf: &NetConf, env: &Env, msg: &str) {
-    let open = |p: &Path| {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(p)
-    };
+    let open = |p: &Path| OpenOptions::new().create(true).append(true).mode(0o600).open(p);
     // Never recreates a network directory removed meanwhile: falls back to /run.
     let opened = open(&log_path(conf)).or_else(|_| {
         fs::create_dir_all("/run/corral-cni")?;
@@ -136,10 +130,8 @@ fn log(conf: &NetConf, env: &Env, msg: &str) {
     let Ok(mut f) = opened else {
         return;
     };
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     let _ = writeln!(
         f,
         "{secs} teardown of {} {} {} failed (GC will retry): {msg}",
@@ -159,8 +151,7 @@ fn cni_env(cmd: &mut Command, env: &Env) {
 /// Starts the detached worker with the lock; Err when it could not be started (the caller
 /// still holds the lock and tears down inline).
 pub fn detach(raw: &Value, env: &Env, lock: &AttachmentLock) -> Result<(), CniError> {
-    let conf =
-        serde_json::to_string(raw).map_err(|e| CniError::new(code::INTERNAL, e.to_string()))?;
+    let conf = serde_json::to_string(raw).map_err(|e| CniError::new(code::INTERNAL, e.to_string()))?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(DETACH_ARG)
         .env(CONF_VAR, conf)
@@ -168,16 +159,11 @@ pub fn detach(raw: &Value, env: &Env, lock: &AttachmentLock) -> Result<(), CniEr
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cni_env(&mut cmd, env);
-    let status = cmd
-        .status()
-        .map_err(|e| CniError::new(code::IO, format!("starting teardown: {e}")))?;
+    let status = cmd.status().map_err(|e| CniError::new(code::IO, format!("starting teardown: {e}")))?;
     if status.success() {
         Ok(())
     } else {
-        Err(CniError::new(
-            code::IO,
-            format!("starting teardown: {status}"),
-        ))
+        Err(CniError::new(code::IO, format!("starting teardown: {status}")))
     }
 }
 
@@ -206,10 +192,7 @@ pub fn work_main() -> i32 {
         return 1;
     };
     let owner = Owner::new(&conf.name, &env.container_id, &env.ifname);
-    let res = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    {
+    let res = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
         Ok(rt) => rt.block_on(run(&conf, &raw, &env)),
         Err(e) => Err(CniError::new(code::IO, format!("tokio runtime: {e}"))),
     };

@@ -29,13 +29,9 @@ fn fifty_concurrent_add_and_del() {
     let veths_before = host_veths().len();
 
     let adds: Vec<Outcome> = std::thread::scope(|s| {
-        let hs: Vec<_> = pods
-            .iter()
-            .map(|(ns, id, conf)| s.spawn(move || cni("ADD", conf, id, &ns.path(), "eth0")))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("ADD thread"))
-            .collect()
+        let hs: Vec<_> =
+            pods.iter().map(|(ns, id, conf)| s.spawn(move || cni("ADD", conf, id, &ns.path(), "eth0"))).collect();
+        hs.into_iter().map(|h| h.join().expect("ADD thread")).collect()
     });
     let mut seen = HashSet::new();
     for a in &adds {
@@ -50,13 +46,9 @@ fn fifty_concurrent_add_and_del() {
     assert_eq!(host_veths().len(), veths_before + N);
 
     let dels: Vec<Outcome> = std::thread::scope(|s| {
-        let hs: Vec<_> = pods
-            .iter()
-            .map(|(ns, id, conf)| s.spawn(move || cni("DEL", conf, id, &ns.path(), "eth0")))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("DEL thread"))
-            .collect()
+        let hs: Vec<_> =
+            pods.iter().map(|(ns, id, conf)| s.spawn(move || cni("DEL", conf, id, &ns.path(), "eth0"))).collect();
+        hs.into_iter().map(|h| h.join().expect("DEL thread")).collect()
     });
     for d in &dels {
         assert!(d.ok, "DEL failed: {}", d.raw);

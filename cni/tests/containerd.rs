@@ -98,11 +98,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .stdin(Stdio::null())
             .spawn()
             .expect("start containerd");
-        Containerd {
-            child,
-            dir: dir.to_path_buf(),
-            sock: p("containerd.sock"),
-        }
+        Containerd { child, dir: dir.to_path_buf(), sock: p("containerd.sock") }
     }
 
     fn log(&self) -> String {
@@ -135,10 +131,7 @@ impl Drop for Containerd {
                 };
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 if String::from_utf8_lossy(&cmd).contains(&needle) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 }
             }
         }
@@ -167,11 +160,7 @@ async fn wait_ready(ctd: &Containerd) -> Result<RuntimeServiceClient<Channel>, S
                     let mut rt = RuntimeServiceClient::new(ch);
                     match rt.status(cri::StatusRequest { verbose: false }).await {
                         Ok(st) => {
-                            let conds = st
-                                .into_inner()
-                                .status
-                                .map(|s| s.conditions)
-                                .unwrap_or_default();
+                            let conds = st.into_inner().status.map(|s| s.conditions).unwrap_or_default();
                             if conds.iter().any(|c| c.r#type == "NetworkReady" && c.status) {
                                 return Ok(rt);
                             }
@@ -208,10 +197,7 @@ async fn scenario(ctd: &Containerd, net: &TestNet) -> Result<(), String> {
     let cfg = sandbox_config("corral-cni-pod", &ctd.dir.join("logs"));
     let run = tokio::time::timeout(
         Duration::from_secs(120),
-        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        }),
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() }),
     )
     .await
     .map_err(|_| "RunPodSandbox timed out".to_string())?
@@ -219,23 +205,13 @@ async fn scenario(ctd: &Containerd, net: &TestNet) -> Result<(), String> {
     let id = run.into_inner().pod_sandbox_id;
 
     let st = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: false,
-        })
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false })
         .await
         .map_err(|e| format!("PodSandboxStatus: {e}"))?
         .into_inner();
-    let ip = st
-        .status
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .unwrap_or_default();
+    let ip = st.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
     if !ip.starts_with(&net.v4_prefix) {
-        return Err(format!(
-            "pod ip {ip:?} is not from corral-cni's range {}",
-            net.v4
-        ));
+        return Err(format!("pod ip {ip:?} is not from corral-cni's range {}", net.v4));
     }
     let alloc = std::fs::read_to_string(net.data_dir().join(&net.name).join(&ip))
         .map_err(|e| format!("allocation file for {ip}: {e}"))?;
@@ -246,11 +222,9 @@ async fn scenario(ctd: &Containerd, net: &TestNet) -> Result<(), String> {
         return Err(format!("bridge ports: {:?}", net.bridge_ports()));
     }
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    })
-    .await
-    .map_err(|e| format!("StopPodSandbox: {e}"))?;
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() })
+        .await
+        .map_err(|e| format!("StopPodSandbox: {e}"))?;
     eventually(|| net.allocations().is_empty());
     if !net.allocations().is_empty() {
         return Err(format!("allocations after stop: {:?}", net.allocations()));
@@ -260,11 +234,7 @@ async fn scenario(ctd: &Containerd, net: &TestNet) -> Result<(), String> {
         .map_err(|e| format!("RemovePodSandbox: {e}"))?;
     eventually(|| net.rules().is_empty() && net.bridge_ports().is_empty());
     if !net.rules().is_empty() || !net.bridge_ports().is_empty() {
-        return Err(format!(
-            "left after removal: rules {:?}, ports {:?}",
-            net.rules(),
-            net.bridge_ports()
-        ));
+        return Err(format!("left after removal: rules {:?}, ports {:?}", net.rules(), net.bridge_ports()));
     }
     Ok(())
 }
@@ -275,23 +245,12 @@ async fn cleanup(ctd: &Containerd) {
         return;
     };
     let mut rt = RuntimeServiceClient::new(ch);
-    let Ok(list) = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-    else {
+    let Ok(list) = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await else {
         return;
     };
     for p in list.into_inner().items {
-        let _ = rt
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: p.id.clone(),
-            })
-            .await;
-        let _ = rt
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: p.id,
-            })
-            .await;
+        let _ = rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await;
+        let _ = rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id }).await;
     }
 }
 
@@ -301,30 +260,19 @@ fn containerd_runs_a_pod_on_corral_cni() {
         return;
     }
     let Ok(registry) = std::env::var("CORRAL_TEST_REGISTRY") else {
-        eprintln!(
-            "skipping containerd test: CORRAL_TEST_REGISTRY unset (run through hack/test.sh)"
-        );
+        eprintln!("skipping containerd test: CORRAL_TEST_REGISTRY unset (run through hack/test.sh)");
         return;
     };
-    if Command::new("containerd")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if Command::new("containerd").arg("--version").output().is_err() {
         eprintln!("skipping containerd test: containerd not installed (hack/install-deps.sh)");
         return;
     }
     if !path_exists(&format!("{REF_DIR}/loopback")) {
-        eprintln!(
-            "skipping containerd test: {REF_DIR}/loopback missing (containernetworking-plugins)"
-        );
+        eprintln!("skipping containerd test: {REF_DIR}/loopback missing (containernetworking-plugins)");
         return;
     }
     let net = TestNet::new();
-    let dir = tempfile::Builder::new()
-        .prefix("crlctd")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("crlctd").tempdir_in("/tmp").unwrap();
     let ctd = Containerd::start(dir.path(), &registry, &net);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let res = rt.block_on(scenario(&ctd, &net));
@@ -332,10 +280,7 @@ fn containerd_runs_a_pod_on_corral_cni() {
     if let Err(e) = res {
         let log = ctd.log();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
-            "{e}\ncontainerd log (last lines, newest first):\n{}",
-            tail.join("\n")
-        );
+        panic!("{e}\ncontainerd log (last lines, newest first):\n{}", tail.join("\n"));
     }
     drop(ctd);
 }

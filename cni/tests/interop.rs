@@ -8,11 +8,7 @@ use common::*;
 use serde_json::json;
 
 fn reference(cmd: &str, conf: &serde_json::Value, id: &str, netns: &str) -> Outcome {
-    invoke_bin(
-        &format!("{REF_DIR}/host-local"),
-        &env_for(cmd, id, netns, "eth0"),
-        conf.to_string().as_bytes(),
-    )
+    invoke_bin(&format!("{REF_DIR}/host-local"), &env_for(cmd, id, netns, "eth0"), conf.to_string().as_bytes())
 }
 
 #[test]
@@ -21,9 +17,7 @@ fn allocations_shared_with_reference_host_local() {
         return;
     }
     if !path_exists(&format!("{REF_DIR}/host-local")) {
-        eprintln!(
-            "skipping interop: {REF_DIR}/host-local missing (install containernetworking-plugins)"
-        );
+        eprintln!("skipping interop: {REF_DIR}/host-local missing (install containernetworking-plugins)");
         return;
     }
     let net = TestNet::new();
@@ -44,27 +38,10 @@ fn allocations_shared_with_reference_host_local() {
     let ours = cni("ADD", &conf, "ourpod", &ns2.path(), "eth0");
     assert!(ours.ok, "{}", ours.raw);
     let our_ips = ours.ips();
-    assert_eq!(
-        our_ips,
-        vec![
-            format!("{}3/24", net.v4_prefix),
-            format!("{}3/64", net.v6_prefix)
-        ]
-    );
-    assert_eq!(
-        ref_ips,
-        vec![
-            format!("{}2/24", net.v4_prefix),
-            format!("{}2/64", net.v6_prefix)
-        ]
-    );
+    assert_eq!(our_ips, vec![format!("{}3/24", net.v4_prefix), format!("{}3/64", net.v6_prefix)]);
+    assert_eq!(ref_ips, vec![format!("{}2/24", net.v4_prefix), format!("{}2/64", net.v6_prefix)]);
     assert_eq!(net.allocations().len(), 4);
-    let content = std::fs::read_to_string(
-        net.data_dir()
-            .join(&net.name)
-            .join(format!("{}3", net.v4_prefix)),
-    )
-    .unwrap();
+    let content = std::fs::read_to_string(net.data_dir().join(&net.name).join(format!("{}3", net.v4_prefix))).unwrap();
     assert_eq!(content, "ourpod\r\neth0");
 
     // The reference then continues after ours.
@@ -84,9 +61,7 @@ fn allocations_shared_with_reference_host_local() {
         let d = cni("DEL", &conf, id, "", "eth0");
         assert!(d.ok, "{}", d.raw);
     }
-    eventually(|| {
-        net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty()
-    });
+    eventually(|| net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty());
     assert!(net.allocations().is_empty(), "{:?}", net.allocations());
     assert!(net.rules().is_empty());
 }

@@ -21,19 +21,14 @@ fn lifecycle(version: &str, ranges: &str) {
     let v03 = !version.starts_with('1');
     for ip in add.out["ips"].as_array().unwrap() {
         assert_eq!(ip["interface"], 2);
-        assert_eq!(
-            ip.get("version").is_some(),
-            v03,
-            "ips[].version only before 1.0.0"
-        );
+        assert_eq!(ip.get("version").is_some(), v03, "ips[].version only before 1.0.0");
     }
     assert_eq!(add.out["interfaces"][2]["name"], "eth0");
     assert_eq!(add.out["interfaces"][2]["sandbox"], ns.path().as_str());
     assert_eq!(add.out["interfaces"][0]["name"], net.bridge.as_str());
 
     // The netns has the addresses and default routes.
-    let addrs =
-        String::from_utf8_lossy(&ns.exec(&["ip", "addr", "show", "eth0"]).stdout).into_owned();
+    let addrs = String::from_utf8_lossy(&ns.exec(&["ip", "addr", "show", "eth0"]).stdout).into_owned();
     for ip in &ips {
         assert!(addrs.contains(ip.as_str()), "{ip} not in {addrs}");
     }
@@ -48,12 +43,7 @@ fn lifecycle(version: &str, ranges: &str) {
     conf["prevResult"] = add.out.clone();
     let check = cni("CHECK", &conf, &id, &ns.path(), "eth0");
     if version == "0.3.0" || version == "0.3.1" {
-        assert_eq!(
-            check.code(),
-            1,
-            "CHECK before 0.4.0 is incompatible: {}",
-            check.raw
-        );
+        assert_eq!(check.code(), 1, "CHECK before 0.4.0 is incompatible: {}", check.raw);
     } else {
         assert!(check.ok, "CHECK failed: {}", check.raw);
         // CHECK reports a missing address.
@@ -62,14 +52,7 @@ fn lifecycle(version: &str, ranges: &str) {
         assert!(o.status.success());
         let check = cni("CHECK", &conf, &id, &ns.path(), "eth0");
         assert!(!check.ok, "CHECK must notice the missing address");
-        assert!(
-            check.out["msg"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("missing"),
-            "{}",
-            check.raw
-        );
+        assert!(check.out["msg"].as_str().unwrap_or_default().contains("missing"), "{}", check.raw);
     }
 
     let del = cni("DEL", &conf, &id, &ns.path(), "eth0");
@@ -133,7 +116,8 @@ fn del_after_netns_gone_releases_everything() {
     }
     let net = TestNet::new();
     let mut conf = net.conf("1.1.0", "dual");
-    conf["runtimeConfig"] = json!({"portMappings": [{"hostPort": 30000 + (rand_u64() % 20000), "containerPort": 80, "protocol": "tcp"}]});
+    conf["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 30000 + (rand_u64() % 20000), "containerPort": 80, "protocol": "tcp"}]});
     let id = format!("ctr{:x}", rand_u64());
     let path;
     {
@@ -190,10 +174,7 @@ fn gc_frees_attachments_not_listed() {
     let net = TestNet::new();
     let conf = net.conf("1.1.0", "v4");
     let (ns1, ns2) = (TestNetns::new(), TestNetns::new());
-    let (a, b) = (
-        format!("keep{:x}", rand_u64()),
-        format!("gone{:x}", rand_u64()),
-    );
+    let (a, b) = (format!("keep{:x}", rand_u64()), format!("gone{:x}", rand_u64()));
     // hostPorts, so that each attachment has rules of its own.
     let port = 20000 + (rand_u64() % 30000);
     let with_port = |p: u64| {
@@ -223,9 +204,7 @@ fn gc_frees_attachments_not_listed() {
 
     let del = cni("DEL", &with_port(port), &a, &ns1.path(), "eth0");
     assert!(del.ok);
-    eventually(|| {
-        net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty()
-    });
+    eventually(|| net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty());
     assert!(net.allocations().is_empty());
     assert!(net.rules().is_empty());
 }
@@ -241,9 +220,7 @@ fn network_masquerade_lives_with_the_allocations() {
     let net = TestNet::new();
     let conf = net.conf("1.1.0", "dual");
     let (ns1, ns2) = (TestNetns::new(), TestNetns::new());
-    let masq = || -> Vec<String> {
-        net.rules().into_iter().filter(|r| r.contains(" masquerade\"")).collect()
-    };
+    let masq = || -> Vec<String> { net.rules().into_iter().filter(|r| r.contains(" masquerade\"")).collect() };
     let add1 = cni("ADD", &conf, "nm1", &ns1.path(), "eth0");
     assert!(add1.ok, "{}", add1.raw);
     let first = masq();
@@ -300,12 +277,8 @@ fn status_and_version() {
     let out = cni("VERSION", &json!({"cniVersion": "1.0.0"}), "", "", "");
     assert!(out.ok);
     assert_eq!(out.out["cniVersion"], "1.0.0");
-    let versions: Vec<&str> = out.out["supportedVersions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let versions: Vec<&str> =
+        out.out["supportedVersions"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(versions, ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
     if root_or_skip("status") {
         let st = cni("STATUS", &conf, "", "", "");
@@ -328,22 +301,11 @@ fn undo_when_iptables_fails_half_way() {
     let fake = net.dir.path().join("fakebin");
     std::fs::create_dir_all(&fake).unwrap();
     let script = fake.join("iptables-restore");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\ncat >/dev/null\necho 'injected failure' >&2\nexit 1\n",
-    )
-    .unwrap();
+    std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\necho 'injected failure' >&2\nexit 1\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut env = env_for("ADD", "undo1", &ns.path(), "eth0");
-    env.insert(
-        "PATH",
-        format!(
-            "{}:{}",
-            fake.display(),
-            std::env::var("PATH").unwrap_or_default()
-        ),
-    );
+    env.insert("PATH", format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default()));
     let add = invoke_bin(PLUGIN, &env, conf.to_string().as_bytes());
     assert!(!add.ok);
     assert!(add.raw.contains("injected failure"), "{}", add.raw);
@@ -367,8 +329,7 @@ fn delegated_ipam_plugin() {
     let ns = TestNetns::new();
     let mut conf = net.conf("1.0.0", "v4");
     let addr = format!("{}9/24", net.v4_prefix);
-    conf["ipam"] =
-        json!({"type": "static", "addresses": [{"address": addr, "gateway": net.gateway4()}]});
+    conf["ipam"] = json!({"type": "static", "addresses": [{"address": addr, "gateway": net.gateway4()}]});
     let add = cni("ADD", &conf, "static1", &ns.path(), "eth0");
     assert!(add.ok, "{}", add.raw);
     assert_eq!(add.ips(), vec![addr]);
@@ -386,25 +347,16 @@ fn check_reports_missing_rule_route_and_interface() {
     let net = TestNet::new();
     let ns = TestNetns::new();
     let mut conf = net.conf("1.1.0", "v4");
-    conf["runtimeConfig"] =
-        json!({"portMappings": [{"hostPort": 20000 + (rand_u64() % 30000), "containerPort": 80}]});
+    conf["runtimeConfig"] = json!({"portMappings": [{"hostPort": 20000 + (rand_u64() % 30000), "containerPort": 80}]});
     let add = cni("ADD", &conf, "chk1", &ns.path(), "eth0");
     assert!(add.ok, "{}", add.raw);
     conf["prevResult"] = add.out.clone();
     assert!(cni("CHECK", &conf, "chk1", &ns.path(), "eth0").ok);
 
     // A rule removed behind our back.
-    let rule = net
-        .rules()
-        .into_iter()
-        .find(|r| r.starts_with("-A OUTPUT"))
-        .expect("OUTPUT jump");
+    let rule = net.rules().into_iter().find(|r| r.starts_with("-A OUTPUT")).expect("OUTPUT jump");
     let args: Vec<String> = shell_words(&rule.replacen("-A", "-D", 1));
-    let st = std::process::Command::new("iptables")
-        .args(["-t", "nat"])
-        .args(&args)
-        .status()
-        .unwrap();
+    let st = std::process::Command::new("iptables").args(["-t", "nat"]).args(&args).status().unwrap();
     assert!(st.success());
     let c = cni("CHECK", &conf, "chk1", &ns.path(), "eth0");
     assert!(!c.ok && c.raw.contains("rules"), "{}", c.raw);
@@ -424,9 +376,7 @@ fn check_reports_missing_rule_route_and_interface() {
     let c = cni("CHECK", &conf, "chk2", &ns.path(), "eth0");
     assert!(!c.ok && c.raw.contains("not found"), "{}", c.raw);
     assert!(cni("DEL", &conf, "chk2", &ns.path(), "eth0").ok);
-    eventually(|| {
-        net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty()
-    });
+    eventually(|| net.allocations().is_empty() && net.rules().is_empty() && net.bridge_ports().is_empty());
     assert!(net.allocations().is_empty());
     assert!(net.rules().is_empty());
 }
@@ -465,25 +415,15 @@ fn mtu_promisc_and_hairpin_are_applied() {
     conf["promiscMode"] = json!(true);
     let add = cni("ADD", &conf, "mtu1", &ns.path(), "eth0");
     assert!(add.ok, "{}", add.raw);
-    let inside =
-        String::from_utf8_lossy(&ns.exec(&["ip", "link", "show", "eth0"]).stdout).into_owned();
+    let inside = String::from_utf8_lossy(&ns.exec(&["ip", "link", "show", "eth0"]).stdout).into_owned();
     assert!(inside.contains("mtu 1280"), "{inside}");
-    let host_veth = add.out["interfaces"][1]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let hv = std::process::Command::new("ip")
-        .args(["-d", "link", "show", &host_veth])
-        .output()
-        .unwrap();
+    let host_veth = add.out["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let hv = std::process::Command::new("ip").args(["-d", "link", "show", &host_veth]).output().unwrap();
     let hv = String::from_utf8_lossy(&hv.stdout).into_owned();
     assert!(hv.contains("mtu 1280"), "{hv}");
     assert!(hv.contains(&format!("master {}", net.bridge)), "{hv}");
     assert!(hv.contains("hairpin on"), "{hv}");
-    let br = std::process::Command::new("ip")
-        .args(["link", "show", &net.bridge])
-        .output()
-        .unwrap();
+    let br = std::process::Command::new("ip").args(["link", "show", &net.bridge]).output().unwrap();
     assert!(String::from_utf8_lossy(&br.stdout).contains("PROMISC"));
     assert!(cni("DEL", &conf, "mtu1", &ns.path(), "eth0").ok);
     eventually(|| net.allocations().is_empty() && net.bridge_ports().is_empty());
@@ -500,27 +440,14 @@ fn undo_when_the_bridge_name_is_taken_by_another_link() {
     // A veth pair squats the bridge name (TestNet's drop deletes it by that name).
     let peer = format!("{}p", &net.bridge[..net.bridge.len() - 1]);
     let st = std::process::Command::new("ip")
-        .args([
-            "link",
-            "add",
-            &net.bridge,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-        ])
+        .args(["link", "add", &net.bridge, "type", "veth", "peer", "name", &peer])
         .status()
         .unwrap();
     assert!(st.success());
     let add = cni("ADD", &conf, "squat1", &ns.path(), "eth0");
     assert!(!add.ok);
     assert!(add.raw.contains("not a bridge"), "{}", add.raw);
-    assert!(
-        net.allocations().is_empty(),
-        "allocation undone: {:?}",
-        net.allocations()
-    );
+    assert!(net.allocations().is_empty(), "allocation undone: {:?}", net.allocations());
     assert!(net.rules().is_empty(), "rules undone: {:?}", net.rules());
     let links = String::from_utf8_lossy(&ns.exec(&["ip", "-o", "link"]).stdout).into_owned();
     assert!(!links.contains("eth0"), "{links}");

@@ -59,8 +59,7 @@ fn fetch(addr: SocketAddr) -> Result<String, String> {
     for _ in 0..5 {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(2)))
-                    .map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
                 let mut out = String::new();
                 s.read_to_string(&mut out).map_err(|e| e.to_string())?;
                 return Ok(out);
@@ -75,13 +74,7 @@ fn fetch(addr: SocketAddr) -> Result<String, String> {
 fn ip_of(out: &Outcome, v6: bool) -> std::net::IpAddr {
     out.ips()
         .iter()
-        .map(|a| {
-            a.split('/')
-                .next()
-                .unwrap()
-                .parse::<std::net::IpAddr>()
-                .unwrap()
-        })
+        .map(|a| a.split('/').next().unwrap().parse::<std::net::IpAddr>().unwrap())
         .find(|ip| ip.is_ipv6() == v6)
         .expect("address of family")
 }
@@ -111,49 +104,27 @@ fn pod_to_pod_and_host_port() {
         let _sb = Server::start(&nsb, 80, "hello from b".into());
 
         // Pod to pod, both families.
-        assert_eq!(
-            nsb.run(move || fetch(SocketAddr::new(a4, 80))),
-            Ok("hello from a".into())
-        );
-        assert_eq!(
-            nsb.run(move || fetch(SocketAddr::new(a6, 80))),
-            Ok("hello from a".into())
-        );
-        assert_eq!(
-            nsa.run(move || fetch(SocketAddr::new(b4, 80))),
-            Ok("hello from b".into())
-        );
+        assert_eq!(nsb.run(move || fetch(SocketAddr::new(a4, 80))), Ok("hello from a".into()));
+        assert_eq!(nsb.run(move || fetch(SocketAddr::new(a6, 80))), Ok("hello from a".into()));
+        assert_eq!(nsa.run(move || fetch(SocketAddr::new(b4, 80))), Ok("hello from b".into()));
 
         // hostPort from the host's loopback.
-        assert_eq!(
-            fetch(SocketAddr::from(([127, 0, 0, 1], host_port))),
-            Ok("hello from a".into())
-        );
+        assert_eq!(fetch(SocketAddr::from(([127, 0, 0, 1], host_port))), Ok("hello from a".into()));
         // hostPort from another pod, through the host's address on the bridge.
-        assert_eq!(
-            nsb.run(move || fetch(SocketAddr::new(gw4, host_port))),
-            Ok("hello from a".into())
-        );
+        assert_eq!(nsb.run(move || fetch(SocketAddr::new(gw4, host_port))), Ok("hello from a".into()));
         // Hairpin: the pod reaches its own hostPort.
-        assert_eq!(
-            nsa.run(move || fetch(SocketAddr::new(gw4, host_port))),
-            Ok("hello from a".into())
-        );
+        assert_eq!(nsa.run(move || fetch(SocketAddr::new(gw4, host_port))), Ok("hello from a".into()));
     }
 
     assert!(cni("DEL", &conf_a, "poda", &nsa.path(), "eth0").ok);
     assert!(cni("DEL", &conf_b, "podb", &nsb.path(), "eth0").ok);
-    eventually(|| {
-        net.rules().is_empty() && net.allocations().is_empty() && net.bridge_ports().is_empty()
-    });
+    eventually(|| net.rules().is_empty() && net.allocations().is_empty() && net.bridge_ports().is_empty());
     assert!(net.rules().is_empty(), "{:?}", net.rules());
     assert!(net.allocations().is_empty());
     // The mapping is gone with the rules.
-    assert!(TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], host_port)),
-        Duration::from_millis(300)
-    )
-    .is_err());
+    assert!(
+        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], host_port)), Duration::from_millis(300)).is_err()
+    );
 }
 
 /// A link from the host to a namespace standing in for "outside": the host has `.1` of a /30,
@@ -196,9 +167,7 @@ impl Outside {
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .status();
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_link]).status();
     }
 }
 

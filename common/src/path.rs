@@ -133,10 +133,16 @@ mod tests {
         let root = dir.path();
         assert_eq!(secure_join(root, Path::new("/abs/new/x/../y"), Missing::Keep).unwrap(), root.join("etc/new/y"));
         // Back up out of a missing component: symlinks are resolved inside the root again.
-        assert_eq!(secure_join(root, Path::new("/nope/../abs/passwd"), Missing::Keep).unwrap(), root.join("etc/passwd"));
+        assert_eq!(
+            secure_join(root, Path::new("/nope/../abs/passwd"), Missing::Keep).unwrap(),
+            root.join("etc/passwd")
+        );
         assert_eq!(secure_join(root, Path::new("/nope/../../a/rel"), Missing::Keep).unwrap(), root.join("a/b"));
         assert!(!root.join("etc/new").exists());
-        assert_eq!(secure_join(root, Path::new("/abs/made/deeper"), Missing::Create).unwrap(), root.join("etc/made/deeper"));
+        assert_eq!(
+            secure_join(root, Path::new("/abs/made/deeper"), Missing::Create).unwrap(),
+            root.join("etc/made/deeper")
+        );
         assert!(root.join("etc/made/deeper").is_dir());
     }
 

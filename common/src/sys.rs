@@ -34,11 +34,23 @@ pub fn openat2_in_root(root: &Path, path: &Path) -> io::Result<File> {
     let dir = unsafe { OwnedFd::from_raw_fd(dirfd) };
     let rel = path.strip_prefix("/").unwrap_or(path);
     let rel_c = cstring(if rel.as_os_str().is_empty() { Path::new(".") } else { rel })?;
-    let how = OpenHow { flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
     use std::os::fd::AsRawFd;
     // SAFETY: the directory descriptor is open, rel_c is NUL-terminated and `how` is a live
     // open_how whose size is passed; the kernel reads them only during the call.
-    let fd = unsafe { libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), rel_c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            rel_c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

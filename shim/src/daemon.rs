@@ -23,25 +23,12 @@ pub struct Shim {
 
 impl Shim {
     pub fn new(id: &str, pid: i32, logger: Arc<Logger>, role: Box<dyn Role>) -> Shim {
-        Shim {
-            id: id.to_string(),
-            pid,
-            logger,
-            life: Lifecycle::new(role.running_from_creation()),
-            role,
-        }
+        Shim { id: id.to_string(), pid, logger, life: Lifecycle::new(role.running_from_creation()), role }
     }
 
     pub fn state(&self) -> State {
         let (status, created_at, started_at, exit) = self.life.snapshot();
-        State {
-            id: self.id.clone(),
-            pid: self.pid as u32,
-            status: status as i32,
-            created_at,
-            started_at,
-            exit,
-        }
+        State { id: self.id.clone(), pid: self.pid as u32, status: status as i32, created_at, started_at, exit }
     }
 
     pub fn is_running(&self) -> bool {
@@ -55,10 +42,7 @@ impl Shim {
 
     pub fn kill(&self, sig: i32, all: bool) -> Result<(), Fail> {
         if !(1..=64).contains(&sig) {
-            return Err(Fail::new(
-                ErrorKind::InvalidArgument,
-                format!("invalid signal {sig}"),
-            ));
+            return Err(Fail::new(ErrorKind::InvalidArgument, format!("invalid signal {sig}")));
         }
         self.role.kill(&self.life, sig, all)
     }
@@ -69,12 +53,7 @@ impl Shim {
     }
 
     pub fn reopen_log(&self) -> Result<(), Fail> {
-        self.logger.reopen().map_err(|e| {
-            Fail::new(
-                ErrorKind::Internal,
-                format!("reopening the container log: {e}"),
-            )
-        })
+        self.logger.reopen().map_err(|e| Fail::new(ErrorKind::Internal, format!("reopening the container log: {e}")))
     }
 
     pub fn shutdown(&self) -> Result<(), Fail> {

@@ -32,10 +32,7 @@ pub struct Fail {
 
 impl Fail {
     pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Fail {
-        Fail {
-            kind,
-            msg: msg.into(),
-        }
+        Fail { kind, msg: msg.into() }
     }
 }
 
@@ -54,10 +51,7 @@ pub trait Context<T> {
 
 impl<T> Context<T> for io::Result<T> {
     fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            context: f(),
-            source,
-        })
+        self.map_err(|source| Error::Io { context: f(), source })
     }
 }
 

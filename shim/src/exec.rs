@@ -74,11 +74,7 @@ fn failure_message(rec: Record, p: &ProcessPlan) -> String {
         (SETUP, SETUP_FORK) => format!("fork: {err}"),
         (SETUP, SETUP_DUP2) => format!("dup2: {err}"),
         (PROCESS, code) => match Step::from_code(code, rec[2]) {
-            Some(step) => Failure {
-                step,
-                errno: rec[3] as i32,
-            }
-            .message(p),
+            Some(step) => Failure { step, errno: rec[3] as i32 }.message(p),
             None => format!("exec: unknown failure {code}: {}", errno_display(&err)),
         },
         (kind, step) => format!("exec: unknown failure {kind}/{step}: {}", errno_display(&err)),
@@ -88,16 +84,10 @@ fn failure_message(rec: Record, p: &ProcessPlan) -> String {
 
 pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
     if req.args.is_empty() {
-        return Err(Fail::new(
-            ErrorKind::InvalidArgument,
-            "exec needs a command",
-        ));
+        return Err(Fail::new(ErrorKind::InvalidArgument, "exec needs a command"));
     }
     if !shim.is_running() {
-        return Err(Fail::new(
-            ErrorKind::FailedPrecondition,
-            "container is not running",
-        ));
+        return Err(Fail::new(ErrorKind::FailedPrecondition, "container is not running"));
     }
     let Some(target) = shim.role.exec_target() else {
         return Err(Fail::new(ErrorKind::FailedPrecondition, "no process spec"));
@@ -129,8 +119,7 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
             procs.push(file);
         }
     }
-    let devnull =
-        File::open("/dev/null").map_err(|e| internal(format!("opening /dev/null: {e}")))?;
+    let devnull = File::open("/dev/null").map_err(|e| internal(format!("opening /dev/null: {e}")))?;
     let pipe = || io::pipe().map_err(|e| internal(format!("pipe: {e}")));
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -153,25 +142,15 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
     let oom_after = target.cgroup.and_then(|c| c.oom_kills());
     if let Some(status) = outcome.status {
         let (_, sig) = sys::decode_status(status);
-        target
-            .oom
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .exec_finished(oom_before, oom_after, sig);
+        target.oom.lock().unwrap_or_else(|p| p.into_inner()).exec_finished(oom_before, oom_after, sig);
     }
     if outcome.timed_out {
         return Err(Fail::new(
             ErrorKind::DeadlineExceeded,
-            format!(
-                "command {:?} timed out after {} ms",
-                req.args, req.timeout_ms
-            ),
+            format!("command {:?} timed out after {} ms", req.args, req.timeout_ms),
         ));
     }
-    if let Some(e) = outcome
-        .error
-        .or_else(|| outcome.failure.map(|rec| failure_message(rec, &p)))
-    {
+    if let Some(e) = outcome.error.or_else(|| outcome.failure.map(|rec| failure_message(rec, &p))) {
         return Err(internal(e));
     }
     let Some(status) = outcome.status else {
@@ -305,20 +284,10 @@ fn collect(out: OwnedFd, err: OwnedFd, st: OwnedFd, timeout: Option<Duration>) -
                 continue;
             }
         }
-        let next = [deadline, drain_until, kill_wait_until]
-            .into_iter()
-            .flatten()
-            .min();
-        let wait_ms = next.map_or(-1, |d| {
-            d.saturating_duration_since(now)
-                .as_millis()
-                .min(i32::MAX as u128) as i32
-        });
+        let next = [deadline, drain_until, kill_wait_until].into_iter().flatten().min();
+        let wait_ms = next.map_or(-1, |d| d.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32);
         let open: Vec<usize> = (0..3).filter(|&i| files[i].is_some()).collect();
-        let fds: Vec<RawFd> = open
-            .iter()
-            .filter_map(|&i| files[i].as_ref().map(|f| f.as_raw_fd()))
-            .collect();
+        let fds: Vec<RawFd> = open.iter().filter_map(|&i| files[i].as_ref().map(|f| f.as_raw_fd())).collect();
         let revents = match sys::poll(&fds, wait_ms) {
             Ok(r) => r,
             Err(e) => {
@@ -389,14 +358,8 @@ mod tests {
         let o = collect(out_r.into(), err_r.into(), st_r.into(), None);
         assert_eq!(o.stdout, b"hello");
         assert_eq!(o.status, Some(127 << 8));
-        let p = ProcessPlan {
-            args: vec!["nosuch".into()],
-            ..ProcessPlan::default()
-        };
-        assert_eq!(
-            failure_message(o.failure.unwrap(), &p),
-            r#"exec: "nosuch": executable file not found in $PATH"#
-        );
+        let p = ProcessPlan { args: vec!["nosuch".into()], ..ProcessPlan::default() };
+        assert_eq!(failure_message(o.failure.unwrap(), &p), r#"exec: "nosuch": executable file not found in $PATH"#);
         let net = NAMESPACES.iter().position(|(n, _)| *n == "net").unwrap() as u32;
         assert_eq!(
             failure_message([SETUP, SETUP_SETNS, net, libc::EPERM as u32], &p),
@@ -407,9 +370,6 @@ mod tests {
             "joining the container cgroup: ENOSPC"
         );
         let (code, arg) = Step::SetUid.code();
-        assert_eq!(
-            failure_message([PROCESS, code, arg, libc::EPERM as u32], &p),
-            "setuid(0): EPERM"
-        );
+        assert_eq!(failure_message([PROCESS, code, arg, libc::EPERM as u32], &p), "setuid(0): EPERM");
     }
 }

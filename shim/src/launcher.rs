@@ -33,10 +33,7 @@ pub fn run(mode: Mode, bundle: &Path, id: &str) -> i32 {
     let (r, w) = match io::pipe() {
         Ok(p) => p,
         Err(e) => {
-            println!(
-                "{}",
-                error_line(&format!("creating the readiness pipe: {e}"))
-            );
+            println!("{}", error_line(&format!("creating the readiness pipe: {e}")));
             return 1;
         }
     };
@@ -81,13 +78,7 @@ fn intermediate(mode: Mode, bundle: &Path, id: &str, mut report: PipeWriter) -> 
             pause::prepare(&Linux, &plan)?;
         }
         match sys::fork().ctx(|| "fork".into())? {
-            sys::Fork::Child => daemon(
-                mode,
-                bundle,
-                id,
-                plan,
-                report.try_clone().ctx(|| "dup".into())?,
-            ),
+            sys::Fork::Child => daemon(mode, bundle, id, plan, report.try_clone().ctx(|| "dup".into())?),
             sys::Fork::Parent(_) => Ok(()),
         }
     })();
@@ -104,10 +95,7 @@ fn intermediate(mode: Mode, bundle: &Path, id: &str, mut report: PipeWriter) -> 
 fn bind_socket(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(Error::Msg(format!(
-                "{} is already served by another shim",
-                path.display()
-            )));
+            return Err(Error::Msg(format!("{} is already served by another shim", path.display())));
         }
         let _ = std::fs::remove_file(path);
     }
@@ -118,11 +106,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 }
 
 fn redirect_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
             let _ = sys::dup2(null.as_raw_fd(), fd);
         }

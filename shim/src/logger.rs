@@ -74,13 +74,7 @@ pub fn rfc3339_nano(t: SystemTime) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, (rem / 60) % 60, rem % 60, d.subsec_nanos())
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
@@ -118,23 +112,14 @@ pub struct Logger {
 }
 
 fn open_log(path: &PathBuf) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
+    OpenOptions::new().append(true).create(true).mode(0o640).open(path)
 }
 
 impl Logger {
     /// A logger writing to `path`, or discarding without one.
     pub fn new(path: Option<PathBuf>) -> io::Result<Logger> {
         let file = path.as_ref().map(open_log).transpose()?;
-        Ok(Logger {
-            path,
-            file: Mutex::new(file),
-            open_streams: Mutex::new(0),
-            drained: Condvar::new(),
-        })
+        Ok(Logger { path, file: Mutex::new(file), open_streams: Mutex::new(0), drained: Condvar::new() })
     }
 
     pub fn enabled(&self) -> bool {
@@ -161,31 +146,25 @@ impl Logger {
     }
 
     /// Copies `src` to the log until EOF (or EIO, the end of a pty) on a small thread.
-    pub fn spawn_copier(
-        self: &std::sync::Arc<Self>,
-        stream: Stream,
-        mut src: impl Read + Send + 'static,
-    ) {
+    pub fn spawn_copier(self: &std::sync::Arc<Self>, stream: Stream, mut src: impl Read + Send + 'static) {
         *self.open_streams.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                let mut splitter = LineSplitter::default();
-                let mut buf = vec![0u8; 8192];
-                loop {
-                    match src.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => splitter.push(&buf[..n], &mut |t, p| me.write_entry(stream, p, t)),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
-                    }
+        let spawned = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            let mut splitter = LineSplitter::default();
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => splitter.push(&buf[..n], &mut |t, p| me.write_entry(stream, p, t)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
                 }
-                splitter.finish(&mut |t, p| me.write_entry(stream, p, t));
-                let mut n = me.open_streams.lock().unwrap_or_else(|p| p.into_inner());
-                *n -= 1;
-                me.drained.notify_all();
-            });
+            }
+            splitter.finish(&mut |t, p| me.write_entry(stream, p, t));
+            let mut n = me.open_streams.lock().unwrap_or_else(|p| p.into_inner());
+            *n -= 1;
+            me.drained.notify_all();
+        });
         if spawned.is_err() {
             *self.open_streams.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
         }
@@ -225,22 +204,12 @@ mod tests {
     #[test]
     fn lines_across_chunks() {
         let out = split(&[b"hel", b"lo\nwor", b"ld\n\n"]);
-        assert_eq!(
-            out,
-            vec![
-                (b"hello".to_vec(), false),
-                (b"world".to_vec(), false),
-                (b"".to_vec(), false)
-            ]
-        );
+        assert_eq!(out, vec![(b"hello".to_vec(), false), (b"world".to_vec(), false), (b"".to_vec(), false)]);
     }
 
     #[test]
     fn unterminated_output_is_partial_at_eof() {
-        assert_eq!(
-            split(&[b"a\nb"]),
-            vec![(b"a".to_vec(), false), (b"b".to_vec(), true)]
-        );
+        assert_eq!(split(&[b"a\nb"]), vec![(b"a".to_vec(), false), (b"b".to_vec(), true)]);
     }
 
     #[test]

@@ -40,8 +40,7 @@ use std::path::PathBuf;
 
 use launcher::Mode;
 
-const USAGE: &str =
-    "usage: corral-shim create|pause --bundle DIR --id ID\n       corral-shim --version";
+const USAGE: &str = "usage: corral-shim create|pause --bundle DIR --id ID\n       corral-shim --version";
 
 struct Args {
     mode: Mode,
@@ -66,12 +65,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
             Some((k, v)) => (k, Some(v.to_string())),
             None => (a.as_str(), None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or(format!("{key} needs a value"))
-        };
+        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or(format!("{key} needs a value"));
         match key {
             "--bundle" | "-b" => bundle = Some(PathBuf::from(value()?)),
             "--id" => id = Some(value()?),
@@ -79,11 +73,8 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         }
     }
     let bundle = bundle.ok_or(format!("--bundle is required\n{USAGE}"))?;
-    let bundle =
-        std::fs::canonicalize(&bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
-    let id = id
-        .filter(|i| !i.is_empty())
-        .ok_or(format!("--id is required\n{USAGE}"))?;
+    let bundle = std::fs::canonicalize(&bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
+    let id = id.filter(|i| !i.is_empty()).ok_or(format!("--id is required\n{USAGE}"))?;
     Ok(Some(Args { mode, bundle, id }))
 }
 

@@ -12,10 +12,7 @@ pub struct OomTracker {
 
 impl OomTracker {
     pub fn new(counter: Option<u64>) -> OomTracker {
-        OomTracker {
-            baseline: counter.unwrap_or(0),
-            attributed: 0,
-        }
+        OomTracker { baseline: counter.unwrap_or(0), attributed: 0 }
     }
 
     /// An exec'd process ended; if it died of SIGKILL while the counter rose, those kills

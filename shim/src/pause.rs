@@ -24,12 +24,8 @@ use crate::{exit, info, sys};
 /// (network, ipc, uts) and the pod cgroup (created when missing, left to corrald to remove),
 /// then a new pid namespace for the next child.
 pub fn prepare(os: &dyn Syscall, plan: &Plan) -> Result<()> {
-    let joined: Vec<_> = plan
-        .namespaces
-        .iter()
-        .filter(|n| matches!(n.ns, Ns::Net | Ns::Ipc | Ns::Uts))
-        .cloned()
-        .collect();
+    let joined: Vec<_> =
+        plan.namespaces.iter().filter(|n| matches!(n.ns, Ns::Net | Ns::Ipc | Ns::Uts)).cloned().collect();
     namespaces::open_joins(&joined)?.enter(os)?;
     if let Some(path) = &plan.cgroups_path {
         Cgroup::create(path, cgroup::version(plan.cgroup_version))?.join(0)?;
@@ -41,10 +37,7 @@ pub fn prepare(os: &dyn Syscall, plan: &Plan) -> Result<()> {
 pub fn create(bundle: &Path, id: &str) -> Result<Shim> {
     // /proc is the host's: /proc/self names our host pid (we are 1 in our namespace).
     let me = std::fs::read_link("/proc/self").ctx(|| "reading /proc/self".into())?;
-    let pid = me
-        .to_string_lossy()
-        .parse()
-        .map_err(|_| Error::Msg("cannot tell the host pid".into()))?;
+    let pid = me.to_string_lossy().parse().map_err(|_| Error::Msg("cannot tell the host pid".into()))?;
     let logger = Logger::new(None).ctx(|| "logger".into())?;
     let shim = Shim::new(id, pid, Arc::new(logger), Box::new(Pause));
     sys::find_setup_code();
@@ -64,15 +57,27 @@ pub fn confine(os: &dyn Syscall, bundle: &Path, last_cap: u32) -> Result<()> {
         .ctx(|| "making the pause's mounts private".into())?;
     // The bundle is only a mount point here: the tmpfs hides it in this namespace only.
     let root = bundle;
-    os.mount(Some(Path::new("tmpfs")), root, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("size=4k,mode=0555"))
-        .ctx(|| "mounting the pause's empty root".into())?;
+    os.mount(
+        Some(Path::new("tmpfs")),
+        root,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("size=4k,mode=0555"),
+    )
+    .ctx(|| "mounting the pause's empty root".into())?;
     let croot = sys::cstring(root).ctx(|| "entering the pause's root".into())?;
     os.chdir(&croot).ctx(|| "entering the pause's root".into())?;
     os.pivot_root(Path::new("."), Path::new(".")).ctx(|| "pivot_root into the pause's root".into())?;
     os.umount_detach(Path::new(".")).ctx(|| "detaching the host's root from the pause".into())?;
     os.chdir(c"/").ctx(|| "chdir /".into())?;
-    os.mount(None, Path::new("/"), None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
-        .ctx(|| "making the pause's root read-only".into())?;
+    os.mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .ctx(|| "making the pause's root read-only".into())?;
     for cap in 0..=last_cap {
         os.capbset_drop(cap).ctx(|| format!("dropping capability {cap} from the bounding set"))?;
     }
@@ -164,12 +169,7 @@ mod tests {
         prepare(&rec, &plan).unwrap();
         assert_eq!(
             rec.calls(),
-            vec![
-                "setns(T/net, NEWNET)",
-                "setns(T/uts, NEWUTS)",
-                "setns(T/ipc, NEWIPC)",
-                "unshare(NEWPID)",
-            ]
+            vec!["setns(T/net, NEWNET)", "setns(T/uts, NEWUTS)", "setns(T/ipc, NEWIPC)", "unshare(NEWPID)",]
         );
     }
 

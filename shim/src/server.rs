@@ -14,16 +14,8 @@ use crate::{exec, sys, warn};
 
 fn answer(kind: std::result::Result<response::Kind, Fail>) -> Response {
     match kind {
-        Ok(k) => Response {
-            error: String::new(),
-            error_kind: ErrorKind::Unspecified as i32,
-            kind: Some(k),
-        },
-        Err(f) => Response {
-            error: f.msg,
-            error_kind: f.kind as i32,
-            kind: None,
-        },
+        Ok(k) => Response { error: String::new(), error_kind: ErrorKind::Unspecified as i32, kind: Some(k) },
+        Err(f) => Response { error: f.msg, error_kind: f.kind as i32, kind: None },
     }
 }
 
@@ -98,9 +90,7 @@ pub fn serve(listener: UnixListener, shim: Arc<Shim>) -> ! {
             Ok((conn, _)) => {
                 busy = true;
                 let shim = shim.clone();
-                let spawned = std::thread::Builder::new()
-                    .stack_size(128 * 1024)
-                    .spawn(move || handle(&shim, conn));
+                let spawned = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || handle(&shim, conn));
                 if let Err(e) = spawned {
                     warn!("spawning a connection thread: {e}");
                 }

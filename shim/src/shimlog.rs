@@ -17,11 +17,7 @@ pub fn init(path: &Path) {
 pub fn write(level: &str, msg: std::fmt::Arguments<'_>) {
     let mut g = LOG.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(f) = g.as_mut() {
-        let _ = writeln!(
-            f,
-            "{} {level} {msg}",
-            crate::logger::rfc3339_nano(SystemTime::now())
-        );
+        let _ = writeln!(f, "{} {level} {msg}", crate::logger::rfc3339_nano(SystemTime::now()));
     }
 }
 

@@ -36,11 +36,7 @@ impl Lifecycle {
         let now = exit::now_nanos();
         Lifecycle {
             inner: Mutex::new(Inner {
-                status: if running {
-                    Status::Running
-                } else {
-                    Status::Created
-                },
+                status: if running { Status::Running } else { Status::Created },
                 created_at: now,
                 started_at: if running { now } else { 0 },
                 exit: None,
@@ -74,14 +70,8 @@ impl Lifecycle {
                 i.starting = true;
                 Ok(())
             }
-            Status::Running => Err(Fail::new(
-                ErrorKind::FailedPrecondition,
-                "container is already started",
-            )),
-            Status::Stopped => Err(Fail::new(
-                ErrorKind::FailedPrecondition,
-                "container has already exited",
-            )),
+            Status::Running => Err(Fail::new(ErrorKind::FailedPrecondition, "container is already started")),
+            Status::Stopped => Err(Fail::new(ErrorKind::FailedPrecondition, "container has already exited")),
         }
     }
 

@@ -33,8 +33,7 @@ pub fn cstring(p: &Path) -> io::Result<CString> {
 }
 
 fn cstr_opt(s: Option<&str>) -> io::Result<Option<CString>> {
-    s.map(|s| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL)))
-        .transpose()
+    s.map(|s| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))).transpose()
 }
 
 pub enum Fork {
@@ -48,11 +47,7 @@ pub fn fork() -> io::Result<Fork> {
     // thread's address space. What the child may do afterwards (only async-signal-safe calls
     // when the parent has other threads) is the caller's contract, stated above.
     let pid = check(unsafe { libc::fork() })?;
-    Ok(if pid == 0 {
-        Fork::Child
-    } else {
-        Fork::Parent(pid)
-    })
+    Ok(if pid == 0 { Fork::Child } else { Fork::Parent(pid) })
 }
 
 /// Ends the calling process at once, without running destructors or atexit handlers.
@@ -88,8 +83,7 @@ pub fn set_no_new_privs() -> io::Result<()> {
 
 pub fn capbset_read(cap: u32) -> io::Result<bool> {
     // SAFETY: prctl with integer arguments only; no memory is passed.
-    check(unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) })
-        .map(|r| r == 1)
+    check(unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) }).map(|r| r == 1)
 }
 
 /// Async-signal-safe.
@@ -101,29 +95,15 @@ pub fn capbset_drop(cap: u32) -> io::Result<()> {
 /// Async-signal-safe.
 pub fn ambient_clear() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; no memory is passed.
-    check(unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    })
-    .map(|_| ())
+    check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) })
+        .map(|_| ())
 }
 
 /// Async-signal-safe.
 pub fn ambient_raise(cap: u32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; no memory is passed.
     check(unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-            cap as libc::c_ulong,
-            0,
-            0,
-        )
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong, 0, 0)
     })
     .map(|_| ())
 }
@@ -146,16 +126,9 @@ const CAP_V3: u32 = 0x2008_0522;
 
 /// capset(2) of the calling thread with 64-bit masks. Async-signal-safe.
 pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
-    let mut hdr = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
+    let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
     let data = [
-        CapData {
-            effective: effective as u32,
-            permitted: permitted as u32,
-            inheritable: inheritable as u32,
-        },
+        CapData { effective: effective as u32, permitted: permitted as u32, inheritable: inheritable as u32 },
         CapData {
             effective: (effective >> 32) as u32,
             permitted: (permitted >> 32) as u32,
@@ -165,10 +138,7 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()
     // SAFETY: `hdr` and `data` are live repr(C) structs laid out as the kernel's
     // cap_user_header_t and two cap_user_data_t (version 3 takes two); the kernel reads `data`
     // and may write the version into `hdr`, which is mutable, during the call only.
-    check_long(unsafe {
-        libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr())
-    })
-    .map(|_| ())
+    check_long(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) }).map(|_| ())
 }
 
 /// setgroups/setresgid/setresuid through the raw syscall so only the calling thread changes
@@ -177,8 +147,7 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()
 pub fn setgroups(gids: &[u32]) -> io::Result<()> {
     // SAFETY: the pointer and length describe the live slice `gids`, which the kernel only
     // reads during the call.
-    check_long(unsafe { libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) })
-        .map(|_| ())
+    check_long(unsafe { libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) }).map(|_| ())
 }
 
 /// Async-signal-safe.
@@ -229,8 +198,7 @@ pub fn mount(
             tgt.as_ptr(),
             fs.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             flags,
-            dat.as_ref()
-                .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
+            dat.as_ref().map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
         )
     })
     .map(|_| ())
@@ -332,14 +300,7 @@ pub fn stat_mode(path: &CStr) -> io::Result<u32> {
 pub fn mknod(path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()> {
     let p = cstring(path)?;
     // SAFETY: `p` is a NUL-terminated path alive for the call; the rest are integers.
-    check(unsafe {
-        libc::mknod(
-            p.as_ptr(),
-            mode as libc::mode_t,
-            libc::makedev(major as _, minor as _),
-        )
-    })
-    .map(|_| ())
+    check(unsafe { libc::mknod(p.as_ptr(), mode as libc::mode_t, libc::makedev(major as _, minor as _)) }).map(|_| ())
 }
 
 pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -351,24 +312,17 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe the live string `name` (no NUL needed: the
     // length is passed), which the kernel only reads.
-    check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) })
-        .map(|_| ())
+    check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) }).map(|_| ())
 }
 
 pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
-    };
+    let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
     // SAFETY: `lim` is a live rlimit the kernel only reads.
     check(unsafe { libc::setrlimit(resource as _, &lim) }).map(|_| ())
 }
 
 pub fn getrlimit(resource: u32) -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a live, writable rlimit for the kernel to fill.
     check(unsafe { libc::getrlimit(resource as _, &mut lim) })?;
     Ok((lim.rlim_cur, lim.rlim_max))
@@ -406,14 +360,7 @@ pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
 /// Async-signal-safe.
 pub fn cloexec_from(from: u32) -> io::Result<()> {
     // SAFETY: integer arguments only; close_range with CLOSE_RANGE_CLOEXEC only sets flags.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            from,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     if r == 0 {
         return Ok(());
     }
@@ -424,12 +371,8 @@ pub fn cloexec_from(from: u32) -> io::Result<()> {
 /// read with a raw getdents64 into a stack buffer (no allocation, no lock).
 pub fn cloexec_listed(from: u32) -> io::Result<()> {
     // SAFETY: a NUL-terminated literal path; open returns a new descriptor or -1.
-    let dir = check(unsafe {
-        libc::open(
-            c"/proc/self/fd".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
+    let dir =
+        check(unsafe { libc::open(c"/proc/self/fd".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
     let r = cloexec_entries(dir, from);
     // SAFETY: `dir` was opened above, is owned by this function and is closed once.
     unsafe { libc::close(dir) };
@@ -441,9 +384,7 @@ fn cloexec_entries(dir: RawFd, from: u32) -> io::Result<()> {
     loop {
         // SAFETY: `buf` is writable for the length passed; the kernel writes at most that many
         // bytes of linux_dirent64 records into it.
-        let n = check_long(unsafe {
-            libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len())
-        })? as usize;
+        let n = check_long(unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) })? as usize;
         if n == 0 {
             return Ok(());
         }
@@ -501,13 +442,7 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
     // SAFETY: `pidfd` is an open descriptor borrowed for the call; a null siginfo is allowed.
     check_long(unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
     })
     .map(|_| ())
 }
@@ -583,10 +518,7 @@ pub fn reset_signals() {
 /// Waits up to `timeout_ms` for one of the (blocked) signals; returns it, or None.
 pub fn wait_signal(sigs: &[i32], timeout_ms: u64) -> Option<i32> {
     let set = sigset_of(sigs);
-    let ts = libc::timespec {
-        tv_sec: (timeout_ms / 1000) as _,
-        tv_nsec: ((timeout_ms % 1000) * 1_000_000) as _,
-    };
+    let ts = libc::timespec { tv_sec: (timeout_ms / 1000) as _, tv_nsec: ((timeout_ms % 1000) * 1_000_000) as _ };
     // SAFETY: `set` and `ts` are live and only read; a null siginfo is allowed.
     let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
     if r < 0 {
@@ -598,14 +530,8 @@ pub fn wait_signal(sigs: &[i32], timeout_ms: u64) -> Option<i32> {
 
 /// poll(2) over (fd, events); returns revents per fd. EINTR counts as no event.
 pub fn poll(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<i16>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: the pointer and count describe the live vector `pfds`, which the kernel reads
     // and writes (revents) during the call only.
     let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
@@ -622,8 +548,7 @@ pub fn poll(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<i16>> {
 /// A new pseudo-terminal: (master, slave), both close-on-exec.
 pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: integer flags only; the result is a new descriptor or -1.
-    let master =
-        check(unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    let master = check(unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
     // SAFETY: posix_openpt just returned this descriptor; nothing else owns it.
     let master = unsafe { OwnedFd::from_raw_fd(master) };
     // SAFETY: `master` is an open pty master for both calls; no memory is passed.
@@ -639,12 +564,7 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: ptsname_r succeeded, so `buf` holds a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
     // SAFETY: `name` is NUL-terminated and alive for the call.
-    let slave = check(unsafe {
-        libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    })?;
+    let slave = check(unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
     // SAFETY: open just returned this descriptor; nothing else owns it.
     Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
 }
@@ -667,10 +587,7 @@ impl CStrArray {
     pub fn new(strings: Vec<CString>) -> CStrArray {
         let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
         ptrs.push(std::ptr::null());
-        CStrArray {
-            _strings: strings,
-            ptrs,
-        }
+        CStrArray { _strings: strings, ptrs }
     }
 }
 
@@ -712,7 +629,9 @@ fn find_code_ranges() -> ([(usize, usize); 8], usize) {
             let perms = fields.next().unwrap_or("");
             let path = fields.nth(3).unwrap_or("");
             candidate = match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                (Ok(s), Ok(e)) if !perms.contains('w') && perms.ends_with('p') && Path::new(path) == exe => Some((s, e)),
+                (Ok(s), Ok(e)) if !perms.contains('w') && perms.ends_with('p') && Path::new(path) == exe => {
+                    Some((s, e))
+                }
                 _ => None,
             };
         } else if first == "Anonymous:" {

@@ -46,10 +46,7 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
     if let Some(p) = plan.process.as_mut() {
         let dropped = p.caps.clamp(process::own_bounding(last));
         if dropped != 0 {
-            warn!(
-                "capabilities not available to the shim, dropped: {}",
-                process::cap_names(dropped).join(",")
-            );
+            warn!("capabilities not available to the shim, dropped: {}", process::cap_names(dropped).join(","));
         }
     }
     let cgroup = match &plan.cgroups_path {
@@ -68,14 +65,11 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
         }
     }
     let logger = match &plan.log_path {
-        Some(p) => Logger::new(Some(p.clone()))
-            .ctx(|| format!("opening log file {}", p.display()))
-            .map_err(cleanup)?,
+        Some(p) => Logger::new(Some(p.clone())).ctx(|| format!("opening log file {}", p.display())).map_err(cleanup)?,
         None => Logger::new(None).ctx(|| "logger".into())?,
     };
     let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills());
-    let created =
-        container::create(&plan, cgroup.as_ref(), logger.enabled()).map_err(cleanup)?;
+    let created = container::create(&plan, cgroup.as_ref(), logger.enabled()).map_err(cleanup)?;
     for w in &created.warnings {
         warn!("{w}");
     }
@@ -131,10 +125,7 @@ impl Role for Workload {
         life.begin_start()?;
         let Some((mut w, mut r)) = slot.take() else {
             life.finish_start(None);
-            return Err(Fail::new(
-                ErrorKind::FailedPrecondition,
-                "container is already started",
-            ));
+            return Err(Fail::new(ErrorKind::FailedPrecondition, "container is already started"));
         };
         let mut err = None;
         if w.write_all(&[1]).is_err() {
@@ -191,10 +182,7 @@ impl Role for Workload {
         if life.request_exit_if(|status| status == Status::Stopped) {
             Ok(())
         } else {
-            Err(Fail::new(
-                ErrorKind::FailedPrecondition,
-                "container is still running: kill it first",
-            ))
+            Err(Fail::new(ErrorKind::FailedPrecondition, "container is still running: kill it first"))
         }
     }
 
@@ -210,31 +198,16 @@ impl Role for Workload {
         self.logger.wait_drained(Duration::from_secs(2));
         let (start_error, started_at) = life.settled_start();
         let exit = match start_error {
-            Some(msg) => Exit {
-                exit_code: 128,
-                signal: 0,
-                finished_at,
-                oom_killed: false,
-                start_error: msg,
-                started_at: 0,
-            },
+            Some(msg) => {
+                Exit { exit_code: 128, signal: 0, finished_at, oom_killed: false, start_error: msg, started_at: 0 }
+            }
             None => {
                 let counter = self.cgroup.as_ref().and_then(|c| c.oom_kills());
                 let oom_killed = lock(&self.oom).container_oom(counter, signal);
-                Exit {
-                    exit_code: code,
-                    signal,
-                    finished_at,
-                    oom_killed,
-                    start_error: String::new(),
-                    started_at,
-                }
+                Exit { exit_code: code, signal, finished_at, oom_killed, start_error: String::new(), started_at }
             }
         };
-        info!(
-            "container exited: code {} signal {} oom {}",
-            exit.exit_code, exit.signal, exit.oom_killed
-        );
+        info!("container exited: code {} signal {} oom {}", exit.exit_code, exit.signal, exit.oom_killed);
         if let Err(e) = exit::write_record(&self.bundle, &exit) {
             warn!("writing the exit record: {e}");
         }

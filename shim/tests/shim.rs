@@ -18,10 +18,7 @@ fn exec_ok(r: proto::v1::Response) -> proto::v1::ExecResult {
 }
 
 fn status_field(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default()
+    text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
 }
 
 /// Shuts the shim down and checks it left nothing: no socket, no cgroup, no daemon.
@@ -50,13 +47,9 @@ fn logs_exit_code_and_exit_record() {
     assert_eq!(st.pid as i32, pid);
     assert!(start(&b).error.is_empty());
     let exit = wait(&b, 10_000).expect("exit");
-    assert_eq!(
-        (exit.exit_code, exit.signal, exit.oom_killed),
-        (3, 0, false)
-    );
+    assert_eq!((exit.exit_code, exit.signal, exit.oom_killed), (3, 0, false));
     assert!(exit.finished_at > 0 && exit.started_at > 0);
-    let record: proto::v1::Exit =
-        serde_json::from_slice(&fs::read(b.dir.join("exit")).unwrap()).unwrap();
+    let record: proto::v1::Exit = serde_json::from_slice(&fs::read(b.dir.join("exit")).unwrap()).unwrap();
     assert_eq!(record, exit);
     let st = state(&b);
     assert_eq!(st.status, Status::Stopped as i32);
@@ -91,10 +84,7 @@ fn kill_wait_state_and_shutdown() {
     if let Some(rss) = vm_rss_kib(daemon) {
         eprintln!("corral-shim daemon VmRSS with a sleeping container: {rss} kB");
         if std::env::var_os("SHIMTEST_SMAPS").is_some() {
-            eprintln!(
-                "{}",
-                fs::read_to_string(format!("/proc/{daemon}/smaps_rollup")).unwrap_or_default()
-            );
+            eprintln!("{}", fs::read_to_string(format!("/proc/{daemon}/smaps_rollup")).unwrap_or_default());
             let smaps = fs::read_to_string(format!("/proc/{daemon}/smaps")).unwrap_or_default();
             let mut cur = String::new();
             for l in smaps.lines() {
@@ -112,28 +102,15 @@ fn kill_wait_state_and_shutdown() {
     let err = wait(&b, 200).unwrap_err();
     assert_eq!(err.error_kind, ErrorKind::DeadlineExceeded as i32);
     let r = shutdown(&b);
-    assert_eq!(
-        r.error_kind,
-        ErrorKind::FailedPrecondition as i32,
-        "shutdown of a running container"
-    );
+    assert_eq!(r.error_kind, ErrorKind::FailedPrecondition as i32, "shutdown of a running container");
     // The cgroup holds the container process.
     let procs = fs::read_to_string(fx.cgroup_dirs(&b.cgroup)[0].join("cgroup.procs")).unwrap();
-    assert!(
-        procs.lines().any(|l| l.trim() == pid.to_string()),
-        "{procs}"
-    );
+    assert!(procs.lines().any(|l| l.trim() == pid.to_string()), "{procs}");
     assert!(kill(&b, 9, false).error.is_empty());
     let exit = wait(&b, 10_000).expect("exit");
-    assert_eq!(
-        (exit.exit_code, exit.signal, exit.oom_killed),
-        (137, 9, false)
-    );
+    assert_eq!((exit.exit_code, exit.signal, exit.oom_killed), (137, 9, false));
     assert!(!alive(pid));
-    eprintln!(
-        "shim.log:\n{}",
-        fs::read_to_string(b.dir.join("shim.log")).unwrap_or_default()
-    );
+    eprintln!("shim.log:\n{}", fs::read_to_string(b.dir.join("shim.log")).unwrap_or_default());
     // Killing an exited container is not an error.
     assert!(kill(&b, 9, true).error.is_empty());
     shutdown_clean(&fx, &b);
@@ -149,9 +126,7 @@ fn sigterm_trap_exit_code() {
     let script = "trap 'echo bye; exit 3' TERM; echo ready; while true; do sleep 0.05; done";
     fx.create(&b, &spec(&b, &["sh", "-c", script])).unwrap();
     assert!(start(&b).error.is_empty());
-    assert!(eventually(10, || log_entries(&b.log)
-        .iter()
-        .any(|e| e.2 == "ready")));
+    assert!(eventually(10, || log_entries(&b.log).iter().any(|e| e.2 == "ready")));
     assert!(kill(&b, 15, false).error.is_empty());
     let exit = wait(&b, 10_000).expect("exit");
     assert_eq!((exit.exit_code, exit.signal), (3, 0));
@@ -167,58 +142,26 @@ fn exec_output_timeout_and_background_child() {
     let mut fx = Fixture::new();
     let b = fx.bundle("exec");
     let mut s = spec(&b, &["sleep", "1000"]);
-    s["process"]["env"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!("FOO=spec"));
+    s["process"]["env"].as_array_mut().unwrap().push(json!("FOO=spec"));
     let pid = fx.create(&b, &s).unwrap();
     let r = exec(&b, &["true"], 0);
-    assert_eq!(
-        r.error_kind,
-        ErrorKind::FailedPrecondition as i32,
-        "exec before start"
-    );
+    assert_eq!(r.error_kind, ErrorKind::FailedPrecondition as i32, "exec before start");
     assert!(start(&b).error.is_empty());
 
-    let res = exec_ok(exec(
-        &b,
-        &[
-            "sh",
-            "-c",
-            "echo out $FOO $BAR; echo err >&2; pwd; echo $$; exit 7",
-        ],
-        0,
-    ));
-    assert_eq!(
-        String::from_utf8_lossy(&res.stdout).lines().next(),
-        Some("out spec")
-    );
+    let res = exec_ok(exec(&b, &["sh", "-c", "echo out $FOO $BAR; echo err >&2; pwd; echo $$; exit 7"], 0));
+    assert_eq!(String::from_utf8_lossy(&res.stdout).lines().next(), Some("out spec"));
     assert_eq!(res.stderr, b"err\n");
     assert_eq!(res.exit_code, 7);
-    let lines: Vec<String> = String::from_utf8_lossy(&res.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
+    let lines: Vec<String> = String::from_utf8_lossy(&res.stdout).lines().map(String::from).collect();
     assert_eq!(lines[1], "/");
-    assert_ne!(
-        lines[2], "1",
-        "exec runs inside the pid namespace, not as its init"
-    );
-    assert!(
-        lines[2].parse::<u32>().unwrap() < 100,
-        "pid {} is a namespace pid",
-        lines[2]
-    );
+    assert_ne!(lines[2], "1", "exec runs inside the pid namespace, not as its init");
+    assert!(lines[2].parse::<u32>().unwrap() < 100, "pid {} is a namespace pid", lines[2]);
 
     // env override and cwd
     let r = call(
         &b,
         request::Kind::Exec(proto::v1::ExecRequest {
-            args: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo $FOO; pwd; cat /proc/self/status".into(),
-            ],
+            args: vec!["sh".into(), "-c".into(), "echo $FOO; pwd; cat /proc/self/status".into()],
             env: vec!["FOO=req".into()],
             cwd: "/tmp".into(),
             timeout_ms: 5000,
@@ -227,38 +170,21 @@ fn exec_output_timeout_and_background_child() {
     let res = exec_ok(r);
     let out = String::from_utf8_lossy(&res.stdout).to_string();
     assert!(out.starts_with("req\n/tmp\n"), "{out}");
-    assert_eq!(
-        u64::from_str_radix(&status_field(&out, "CapEff:"), 16).unwrap(),
-        DEFAULT_CAPS_MASK
-    );
+    assert_eq!(u64::from_str_radix(&status_field(&out, "CapEff:"), 16).unwrap(), DEFAULT_CAPS_MASK);
     assert_eq!(status_field(&out, "NoNewPrivs:"), "1");
 
     // missing command
     let r = exec(&b, &["nosuch"], 5000);
-    assert!(
-        r.error
-            .contains(r#"exec: "nosuch": executable file not found in $PATH"#),
-        "{}",
-        r.error
-    );
+    assert!(r.error.contains(r#"exec: "nosuch": executable file not found in $PATH"#), "{}", r.error);
 
     // timeout: the command is killed and gone afterwards
     let t = Instant::now();
     let r = exec(&b, &["sh", "-c", "sleep 1000; echo never"], 500);
-    assert_eq!(
-        r.error_kind,
-        ErrorKind::DeadlineExceeded as i32,
-        "{}",
-        r.error
-    );
+    assert_eq!(r.error_kind, ErrorKind::DeadlineExceeded as i32, "{}", r.error);
     assert!(t.elapsed() < Duration::from_secs(5));
     let cg = fx.cgroup_dirs(&b.cgroup)[0].join("cgroup.procs");
     assert!(
-        eventually(5, || fs::read_to_string(&cg)
-            .unwrap()
-            .lines()
-            .collect::<Vec<_>>()
-            == vec![pid.to_string()]),
+        eventually(5, || fs::read_to_string(&cg).unwrap().lines().collect::<Vec<_>>() == vec![pid.to_string()]),
         "exec'd processes left: {}",
         fs::read_to_string(&cg).unwrap()
     );
@@ -266,11 +192,7 @@ fn exec_output_timeout_and_background_child() {
     // a background child holding stdout does not hang the answer
     let t = Instant::now();
     let res = exec_ok(exec(&b, &["sh", "-c", "sleep 30 & echo done"], 0));
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
     assert_eq!(res.stdout, b"done\n");
     assert_eq!(res.exit_code, 0);
 
@@ -288,17 +210,13 @@ fn missing_executable_is_a_start_error() {
     let b = fx.bundle("nosuch");
     fx.create(&b, &spec(&b, &["nosuch"])).unwrap();
     let r = start(&b);
-    assert_eq!(
-        r.error,
-        r#"exec: "nosuch": executable file not found in $PATH"#
-    );
+    assert_eq!(r.error, r#"exec: "nosuch": executable file not found in $PATH"#);
     let st = state(&b);
     assert_eq!(st.status, Status::Stopped as i32);
     let exit = st.exit.unwrap();
     assert_eq!(exit.exit_code, 128);
     assert_eq!(exit.start_error, r.error);
-    let record: proto::v1::Exit =
-        serde_json::from_slice(&fs::read(b.dir.join("exit")).unwrap()).unwrap();
+    let record: proto::v1::Exit = serde_json::from_slice(&fs::read(b.dir.join("exit")).unwrap()).unwrap();
     assert_eq!(record.exit_code, 128);
     shutdown_clean(&fx, &b);
 
@@ -317,38 +235,25 @@ fn identity_caps_and_isolation() {
     }
     let mut fx = Fixture::new();
     let b = fx.bundle("ident");
-    let script = "cat /proc/self/status; echo host=$(hostname); echo pid=$$; echo timer=$(cat /proc/timer_list | wc -c); \
+    let script =
+        "cat /proc/self/status; echo host=$(hostname); echo pid=$$; echo timer=$(cat /proc/timer_list | wc -c); \
                   touch /rofile 2>/dev/null && echo root=rw || echo root=ro; touch /tmp/x && echo tmp=rw; \
                   echo sysrq=$(echo 1 2>/dev/null > /proc/sysrq-trigger && echo rw || echo ro); ls /sys/fs/cgroup";
     let mut s = spec(&b, &["sh", "-c", script]);
     s["root"]["readonly"] = json!(true);
-    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}));
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}));
     fx.create(&b, &s).unwrap();
     assert!(start(&b).error.is_empty());
     assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
     let out: Vec<String> = log_entries(&b.log).into_iter().map(|e| e.2).collect();
     let text = out.join("\n");
-    assert_eq!(
-        u64::from_str_radix(&status_field(&text, "CapEff:"), 16).unwrap(),
-        DEFAULT_CAPS_MASK,
-        "{text}"
-    );
-    assert_eq!(
-        u64::from_str_radix(&status_field(&text, "CapBnd:"), 16).unwrap(),
-        DEFAULT_CAPS_MASK
-    );
-    assert_eq!(
-        u64::from_str_radix(&status_field(&text, "CapInh:"), 16).unwrap(),
-        0
-    );
-    for line in [
-        "host=shimtest",
-        "pid=1",
-        "timer=0",
-        "root=ro",
-        "tmp=rw",
-        "sysrq=ro",
-    ] {
+    assert_eq!(u64::from_str_radix(&status_field(&text, "CapEff:"), 16).unwrap(), DEFAULT_CAPS_MASK, "{text}");
+    assert_eq!(u64::from_str_radix(&status_field(&text, "CapBnd:"), 16).unwrap(), DEFAULT_CAPS_MASK);
+    assert_eq!(u64::from_str_radix(&status_field(&text, "CapInh:"), 16).unwrap(), 0);
+    for line in ["host=shimtest", "pid=1", "timer=0", "root=ro", "tmp=rw", "sysrq=ro"] {
         assert!(out.iter().any(|l| l == line), "{line} missing in {text}");
     }
     if Path::new("/sys/fs/cgroup/memory").is_dir() {
@@ -359,39 +264,19 @@ fn identity_caps_and_isolation() {
     // A non-root user with groups.
     let b = fx.bundle("user");
     let mut s = spec(&b, &["sh", "-c", "cat /proc/self/status; id"]);
-    s["process"]["user"] =
-        json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 18});
+    s["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 18});
     // A non-root process keeps capabilities across exec only through the ambient set.
     s["process"]["capabilities"]["inheritable"] = json!(DEFAULT_CAPS);
     s["process"]["capabilities"]["ambient"] = json!(DEFAULT_CAPS);
     fx.create(&b, &s).unwrap();
     assert!(start(&b).error.is_empty());
     assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
-    let text: String = log_entries(&b.log)
-        .into_iter()
-        .map(|e| e.2 + "\n")
-        .collect();
-    assert_eq!(
-        status_field(&text, "Uid:")
-            .split_whitespace()
-            .collect::<Vec<_>>(),
-        vec!["1000"; 4]
-    );
-    assert_eq!(
-        status_field(&text, "Gid:")
-            .split_whitespace()
-            .collect::<Vec<_>>(),
-        vec!["1000"; 4]
-    );
+    let text: String = log_entries(&b.log).into_iter().map(|e| e.2 + "\n").collect();
+    assert_eq!(status_field(&text, "Uid:").split_whitespace().collect::<Vec<_>>(), vec!["1000"; 4]);
+    assert_eq!(status_field(&text, "Gid:").split_whitespace().collect::<Vec<_>>(), vec!["1000"; 4]);
     assert_eq!(status_field(&text, "Groups:"), "10 20");
-    assert_eq!(
-        u64::from_str_radix(&status_field(&text, "CapEff:"), 16).unwrap(),
-        DEFAULT_CAPS_MASK
-    );
-    assert_eq!(
-        u64::from_str_radix(&status_field(&text, "CapAmb:"), 16).unwrap(),
-        DEFAULT_CAPS_MASK
-    );
+    assert_eq!(u64::from_str_radix(&status_field(&text, "CapEff:"), 16).unwrap(), DEFAULT_CAPS_MASK);
+    assert_eq!(u64::from_str_radix(&status_field(&text, "CapAmb:"), 16).unwrap(), DEFAULT_CAPS_MASK);
     assert_eq!(status_field(&text, "Umask:"), "0022");
     shutdown_clean(&fx, &b);
 }
@@ -409,15 +294,9 @@ fn pause_is_pid1_of_the_pod() {
     });
     let pause_pid = fx.pause(&p, &pause_spec).unwrap();
     let st = state(&p);
+    assert_eq!((st.status, st.pid as i32), (Status::Running as i32, pause_pid));
     assert_eq!(
-        (st.status, st.pid as i32),
-        (Status::Running as i32, pause_pid)
-    );
-    assert_eq!(
-        status_field(
-            &fs::read_to_string(format!("/proc/{pause_pid}/status")).unwrap(),
-            "NSpid:"
-        ),
+        status_field(&fs::read_to_string(format!("/proc/{pause_pid}/status")).unwrap(), "NSpid:"),
         format!("{pause_pid}\t1")
     );
     // Confined: no capability, no_new_privs, an empty root of its own.
@@ -430,26 +309,14 @@ fn pause_is_pid1_of_the_pod() {
     assert!(root.is_empty(), "the pause's root holds {root:?}");
 
     let b = fx.bundle("member");
-    let mut s = spec(
-        &b,
-        &[
-            "sh",
-            "-c",
-            "echo one=$(tr '\\0' ' ' < /proc/1/cmdline); echo me=$$; sleep 1000 & sleep 1000",
-        ],
-    );
-    s["linux"]["namespaces"][0] =
-        json!({"type": "pid", "path": format!("/proc/{pause_pid}/ns/pid")});
+    let mut s =
+        spec(&b, &["sh", "-c", "echo one=$(tr '\\0' ' ' < /proc/1/cmdline); echo me=$$; sleep 1000 & sleep 1000"]);
+    s["linux"]["namespaces"][0] = json!({"type": "pid", "path": format!("/proc/{pause_pid}/ns/pid")});
     fx.create(&b, &s).unwrap();
     assert!(start(&b).error.is_empty());
-    assert!(eventually(10, || log_entries(&b.log)
-        .iter()
-        .any(|e| e.2.starts_with("me="))));
+    assert!(eventually(10, || log_entries(&b.log).iter().any(|e| e.2.starts_with("me="))));
     let out: Vec<String> = log_entries(&b.log).into_iter().map(|e| e.2).collect();
-    assert!(
-        out[0].starts_with("one=") && out[0].contains("corral-shim pause"),
-        "{out:?}"
-    );
+    assert!(out[0].starts_with("one=") && out[0].contains("corral-shim pause"), "{out:?}");
     assert_ne!(out[1], "me=1");
 
     // Killing the pause ends the pod's pid namespace, and with it the container.
@@ -470,14 +337,7 @@ fn memory_limit_oom_kill() {
     }
     let mut fx = Fixture::new();
     let b = fx.bundle("oom");
-    let mut s = spec(
-        &b,
-        &[
-            "sh",
-            "-c",
-            "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived",
-        ],
-    );
+    let mut s = spec(&b, &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived"]);
     s["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20});
     fx.create(&b, &s).unwrap();
     let limit = fs::read_to_string(
@@ -492,10 +352,7 @@ fn memory_limit_oom_kill() {
     // An exec'd process killed by the OOM killer is not the container's OOM.
     assert!(start(&b).error.is_empty());
     let exit = wait(&b, 60_000).expect("exit");
-    assert_eq!(
-        (exit.exit_code, exit.signal, exit.oom_killed),
-        (137, 9, true)
-    );
+    assert_eq!((exit.exit_code, exit.signal, exit.oom_killed), (137, 9, true));
     shutdown_clean(&fx, &b);
 }
 
@@ -510,11 +367,7 @@ fn exec_oom_is_not_the_containers() {
     s["linux"]["resources"]["memory"] = json!({"limit": 32 << 20});
     fx.create(&b, &s).unwrap();
     assert!(start(&b).error.is_empty());
-    let res = exec_ok(exec(
-        &b,
-        &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a)"],
-        60_000,
-    ));
+    let res = exec_ok(exec(&b, &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a)"], 60_000));
     assert_eq!(res.exit_code, 137);
     assert!(kill(&b, 9, false).error.is_empty());
     let exit = wait(&b, 10_000).unwrap();
@@ -529,19 +382,10 @@ fn shim_survives_its_launchers_parent() {
     }
     let mut fx = Fixture::new();
     let b = fx.bundle("orphan");
-    fs::write(
-        b.dir.join("config.json"),
-        serde_json::to_vec(&spec(&b, &["sleep", "1000"])).unwrap(),
-    )
-    .unwrap();
+    fs::write(b.dir.join("config.json"), serde_json::to_vec(&spec(&b, &["sleep", "1000"])).unwrap()).unwrap();
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "{} create --bundle {} --id {} & wait",
-            bin(),
-            b.dir.display(),
-            b.id
-        ))
+        .arg(format!("{} create --bundle {} --id {} & wait", bin(), b.dir.display(), b.id))
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -565,42 +409,22 @@ fn reopen_log_after_rename() {
     let b = fx.bundle("rotate");
     let trig = fx.path().join("trigger");
     fs::create_dir(&trig).unwrap();
-    let mut s = spec(
-        &b,
-        &[
-            "sh",
-            "-c",
-            "echo one; while [ ! -e /trig/go ]; do sleep 0.02; done; echo two",
-        ],
-    );
-    s["mounts"].as_array_mut().unwrap().push(
-        json!({"destination": "/trig", "type": "bind", "source": trig, "options": ["rbind", "rw"]}),
-    );
+    let mut s = spec(&b, &["sh", "-c", "echo one; while [ ! -e /trig/go ]; do sleep 0.02; done; echo two"]);
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/trig", "type": "bind", "source": trig, "options": ["rbind", "rw"]}));
     fx.create(&b, &s).unwrap();
     assert!(start(&b).error.is_empty());
-    assert!(eventually(10, || log_entries(&b.log)
-        .iter()
-        .any(|e| e.2 == "one")));
+    assert!(eventually(10, || log_entries(&b.log).iter().any(|e| e.2 == "one")));
     let rotated = b.log.with_extension("log.1");
     fs::rename(&b.log, &rotated).unwrap();
     let r = call(&b, request::Kind::ReopenLog(Default::default()));
     assert!(r.error.is_empty(), "{}", r.error);
     fs::write(trig.join("go"), "").unwrap();
     assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
-    assert_eq!(
-        log_entries(&rotated)
-            .into_iter()
-            .map(|e| e.2)
-            .collect::<Vec<_>>(),
-        vec!["one"]
-    );
-    assert_eq!(
-        log_entries(&b.log)
-            .into_iter()
-            .map(|e| e.2)
-            .collect::<Vec<_>>(),
-        vec!["two"]
-    );
+    assert_eq!(log_entries(&rotated).into_iter().map(|e| e.2).collect::<Vec<_>>(), vec!["one"]);
+    assert_eq!(log_entries(&b.log).into_iter().map(|e| e.2).collect::<Vec<_>>(), vec!["two"]);
 
     // The log dir is gone: an error, and no new file.
     let logs = b.log.parent().unwrap().to_path_buf();
@@ -619,14 +443,7 @@ fn tty_mode() {
     }
     let mut fx = Fixture::new();
     let b = fx.bundle("tty");
-    let mut s = spec(
-        &b,
-        &[
-            "sh",
-            "-c",
-            "[ -t 0 ] && [ -t 1 ] && echo isatty; echo err >&2",
-        ],
-    );
+    let mut s = spec(&b, &["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo isatty; echo err >&2"]);
     s["process"]["terminal"] = json!(true);
     fx.create(&b, &s).unwrap();
     assert!(start(&b).error.is_empty());
@@ -647,21 +464,18 @@ fn create_failures_leave_nothing() {
     // A failure inside the container child comes back as a message.
     let b = fx.bundle("badmount");
     let mut s = spec(&b, &["true"]);
-    s["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}));
+    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}));
     let err = fx.create(&b, &s).unwrap_err();
     assert_eq!(err, "mounting nosuchfs none at /x: ENODEV");
     // A failure in the shim before forking.
     let b2 = fx.bundle("badbind");
     let mut s = spec(&b2, &["true"]);
-    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/y", "type": "bind", "source": "/nonexistent-shimtest", "options": ["rbind"]}));
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/y", "type": "bind", "source": "/nonexistent-shimtest", "options": ["rbind"]}));
     let err = fx.create(&b2, &s).unwrap_err();
-    assert!(
-        err.contains("/nonexistent-shimtest") && err.contains("ENOENT"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent-shimtest") && err.contains("ENOENT"), "{err}");
     // seccomp is refused clearly.
     let b3 = fx.bundle("seccomp");
     let mut s = spec(&b3, &["true"]);
@@ -675,10 +489,6 @@ fn create_failures_leave_nothing() {
     }
     assert!(fx.daemons.is_empty());
     for b in [&b, &b2, &b3] {
-        assert!(
-            eventually(5, || processes_mentioning(&b.id).is_empty()),
-            "{:?}",
-            processes_mentioning(&b.id)
-        );
+        assert!(eventually(5, || processes_mentioning(&b.id).is_empty()), "{:?}", processes_mentioning(&b.id));
     }
 }

@@ -26,13 +26,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("status: {:?}", status.status.map(|s| s.conditions));
     images.pull_image(cri::PullImageRequest { image: Some(tests::spec(image)), ..Default::default() }).await?;
     let pod_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: "smoke".into(), uid: "smoke-uid".into(), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "smoke".into(),
+            uid: "smoke-uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: "smoke".into(),
         log_directory: "/tmp/corral-smoke-logs".into(),
-        port_mappings: vec![cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port, host_ip: String::new() }],
+        port_mappings: vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port,
+            host_ip: String::new(),
+        }],
         ..Default::default()
     };
-    let pod = rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config.clone()), runtime_handler: String::new() })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
     let result = serve_and_fetch(&mut rt, &pod, &pod_config, image, host_port).await;
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
@@ -49,16 +63,27 @@ async fn serve_and_fetch(
     image: &str,
     host_port: i32,
 ) -> Result<String, Box<dyn std::error::Error>> {
-    let st = rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false }).await?.into_inner();
+    let st = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
+        .await?
+        .into_inner();
     println!("pod {pod} ip {:?}", st.status.and_then(|s| s.network).map(|n| n.ip));
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: "web".into(), attempt: 0 }),
         image: Some(tests::spec(image)),
-        command: vec!["sh".into(), "-c".into(), "mkdir -p /www && echo hello-from-corral > /www/index.html && exec httpd -f -p 80 -h /www".into()],
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /www && echo hello-from-corral > /www/index.html && exec httpd -f -p 80 -h /www".into(),
+        ],
         log_path: "web.log".into(),
         ..Default::default()
     };
-    let req = cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) };
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    };
     let ctr = rt.create_container(req).await?.into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: ctr }).await?;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -72,11 +72,21 @@ pub struct Route {
 
 impl Route {
     pub fn ok(content_type: &str, body: Vec<u8>) -> Route {
-        Route { status: 200, headers: vec![("Content-Type".into(), content_type.into())], body, behavior: Behavior::Normal }
+        Route {
+            status: 200,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body,
+            behavior: Behavior::Normal,
+        }
     }
 
     pub fn status(status: u16, body: &str) -> Route {
-        Route { status, headers: vec![("Content-Type".into(), "application/json".into())], body: body.as_bytes().to_vec(), behavior: Behavior::Normal }
+        Route {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+            behavior: Behavior::Normal,
+        }
     }
 
     pub fn behave(mut self, behavior: Behavior) -> Route {
@@ -264,7 +274,11 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(()) {
+            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(())
+            {
                 Ok(b) => {
                     out.push(b);
                     i += 2;
@@ -299,10 +313,13 @@ async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>
     let mut first = lines.next().unwrap_or("").split(' ');
     let method = first.next().unwrap_or("").to_string();
     let target = first.next().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
-    let length: usize = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
     let mut body = buf[header_end + 4..].to_vec();
     while body.len() < length {
         let n = stream.read(&mut chunk).await?;
@@ -330,7 +347,12 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-async fn write_head(stream: &mut TcpStream, status: u16, headers: &[(String, String)], length: usize) -> std::io::Result<()> {
+async fn write_head(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    length: usize,
+) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {status} {}\r\nContent-Length: {length}\r\nConnection: close\r\n", reason(status));
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -378,7 +400,10 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, addr: SocketAddr
             return respond(&mut stream, &route, false).await;
         }
         if req.path.starts_with("/v2/") && req.header("authorization") != Some(&format!("Bearer {}", auth.token)) {
-            let mut route = json_route(401, serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}));
+            let mut route = json_route(
+                401,
+                serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}),
+            );
             route.headers.push((
                 "WWW-Authenticate".into(),
                 format!("Bearer realm=\"http://{addr}/token\",service=\"fake\",scope=\"repository:x:pull\""),
@@ -390,10 +415,13 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, addr: SocketAddr
         Some(r) if req.method == "GET" || req.method == "HEAD" => r,
         Some(_) => json_route(405, serde_json::json!({"errors": [{"code": "UNSUPPORTED"}]})),
         None if req.path == "/v2/" || req.path == "/v2" => json_route(200, serde_json::json!({})),
-        None if req.path.contains("/manifests/") => {
-            json_route(404, serde_json::json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}))
+        None if req.path.contains("/manifests/") => json_route(
+            404,
+            serde_json::json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}),
+        ),
+        None if req.path.contains("/blobs/") => {
+            json_route(404, serde_json::json!({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}))
         }
-        None if req.path.contains("/blobs/") => json_route(404, serde_json::json!({"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]})),
         None => json_route(404, serde_json::json!({"errors": [{"code": "NAME_UNKNOWN"}]})),
     };
     respond(&mut stream, &route, head_only).await

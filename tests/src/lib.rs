@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use cri_api::v1 as cri;
 use cri_api::v1::image_service_client::ImageServiceClient;
 use cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
 pub use cri_api;
@@ -82,7 +82,10 @@ impl TestEnv {
     /// `None` when `CORRAL_TEST_REGISTRY` is unset (the registries are not running).
     pub fn from_env() -> Option<TestEnv> {
         let registry = std::env::var("CORRAL_TEST_REGISTRY").ok().filter(|s| !s.is_empty())?;
-        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with CORRAL_TEST_REGISTRY (see hack/test-env.sh)"));
+        let var = |name: &str| {
+            std::env::var(name)
+                .unwrap_or_else(|_| panic!("{name} must be set with CORRAL_TEST_REGISTRY (see hack/test-env.sh)"))
+        };
         let images_path = var("CORRAL_TEST_IMAGES");
         let text = std::fs::read_to_string(&images_path).unwrap_or_else(|e| panic!("reading {images_path}: {e}"));
         Some(TestEnv {
@@ -104,7 +107,10 @@ impl TestEnv {
         let v = self.images.get(name).unwrap_or_else(|| panic!("{name} is not in CORRAL_TEST_IMAGES"));
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
         let list = |k: &str| -> Vec<String> {
-            v.get(k).and_then(|x| x.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+            v.get(k)
+                .and_then(|x| x.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                .unwrap_or_default()
         };
         ImageInfo {
             manifest_digest: s("manifest_digest").expect("manifest_digest"),
@@ -147,14 +153,19 @@ pub fn corrald_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CORRALD") {
         return PathBuf::from(p);
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf();
+    let workspace =
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf();
     let target = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
         Some(t) => workspace.join(t),
         None => workspace.join("target"),
     };
     let bin = target.join("debug").join("corrald");
-    assert!(bin.exists(), "{} does not exist: build it first with `cargo build -p agent` (hack/test.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first with `cargo build -p agent` (hack/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -260,7 +271,11 @@ impl Corrald {
                 }
             }
             if Instant::now() > deadline {
-                panic!("corrald did not answer Version on {} within {START_TIMEOUT:?}; its log:\n{}", self.socket.display(), self.log_text());
+                panic!(
+                    "corrald did not answer Version on {} within {START_TIMEOUT:?}; its log:\n{}",
+                    self.socket.display(),
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -359,26 +374,44 @@ impl Corrald {
 
     pub async fn status(&self, image: &str) -> Option<cri::Image> {
         let req = cri::ImageStatusRequest { image: Some(spec(image)), verbose: false };
-        rpc(self.images().image_status(req)).await.unwrap_or_else(|e| panic!("ImageStatus {image}: {e}")).into_inner().image
+        rpc(self.images().image_status(req))
+            .await
+            .unwrap_or_else(|e| panic!("ImageStatus {image}: {e}"))
+            .into_inner()
+            .image
     }
 
     /// ImageStatus with verbose set: the image and the parsed `info["info"]` JSON.
     pub async fn status_verbose(&self, image: &str) -> Option<(cri::Image, serde_json::Value)> {
         let req = cri::ImageStatusRequest { image: Some(spec(image)), verbose: true };
-        let resp = rpc(self.images().image_status(req)).await.unwrap_or_else(|e| panic!("ImageStatus {image}: {e}")).into_inner();
+        let resp = rpc(self.images().image_status(req))
+            .await
+            .unwrap_or_else(|e| panic!("ImageStatus {image}: {e}"))
+            .into_inner();
         let img = resp.image?;
-        let info = resp.info.get("info").unwrap_or_else(|| panic!("verbose ImageStatus of {image} has no info[\"info\"]: {:?}", resp.info));
+        let info = resp
+            .info
+            .get("info")
+            .unwrap_or_else(|| panic!("verbose ImageStatus of {image} has no info[\"info\"]: {:?}", resp.info));
         let info = serde_json::from_str(info).unwrap_or_else(|e| panic!("info[\"info\"] is not JSON: {e}: {info}"));
         Some((img, info))
     }
 
     pub async fn list(&self) -> Vec<cri::Image> {
-        rpc(self.images().list_images(cri::ListImagesRequest { filter: None })).await.expect("ListImages").into_inner().images
+        rpc(self.images().list_images(cri::ListImagesRequest { filter: None }))
+            .await
+            .expect("ListImages")
+            .into_inner()
+            .images
     }
 
     pub async fn list_filtered(&self, image: &str) -> Vec<cri::Image> {
         let filter = cri::ImageFilter { image: Some(spec(image)) };
-        rpc(self.images().list_images(cri::ListImagesRequest { filter: Some(filter) })).await.expect("ListImages").into_inner().images
+        rpc(self.images().list_images(cri::ListImagesRequest { filter: Some(filter) }))
+            .await
+            .expect("ListImages")
+            .into_inner()
+            .images
     }
 
     pub async fn remove(&self, image: &str) -> Result<(), tonic::Status> {
@@ -386,7 +419,8 @@ impl Corrald {
     }
 
     pub async fn fs_info(&self) -> cri::FilesystemUsage {
-        let resp = rpc(self.images().image_fs_info(cri::ImageFsInfoRequest {})).await.expect("ImageFsInfo").into_inner();
+        let resp =
+            rpc(self.images().image_fs_info(cri::ImageFsInfoRequest {})).await.expect("ImageFsInfo").into_inner();
         assert_eq!(resp.image_filesystems.len(), 1, "one image filesystem expected: {resp:?}");
         resp.image_filesystems.into_iter().next().unwrap()
     }
@@ -457,8 +491,11 @@ pub fn remove_all_pods(socket: &Path) {
             let fut = async {
                 if let Ok(list) = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
                     for pod in list.into_inner().items {
-                        let _ = client.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
-                        let _ = client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
+                        let _ = client
+                            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() })
+                            .await;
+                        let _ =
+                            client.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
                     }
                 }
             };
@@ -591,9 +628,15 @@ impl Overlay {
         let fstype_c = CString::new(fstype).unwrap();
         let data_c = CString::new(data).unwrap();
         // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-        let rc = unsafe { libc::mount(source_c.as_ptr(), target.as_ptr(), fstype_c.as_ptr(), flags, data_c.as_ptr().cast()) };
+        let rc = unsafe {
+            libc::mount(source_c.as_ptr(), target.as_ptr(), fstype_c.as_ptr(), flags, data_c.as_ptr().cast())
+        };
         if rc != 0 {
-            panic!("mount {source} ({fstype}, {data}) on {}: {}", self.path().display(), std::io::Error::last_os_error());
+            panic!(
+                "mount {source} ({fstype}, {data}) on {}: {}",
+                self.path().display(),
+                std::io::Error::last_os_error()
+            );
         }
     }
 

@@ -43,7 +43,11 @@ pub struct Net {
 }
 
 pub fn hostport_chains_exist() -> bool {
-    Command::new("iptables").args(["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("iptables")
+        .args(["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Removes the reference portmap's shared chains and the jumps to them, in one batch, when no
@@ -66,7 +70,8 @@ pub fn remove_hostport_chains() {
         batch.push_str(&format!("-F {c}\n-X {c}\n"));
     }
     batch.push_str("COMMIT\n");
-    if let Ok(mut child) = Command::new("iptables-restore").arg("--noflush").stdin(std::process::Stdio::piped()).spawn() {
+    if let Ok(mut child) = Command::new("iptables-restore").arg("--noflush").stdin(std::process::Stdio::piped()).spawn()
+    {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(batch.as_bytes());
         }
@@ -98,7 +103,10 @@ impl Net {
                 p["capabilities"] = serde_json::json!({ "portMappings": true });
                 vec![p]
             }
-            Chain::Reference => vec![bridge_conf, serde_json::json!({ "type": "portmap", "capabilities": { "portMappings": true }, "snat": true })],
+            Chain::Reference => vec![
+                bridge_conf,
+                serde_json::json!({ "type": "portmap", "capabilities": { "portMappings": true }, "snat": true }),
+            ],
         };
         let conflist = serde_json::json!({ "cniVersion": "1.0.0", "name": name, "plugins": plugins });
         std::fs::write(conf_dir.join("10-it.conflist"), conflist.to_string()).unwrap();
@@ -121,15 +129,30 @@ impl Net {
 
     pub fn pod_config(&self, name: &str, host_port: Option<i32>) -> cri::PodSandboxConfig {
         cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "net".into(), attempt: 0 }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "net".into(),
+                attempt: 0,
+            }),
             hostname: name.into(),
             log_directory: self.c.dir().join("logs").join(name).display().to_string(),
             port_mappings: host_port
-                .map(|hp| vec![cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: hp, host_ip: String::new() }])
+                .map(|hp| {
+                    vec![cri::PortMapping {
+                        protocol: cri::Protocol::Tcp as i32,
+                        container_port: 80,
+                        host_port: hp,
+                        host_ip: String::new(),
+                    }]
+                })
                 .unwrap_or_default(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() }),
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -146,11 +169,13 @@ impl Net {
     /// A pod of `pc` with one container running `script`; returns (pod id, container id, pod IP).
     pub async fn pod_with(&self, pc: cri::PodSandboxConfig, script: &str) -> (String, String, String) {
         let name = pc.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let pod = rpc(self.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc.clone()), runtime_handler: String::new() }))
-            .await
-            .expect("RunPodSandbox")
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = rpc(self
+            .rt()
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pc.clone()), runtime_handler: String::new() }))
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
         let cfg = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: "main".into(), attempt: 0 }),
             image: Some(crate::spec(&self.env.image(BUSYBOX))),
@@ -158,31 +183,47 @@ impl Net {
             log_path: "main.log".into(),
             ..Default::default()
         };
-        let ctr = rpc(self.rt().create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(cfg), sandbox_config: Some(pc) }))
+        let ctr = rpc(self.rt().create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pc),
+        }))
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+        rpc(self.rt().start_container(cri::StartContainerRequest { container_id: ctr.clone() }))
             .await
-            .expect("CreateContainer")
-            .into_inner()
-            .container_id;
-        rpc(self.rt().start_container(cri::StartContainerRequest { container_id: ctr.clone() })).await.expect("StartContainer");
-        let st = rpc(self.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+            .expect("StartContainer");
+        let st = rpc(self
+            .rt()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
         let ip = st.network.expect("network status").ip;
         assert!(!ip.is_empty(), "pod {name} has no IP");
         (pod, ctr, ip)
     }
 
     pub async fn exec(&self, ctr: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
-        let req = cri::ExecSyncRequest { container_id: ctr.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 20 };
+        let req = cri::ExecSyncRequest {
+            container_id: ctr.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        };
         rpc(self.rt().exec_sync(req)).await.expect("ExecSync").into_inner()
     }
 
     pub async fn remove_pod(&self, id: &str) {
-        rpc(self.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })).await.expect("StopPodSandbox");
-        rpc(self.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })).await.expect("RemovePodSandbox");
+        rpc(self.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }))
+            .await
+            .expect("StopPodSandbox");
+        rpc(self.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }))
+            .await
+            .expect("RemovePodSandbox");
     }
 
     /// veths enslaved to this test's bridge.
@@ -204,7 +245,6 @@ impl Net {
         out
     }
 }
-
 
 impl Drop for Net {
     fn drop(&mut self) {

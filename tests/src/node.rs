@@ -29,7 +29,8 @@ pub const KUBELET_MASKED_PATHS: [&str; 11] = [
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ];
-pub const KUBELET_READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const KUBELET_READONLY_PATHS: [&str; 5] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 pub struct Node {
     pub c: Corrald,
@@ -64,7 +65,11 @@ pub fn fake_cni() -> tempfile::TempDir {
     let plugin = dir.path().join("bin").join("fake-cni");
     std::fs::write(&plugin, FAKE_PLUGIN).unwrap();
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(dir.path().join("net.d").join("10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni","capabilities":{"portMappings":true}}]}"#).unwrap();
+    std::fs::write(
+        dir.path().join("net.d").join("10-fake.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni","capabilities":{"portMappings":true}}]}"#,
+    )
+    .unwrap();
     dir
 }
 
@@ -95,7 +100,12 @@ impl Node {
 
     pub fn pod_config(&self, name: &str, pid: cri::NamespaceMode) -> cri::PodSandboxConfig {
         cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
             hostname: name.into(),
             log_directory: self.c.dir().join("logs").join(name).display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
@@ -110,9 +120,11 @@ impl Node {
     }
 
     pub async fn run_pod_with(&self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-        rpc(self.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }))
-            .await
-            .map(|r| r.into_inner().pod_sandbox_id)
+        rpc(self
+            .rt()
+            .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }))
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
     }
 
     pub async fn run_pod(&self, name: &str, pid: cri::NamespaceMode) -> (String, cri::PodSandboxConfig) {
@@ -141,8 +153,17 @@ impl Node {
         }
     }
 
-    pub async fn create(&self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
-        let req = cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) };
+    pub async fn create(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
         rpc(self.rt().create_container(req)).await.map(|r| r.into_inner().container_id)
     }
 
@@ -178,7 +199,8 @@ impl Node {
     }
 
     pub async fn exec(&self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
-        let req = cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
+        let req =
+            cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
         rpc(self.rt().exec_sync(req)).await.map(|r| r.into_inner())
     }
 
@@ -300,4 +322,3 @@ impl Drop for Node {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim_end().to_string()
 }
-

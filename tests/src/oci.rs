@@ -63,7 +63,11 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
                 (p, data)
             }
             Entry::Symlink(p, t) | Entry::Hardlink(p, t) => {
-                h.set_entry_type(if matches!(e, Entry::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                h.set_entry_type(if matches!(e, Entry::Symlink(..)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
                 h.set_mode(0o777);
                 h.set_link_name_literal(t.as_bytes()).expect("link name fits the header");
                 (p, &[])
@@ -107,7 +111,11 @@ impl Layer {
 
     pub fn zstd(entries: &[Entry]) -> Layer {
         let tar = tar(entries);
-        Layer { blob: zstd::encode_all(&tar[..], 3).expect("zstd"), diff_id: digest(&tar), media_type: OCI_LAYER_ZSTD.into() }
+        Layer {
+            blob: zstd::encode_all(&tar[..], 3).expect("zstd"),
+            diff_id: digest(&tar),
+            media_type: OCI_LAYER_ZSTD.into(),
+        }
     }
 
     /// A layer with `size` bytes of incompressible content in one file `name`, unique per seed.
@@ -198,7 +206,10 @@ impl Index {
                 })
             })
             .collect();
-        let body = serde_json::to_vec_pretty(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap();
+        let body = serde_json::to_vec_pretty(
+            &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+        )
+        .unwrap();
         Index { images, body }
     }
 

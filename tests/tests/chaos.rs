@@ -60,16 +60,34 @@ where
 /// Whether a call failed because corrald died under it (rather than answering).
 fn corrald_went_away(e: &tonic::Status) -> bool {
     let m = e.message().to_ascii_lowercase();
-    e.code() == Code::Unavailable || ["transport error", "connection", "broken pipe", "h2 protocol error", "stream closed", "error trying to connect"].iter().any(|s| m.contains(s))
+    e.code() == Code::Unavailable
+        || [
+            "transport error",
+            "connection",
+            "broken pipe",
+            "h2 protocol error",
+            "stream closed",
+            "error trying to connect",
+        ]
+        .iter()
+        .any(|s| m.contains(s))
 }
 
 fn pod_config(net_ns: &str, name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: net_ns.into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: net_ns.into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() }),
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -80,7 +98,11 @@ fn pod_config(net_ns: &str, name: &str) -> cri::PodSandboxConfig {
 
 /// The id of the pod named `name` (a RunPodSandbox that was answered AlreadyExists after a kill).
 async fn find_pod(socket: &Path, ledger: &Mutex<Ledger>, name: &str) -> Option<String> {
-    let pods = call(socket, ledger, "ListPodSandbox", |mut c| async move { c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await }).await.ok()?;
+    let pods = call(socket, ledger, "ListPodSandbox", |mut c| async move {
+        c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await
+    })
+    .await
+    .ok()?;
     pods.into_inner().items.into_iter().find(|p| p.metadata.as_ref().is_some_and(|m| m.name == name)).map(|p| p.id)
 }
 
@@ -100,13 +122,17 @@ async fn cycle(socket: &Path, ledger: &Mutex<Ledger>, image: &str, ns: &str, nam
     let config = pod_config(ns, name);
     let run = call(socket, ledger, "RunPodSandbox", |mut c| {
         let config = config.clone();
-        async move { c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await }
+        async move {
+            c.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await
+        }
     })
     .await;
     let pod = match run {
         Ok(r) => r.into_inner().pod_sandbox_id,
         // A call killed half way finished in the background, or was undone: look.
-        Err(e) if e.code() == Code::AlreadyExists => find_pod(socket, ledger, name).await.unwrap_or_else(|| panic!("{name}: AlreadyExists but not listed")),
+        Err(e) if e.code() == Code::AlreadyExists => {
+            find_pod(socket, ledger, name).await.unwrap_or_else(|| panic!("{name}: AlreadyExists but not listed"))
+        }
         Err(e) => panic!("{name}: RunPodSandbox: {e:?}"),
     };
     {
@@ -121,13 +147,19 @@ async fn cycle(socket: &Path, ledger: &Mutex<Ledger>, image: &str, ns: &str, nam
         ..Default::default()
     };
     let created = call(socket, ledger, "CreateContainer", |mut c| {
-        let req = cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(cfg.clone()), sandbox_config: Some(config.clone()) };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg.clone()),
+            sandbox_config: Some(config.clone()),
+        };
         async move { c.create_container(req).await }
     })
     .await;
     let ctr = match created {
         Ok(r) => r.into_inner().container_id,
-        Err(e) if e.code() == Code::AlreadyExists => find_container(socket, ledger, &pod, "main").await.unwrap_or_else(|| panic!("{name}: container AlreadyExists but not listed")),
+        Err(e) if e.code() == Code::AlreadyExists => find_container(socket, ledger, &pod, "main")
+            .await
+            .unwrap_or_else(|| panic!("{name}: container AlreadyExists but not listed")),
         Err(e) => panic!("{name}: CreateContainer: {e:?}"),
     };
     let started = call(socket, ledger, "StartContainer", |mut c| {
@@ -141,11 +173,14 @@ async fn cycle(socket: &Path, ledger: &Mutex<Ledger>, image: &str, ns: &str, nam
     }
     // The container must be there, whatever happened to corrald meanwhile.
     assert!(find_container(socket, ledger, &pod, "main").await.is_some(), "{name}: container {ctr} was lost");
-    let exec = call(socket, ledger, "ExecSync", |mut c| {
-        let id = ctr.clone();
-        async move { c.exec_sync(cri::ExecSyncRequest { container_id: id, cmd: vec!["true".into()], timeout: 30 }).await }
-    })
-    .await;
+    let exec =
+        call(socket, ledger, "ExecSync", |mut c| {
+            let id = ctr.clone();
+            async move {
+                c.exec_sync(cri::ExecSyncRequest { container_id: id, cmd: vec!["true".into()], timeout: 30 }).await
+            }
+        })
+        .await;
     let exec = exec.unwrap_or_else(|e| panic!("{name}: ExecSync: {e:?}"));
     assert_eq!(exec.into_inner().exit_code, 0, "{name}: exec true");
     call(socket, ledger, "StopPodSandbox", |mut c| {
@@ -173,13 +208,24 @@ fn shims(state: &Path) -> Vec<u32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains("corral-shim") && String::from_utf8_lossy(&c).contains(&needle)).unwrap_or(false))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c).contains("corral-shim") && String::from_utf8_lossy(&c).contains(&needle)
+                })
+                .unwrap_or(false)
+        })
         .collect()
 }
 
 fn mounts_under(dir: &Path) -> Vec<String> {
     let base = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter_map(|l| l.split(' ').nth(4).map(String::from)).filter(|m| m.starts_with(&base)).collect()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .filter(|m| m.starts_with(&base))
+        .collect()
 }
 
 fn cgroups_below(parent: &str) -> Vec<PathBuf> {
@@ -201,7 +247,8 @@ fn fd_count(pid: u32) -> usize {
 async fn pod_cycles_survive_corrald_being_killed() {
     require_root!();
     let env = require_env!();
-    let (cycles, workers, kills) = (env_usize("CHAOS_CYCLES", 8), env_usize("CHAOS_WORKERS", 3), env_usize("CHAOS_KILLS", 3));
+    let (cycles, workers, kills) =
+        (env_usize("CHAOS_CYCLES", 8), env_usize("CHAOS_WORKERS", 3), env_usize("CHAOS_KILLS", 3));
     let kill_ms = env_usize("CHAOS_KILL_MS", 1500).max(20) as u64;
     let mut net = Net::boot(env, Chain::Corral).await;
     let fds_at_start = fd_count(net.c.pid().expect("corrald runs"));
@@ -228,14 +275,15 @@ async fn pod_cycles_survive_corrald_being_killed() {
         killed += 1;
         net.c.restart().await;
         // Every pod the workers were told exists and did not remove is still listed.
-        let listed: BTreeSet<String> = tests::rpc(net.c.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }))
-            .await
-            .expect("ListPodSandbox after a restart")
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
+        let listed: BTreeSet<String> =
+            tests::rpc(net.c.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }))
+                .await
+                .expect("ListPodSandbox after a restart")
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
         let live = ledger.lock().unwrap().live_pods.clone();
         let lost: Vec<&String> = live.iter().filter(|p| !listed.contains(*p)).collect();
         assert!(lost.is_empty(), "pods lost across kill {killed}: {lost:?}");
@@ -247,15 +295,25 @@ async fn pod_cycles_survive_corrald_being_killed() {
         let l = ledger.lock().unwrap();
         (l.cycles, l.retries)
     };
-    eprintln!("chaos: {done} pod cycles by {workers} workers, {killed} kills of corrald, {retries} retried calls, {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "chaos: {done} pod cycles by {workers} workers, {killed} kills of corrald, {retries} retried calls, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(done, cycles * workers);
 
     // Nothing left: the pods, their namespaces, mounts, network, cgroups and shims.
-    let pods = tests::rpc(net.c.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })).await.unwrap().into_inner().items;
+    let pods = tests::rpc(net.c.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
     assert!(pods.is_empty(), "pods left: {pods:?}");
     let all_pods = ledger.lock().unwrap().all_pods.clone();
     let rules_of_pods = || {
-        let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        let rules = Command::new("iptables-save")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
         all_pods.iter().filter(|p| rules.contains(p.as_str())).count()
     };
     let state = net.c.state.clone();

@@ -22,12 +22,19 @@ fn node_hostname() -> String {
 /// A sandbox config with only metadata.name set: no uid, namespace, hostname, log directory,
 /// DNS, port mappings or Linux part.
 fn minimal_pod(name: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig { metadata: Some(cri::PodSandboxMetadata { name: name.into(), ..Default::default() }), ..Default::default() }
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata { name: name.into(), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// A container config with only metadata and image.
 fn minimal_container(name: &str, image: &str) -> cri::ContainerConfig {
-    cri::ContainerConfig { metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }), image: Some(tests::spec(image)), ..Default::default() }
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(tests::spec(image)),
+        ..Default::default()
+    }
 }
 
 fn security(sc: cri::LinuxContainerSecurityContext) -> Option<cri::LinuxContainerConfig> {
@@ -46,13 +53,21 @@ fn cni_last_stdin(node: &Node) -> serde_json::Value {
 }
 
 async fn pod_status(node: &Node, id: &str) -> (cri::PodSandboxStatus, serde_json::Value) {
-    let resp = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })).await.expect("PodSandboxStatus").into_inner();
+    let resp =
+        rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true }))
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
     let info = serde_json::from_str(resp.info.get("info").expect("verbose info")).expect("info is JSON");
     (resp.status.expect("status"), info)
 }
 
 async fn list_pods(node: &Node) -> Vec<cri::PodSandbox> {
-    rpc(node.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })).await.expect("ListPodSandbox").into_inner().items
+    rpc(node.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }))
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
 }
 
 /// Nothing of a refused request: no pod sandbox state, no container bundle.
@@ -98,11 +113,23 @@ async fn a_pod_and_container_with_only_the_required_fields_run_with_containerd_d
     cfg.command = vec!["sleep".into(), "3600".into()];
     let c = node.run(&pod, &pc, cfg).await;
     let host = node_hostname();
-    assert_eq!(node.sh(&c, "hostname; cat /etc/hostname; echo $HOSTNAME; pwd; id").await, format!("{host}\n{host}\n{host}\n/\nuid=0(root) gid=0(root) groups=0(root)"));
-    assert_eq!(node.sh(&c, "echo ${TERM:-none}; echo $PATH; echo $HOME").await, "none\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root");
-    assert_eq!(node.sh(&c, "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status").await, format!("CapEff:\t{DEFAULT_CAP_EFF}\nNoNewPrivs:\t0\nSeccomp:\t0"));
+    assert_eq!(
+        node.sh(&c, "hostname; cat /etc/hostname; echo $HOSTNAME; pwd; id").await,
+        format!("{host}\n{host}\n{host}\n/\nuid=0(root) gid=0(root) groups=0(root)")
+    );
+    assert_eq!(
+        node.sh(&c, "echo ${TERM:-none}; echo $PATH; echo $HOME").await,
+        "none\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root"
+    );
+    assert_eq!(
+        node.sh(&c, "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status").await,
+        format!("CapEff:\t{DEFAULT_CAP_EFF}\nNoNewPrivs:\t0\nSeccomp:\t0")
+    );
     // containerd 2's sysctls in a pod's own network namespace.
-    assert_eq!(node.sh(&c, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range").await, "0\n0\t2147483647");
+    assert_eq!(
+        node.sh(&c, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range").await,
+        "0\n0\t2147483647"
+    );
     // No masked or read-only paths asked for, none made (the kubelet's procMount Unmasked), as
     // containerd does.
     assert_ne!(node.sh(&c, "cat /proc/timer_list | wc -c").await, "0");
@@ -113,7 +140,11 @@ async fn a_pod_and_container_with_only_the_required_fields_run_with_containerd_d
     assert_eq!(node.sh(&c, own).await, "mine", "/sys/fs/cgroup is not the container's cgroup");
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 /// A pod cgroup made as the kubelet makes it (every hierarchy), removed on drop with the
@@ -131,7 +162,10 @@ impl KubeletCgroup {
 
     fn dirs(&self) -> Vec<std::path::PathBuf> {
         let hierarchies = std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten().map(|e| e.path());
-        hierarchies.filter(|h| h.join("cgroup.procs").exists()).map(|h| h.join(self.0.trim_start_matches('/'))).collect()
+        hierarchies
+            .filter(|h| h.join("cgroup.procs").exists())
+            .map(|h| h.join(self.0.trim_start_matches('/')))
+            .collect()
     }
 }
 
@@ -158,10 +192,24 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     pc.metadata.as_mut().unwrap().attempt = 1;
     pc.labels.insert("io.kubernetes.pod.name".into(), "web".into());
     pc.annotations.insert("kubernetes.io/config.source".into(), "api".into());
-    pc.dns_config = Some(cri::DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["default.svc.cluster.local".into()], options: vec!["ndots:5".into()] });
+    pc.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
     pc.port_mappings = vec![
-        cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: 0, host_ip: String::new() },
-        cri::PortMapping { protocol: cri::Protocol::Udp as i32, container_port: 53, host_port: 0, host_ip: String::new() },
+        cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: 0,
+            host_ip: String::new(),
+        },
+        cri::PortMapping {
+            protocol: cri::Protocol::Udp as i32,
+            container_port: 53,
+            host_port: 0,
+            host_ip: String::new(),
+        },
     ];
     pc.linux.as_mut().unwrap().cgroup_parent = cgroup_parent.clone();
     // The kubelet makes the pod's cgroup before RunPodSandbox and removes it after.
@@ -180,18 +228,33 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     cfg.envs = vec![cri::KeyValue { key: "KUBERNETES_SERVICE_HOST".into(), value: "10.96.0.1".into() }];
     // The kubelet names the image by the id PullImage returned, and the pod's own name for it.
     let image_id = node.c.pull(&env.image(BUSYBOX)).await.unwrap();
-    cfg.image = Some(cri::ImageSpec { image: image_id.clone(), user_specified_image: env.image(BUSYBOX), ..Default::default() });
+    cfg.image = Some(cri::ImageSpec {
+        image: image_id.clone(),
+        user_specified_image: env.image(BUSYBOX),
+        ..Default::default()
+    });
     cfg.linux = Some(cri::LinuxContainerConfig {
-        resources: Some(cri::LinuxContainerResources { cpu_period: 100_000, cpu_shares: 2, oom_score_adj: 1000, ..Default::default() }),
+        resources: Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_shares: 2,
+            oom_score_adj: 1000,
+            ..Default::default()
+        }),
         security_context: Some(cri::LinuxContainerSecurityContext {
-            namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() }),
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
             masked_paths: vec!["/proc/kcore".into(), "/sys/firmware".into()],
             readonly_paths: vec!["/proc/sys".into()],
             ..Default::default()
         }),
     });
     let c = node.run(&pod, &pc, cfg).await;
-    assert_eq!(node.sh(&c, "hostname; echo $KUBERNETES_SERVICE_HOST; cat /proc/1/oom_score_adj").await, "web\n10.96.0.1\n1000");
+    assert_eq!(
+        node.sh(&c, "hostname; echo $KUBERNETES_SERVICE_HOST; cat /proc/1/oom_score_adj").await,
+        "web\n10.96.0.1\n1000"
+    );
     assert!(node.sh(&c, "cat /etc/resolv.conf").await.contains("options ndots:5"));
     let cgroup = node.sh(&c, "cat /proc/self/cgroup").await;
     assert!(cgroup.contains(&format!("{cgroup_parent}/{c}")), "{cgroup}");
@@ -200,17 +263,28 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     assert_eq!(s.resources.and_then(|r| r.linux).map(|l| l.cpu_shares), Some(2));
     // As containerd: the image's tag and repo digest in the status, its id in the list.
     let image = s.image.as_ref().unwrap();
-    assert_eq!((image.image.as_str(), image.user_specified_image.as_str()), (env.image(BUSYBOX).as_str(), env.image(BUSYBOX).as_str()));
+    assert_eq!(
+        (image.image.as_str(), image.user_specified_image.as_str()),
+        (env.image(BUSYBOX).as_str(), env.image(BUSYBOX).as_str())
+    );
     assert!(s.image_ref.contains("@sha256:"), "{}", s.image_ref);
     assert_eq!(s.image_id, image_id);
-    let listed = rpc(node.rt().list_containers(cri::ListContainersRequest { filter: None })).await.unwrap().into_inner().containers;
+    let listed = rpc(node.rt().list_containers(cri::ListContainersRequest { filter: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
     assert_eq!((listed[0].image_ref.as_str(), listed[0].image_id.as_str()), (image_id.as_str(), image_id.as_str()));
 
     node.remove_pod(&pod).await.unwrap();
     // corral removed the container's cgroup and left the kubelet's to the kubelet.
     assert!(kubelet_cgroups.dirs().iter().all(|d| d.exists() && !d.join(&c).exists()));
     drop(kubelet_cgroups);
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -229,10 +303,12 @@ async fn hostnames_and_port_mappings_are_checked_before_any_side_effect() {
     newline.hostname = "web\n10.0.0.1 evil".into();
     refused("hostname with a newline", node.run_pod_with(newline).await.unwrap_err(), "hostname");
     let mut bad_port = node.pod_config("port", cri::NamespaceMode::Container);
-    bad_port.port_mappings = vec![cri::PortMapping { protocol: 0, container_port: 80, host_port: 70000, host_ip: String::new() }];
+    bad_port.port_mappings =
+        vec![cri::PortMapping { protocol: 0, container_port: 80, host_port: 70000, host_ip: String::new() }];
     refused("host port 70000", node.run_pod_with(bad_port).await.unwrap_err(), "port_mappings[0].host_port");
     let mut bad_ip = node.pod_config("ip", cri::NamespaceMode::Container);
-    bad_ip.port_mappings = vec![cri::PortMapping { protocol: 0, container_port: 80, host_port: 8080, host_ip: "not-an-ip".into() }];
+    bad_ip.port_mappings =
+        vec![cri::PortMapping { protocol: 0, container_port: 80, host_port: 8080, host_ip: "not-an-ip".into() }];
     refused("host IP", node.run_pod_with(bad_ip).await.unwrap_err(), "port_mappings[0].host_ip");
     let mut bad_sysctl = node.pod_config("sysctl", cri::NamespaceMode::Container);
     bad_sysctl.linux.as_mut().unwrap().sysctls.insert("net/../../../tmp/x".into(), "1".into());
@@ -249,12 +325,26 @@ async fn hostnames_and_port_mappings_are_checked_before_any_side_effect() {
     let mut max = node.pod_config("max", cri::NamespaceMode::Container);
     max.hostname = "h".repeat(64);
     max.port_mappings = vec![
-        cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: 0, host_ip: String::new() },
-        cri::PortMapping { protocol: cri::Protocol::Udp as i32, container_port: 53, host_port: 5353, host_ip: "127.0.0.1".into() },
+        cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: 0,
+            host_ip: String::new(),
+        },
+        cri::PortMapping {
+            protocol: cri::Protocol::Udp as i32,
+            container_port: 53,
+            host_port: 5353,
+            host_ip: "127.0.0.1".into(),
+        },
     ];
     let pod = node.run_pod_with(max.clone()).await.expect("a 64-byte hostname");
     let add = cni_last_stdin(&node);
-    assert_eq!(add["runtimeConfig"]["portMappings"], serde_json::json!([{ "hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1" }]), "{add}");
+    assert_eq!(
+        add["runtimeConfig"]["portMappings"],
+        serde_json::json!([{ "hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1" }]),
+        "{add}"
+    );
     let c = node.run(&pod, &max, node.container_config("c", &["sleep", "3600"])).await;
     assert_eq!(node.sh(&c, "hostname").await, "h".repeat(64));
 
@@ -262,7 +352,10 @@ async fn hostnames_and_port_mappings_are_checked_before_any_side_effect() {
     let mut hostnet = minimal_pod("hostnet");
     hostnet.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() }),
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -272,7 +365,11 @@ async fn hostnames_and_port_mappings_are_checked_before_any_side_effect() {
     assert_eq!(info["hostname"], node_hostname());
     node.remove_pod(&hp).await.unwrap();
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -289,7 +386,10 @@ async fn users_groups_and_the_supplemental_groups_policy() {
     for image in [env.image(BUSYBOX), env.image("corral/nonroot:latest")] {
         let mut cfg = node.container_config("group-only", &["true"]);
         cfg.image = Some(tests::spec(&image));
-        cfg.linux = security(cri::LinuxContainerSecurityContext { run_as_group: Some(cri::Int64Value { value: 1000 }), ..Default::default() });
+        cfg.linux = security(cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 1000 }),
+            ..Default::default()
+        });
         let err = node.create(&pod, &pc, cfg).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains("run_as_group") && err.message().contains("run_as_user"), "{}", err.message());
@@ -297,7 +397,11 @@ async fn users_groups_and_the_supplemental_groups_policy() {
     assert!(tests::dir_names(&node.c.state.join("containers")).is_empty(), "a refused container left its bundle");
     // With a user name it is fine.
     let mut cfg = node.container_config("named", &["sleep", "3600"]);
-    cfg.linux = security(cri::LinuxContainerSecurityContext { run_as_username: "nobody".into(), run_as_group: Some(cri::Int64Value { value: 4321 }), ..Default::default() });
+    cfg.linux = security(cri::LinuxContainerSecurityContext {
+        run_as_username: "nobody".into(),
+        run_as_group: Some(cri::Int64Value { value: 4321 }),
+        ..Default::default()
+    });
     let named = node.run(&pod, &pc, cfg).await;
     assert_eq!(node.sh(&named, "id -un; id -g").await, "nobody\n4321");
     // HOME is the user's home from the image's /etc/passwd, as runc sets it.
@@ -307,7 +411,12 @@ async fn users_groups_and_the_supplemental_groups_policy() {
     let image_user = node.run(&pod, &pc, cfg).await;
     assert_eq!(node.sh(&image_user, "echo $HOME").await, "/home/corral");
     let log = node.log_path("users", "image-user");
-    assert!(tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).unwrap_or_default().contains("stdout F home=/home/corral")).await);
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stdout F home=/home/corral"))
+        .await
+    );
 
     // The CRI validation suite's case: uid 1000 is in group 50000 by the image's /etc/group.
     let groups_of = |policy: Option<cri::SupplementalGroupsPolicy>| {
@@ -326,7 +435,11 @@ async fn users_groups_and_the_supplemental_groups_policy() {
         });
         cfg
     };
-    for (policy, want) in [(None, vec![1000, 1234, 50000]), (Some(cri::SupplementalGroupsPolicy::Merge), vec![1000, 1234, 50000]), (Some(cri::SupplementalGroupsPolicy::Strict), vec![1000, 1234])] {
+    for (policy, want) in [
+        (None, vec![1000, 1234, 50000]),
+        (Some(cri::SupplementalGroupsPolicy::Merge), vec![1000, 1234, 50000]),
+        (Some(cri::SupplementalGroupsPolicy::Strict), vec![1000, 1234]),
+    ] {
         let c = node.run(&pod, &pc, groups_of(policy)).await;
         let ids: Vec<String> = want.iter().map(|g| g.to_string()).collect();
         assert_eq!(node.sh(&c, "id -G").await, ids.join(" "), "{policy:?}");
@@ -340,7 +453,11 @@ async fn users_groups_and_the_supplemental_groups_policy() {
     assert!(status.features.expect("features").supplemental_groups_policy);
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 /// A tmpfs mounted on `dir`, unmounted on drop (Node's guard also unmounts what is left).
@@ -395,7 +512,8 @@ async fn recursive_read_only_mounts() {
     let ro = node.run(&pod, &pc, with_mount("ro", mount(true, false, cri::MountPropagation::PropagationPrivate))).await;
     node.sh(&ro, "touch /mnt/tmpfs/from-ro").await;
     assert_ne!(node.exec(&ro, &["touch", "/mnt/top"], 10).await.unwrap().exit_code, 0);
-    let rro = node.run(&pod, &pc, with_mount("rro", mount(true, true, cri::MountPropagation::PropagationPrivate))).await;
+    let rro =
+        node.run(&pod, &pc, with_mount("rro", mount(true, true, cri::MountPropagation::PropagationPrivate))).await;
     let out = node.exec(&rro, &["touch", "/mnt/tmpfs/from-rro"], 10).await.unwrap();
     assert_ne!(out.exit_code, 0, "the submount is writable under a recursive read-only mount");
     assert!(text(&out.stderr).contains("Read-only file system"), "{}", text(&out.stderr));
@@ -406,7 +524,10 @@ async fn recursive_read_only_mounts() {
 
     for (what, m) in [
         ("rro without readonly", mount(false, true, cri::MountPropagation::PropagationPrivate)),
-        ("rro with host-to-container propagation", mount(true, true, cri::MountPropagation::PropagationHostToContainer)),
+        (
+            "rro with host-to-container propagation",
+            mount(true, true, cri::MountPropagation::PropagationHostToContainer),
+        ),
         ("rro with bidirectional propagation", mount(true, true, cri::MountPropagation::PropagationBidirectional)),
     ] {
         let err = node.create(&pod, &pc, with_mount("bad", m)).await.unwrap_err();
@@ -415,7 +536,11 @@ async fn recursive_read_only_mounts() {
     }
     node.remove_pod(&pod).await.unwrap();
     drop(sub);
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -467,11 +592,24 @@ async fn image_volumes_mount_pulled_images_read_only() {
     let err = node.create(&pod, &pc, refuse("nosub", image_mount("/x", &layered, "nope"))).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("image_sub_path") && err.message().contains("nope"), "{}", err.message());
-    let err = node.create(&pod, &pc, refuse("rw", cri::Mount { readonly: false, ..image_mount("/x", &layered, "") })).await.unwrap_err();
+    let err = node
+        .create(&pod, &pc, refuse("rw", cri::Mount { readonly: false, ..image_mount("/x", &layered, "") }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = node.create(&pod, &pc, refuse("unpulled", image_mount("/x", &env.image("corral/zstd:latest"), ""))).await.unwrap_err();
+    let err = node
+        .create(&pod, &pc, refuse("unpulled", image_mount("/x", &env.image("corral/zstd:latest"), "")))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let err = node.create(&pod, &pc, refuse("hostpath", cri::Mount { host_path: "/tmp".into(), ..image_mount("/x", &layered, "") })).await.unwrap_err();
+    let err = node
+        .create(
+            &pod,
+            &pc,
+            refuse("hostpath", cri::Mount { host_path: "/tmp".into(), ..image_mount("/x", &layered, "") }),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let volume_mounts = || node.mounts().into_iter().filter(|m| m.contains("/volumes/")).count();
     assert_eq!(volume_mounts(), 3, "only the running container's volumes are mounted: {:?}", node.mounts());
@@ -483,8 +621,15 @@ async fn image_volumes_mount_pulled_images_read_only() {
     assert_eq!(node.sh(&c, "cat /vol/data/new").await, "new");
     assert!(layered_dirs.iter().all(|d| d.exists()), "layers removed under a running container");
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
-    assert!(tests::wait_for(Duration::from_secs(10), || layered_dirs.iter().all(|d| !d.exists())).await, "the removed image's layers outlived its last container");
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || layered_dirs.iter().all(|d| !d.exists())).await,
+        "the removed image's layers outlived its last container"
+    );
     assert!(node.c.status(&env.image(BUSYBOX)).await.is_some());
 }
 
@@ -510,20 +655,33 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
     let mut want = vec![pod_a.clone(), pod_b.clone()];
     want.sort();
     assert_eq!(ids, want);
-    let labelled = cri::PodSandboxFilter { label_selector: [("app".to_string(), "a".to_string())].into(), ..Default::default() };
-    let only_a = collect(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(labelled) }).await.unwrap()).await;
+    let labelled =
+        cri::PodSandboxFilter { label_selector: [("app".to_string(), "a".to_string())].into(), ..Default::default() };
+    let only_a =
+        collect(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(labelled) }).await.unwrap())
+            .await;
     assert_eq!(only_a.len(), 1);
     assert_eq!(only_a[0].pod_sandboxes.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod_a.as_str()]);
     let none = cri::PodSandboxFilter { id: "ffffffffffff".into(), ..Default::default() };
-    assert!(collect(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(none) }).await.unwrap()).await.is_empty());
+    assert!(collect(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(none) }).await.unwrap())
+        .await
+        .is_empty());
 
     // The stop signal: ContainerStatus reports it and StopContainer sends it.
-    let mut cfg = node.container_config("usr1", &["sh", "-c", "trap 'echo got-usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done"]);
+    let mut cfg = node.container_config(
+        "usr1",
+        &["sh", "-c", "trap 'echo got-usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done"],
+    );
     cfg.stop_signal = cri::Signal::Sigusr1 as i32;
     let c = node.run(&pod_a, &pc_a, cfg).await;
     assert_eq!(node.status(&c).await.stop_signal, cri::Signal::Sigusr1 as i32);
     let log = node.log_path("a", "usr1");
-    assert!(tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).unwrap_or_default().contains("ready")).await);
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready"))
+        .await
+    );
     node.stop_container(&c, 30).await.unwrap();
     let s = node.wait_exited(&c, Duration::from_secs(5)).await;
     assert_eq!(s.exit_code, 0, "the container did not get SIGUSR1: {s:?}");
@@ -533,9 +691,14 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
     assert_eq!(node.create(&pod_a, &pc_a, bad).await.unwrap_err().code(), Code::InvalidArgument);
 
     let containers = collect(rt.stream_containers(cri::StreamContainersRequest { filter: None }).await.unwrap()).await;
-    assert_eq!(containers.iter().flat_map(|m| m.containers.iter().map(|c| c.id.as_str())).collect::<Vec<_>>(), [c.as_str()]);
+    assert_eq!(
+        containers.iter().flat_map(|m| m.containers.iter().map(|c| c.id.as_str())).collect::<Vec<_>>(),
+        [c.as_str()]
+    );
     let of_b = cri::ContainerFilter { pod_sandbox_id: pod_b.clone(), ..Default::default() };
-    assert!(collect(rt.stream_containers(cri::StreamContainersRequest { filter: Some(of_b) }).await.unwrap()).await.is_empty());
+    assert!(collect(rt.stream_containers(cri::StreamContainersRequest { filter: Some(of_b) }).await.unwrap())
+        .await
+        .is_empty());
     let images = collect(node.c.images().stream_images(cri::StreamImagesRequest { filter: None }).await.unwrap()).await;
     assert_eq!(images.iter().map(|m| m.images.len()).sum::<usize>(), node.c.list().await.len());
     // Stats are not served yet: their streams say so, as their unary calls do.
@@ -545,9 +708,14 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
     // UpdatePodSandboxResources: recorded, and written to a pod cgroup corral made.
     let (_, info) = pod_status(&node, &pod_b).await;
     let cgroup = info["cgroup"].as_str().unwrap().to_string();
-    let resources = cri::LinuxContainerResources { cpu_shares: 512, memory_limit_in_bytes: 256 << 20, ..Default::default() };
+    let resources =
+        cri::LinuxContainerResources { cpu_shares: 512, memory_limit_in_bytes: 256 << 20, ..Default::default() };
     let overhead = cri::LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() };
-    let req = cri::UpdatePodSandboxResourcesRequest { pod_sandbox_id: pod_b.clone(), resources: Some(resources), overhead: Some(overhead) };
+    let req = cri::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod_b.clone(),
+        resources: Some(resources),
+        overhead: Some(overhead),
+    };
     rt.update_pod_sandbox_resources(req).await.expect("UpdatePodSandboxResources");
     let read = |file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{file}")).map(|s| s.trim().to_string());
     let rel = cgroup.trim_start_matches('/');
@@ -557,7 +725,8 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
     assert_eq!(info["resources"]["cpu_shares"], 512);
     // Pod-level resources given at RunPodSandbox are written too.
     let mut sized = node.pod_config("sized", cri::NamespaceMode::Container);
-    sized.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { cpu_shares: 256, ..Default::default() });
+    sized.linux.as_mut().unwrap().resources =
+        Some(cri::LinuxContainerResources { cpu_shares: 256, ..Default::default() });
     let pod_c = node.run_pod_with(sized).await.unwrap();
     let (_, info) = pod_status(&node, &pod_c).await;
     let rel_c = info["cgroup"].as_str().unwrap().trim_start_matches('/').to_string();
@@ -574,7 +743,11 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
 
     node.remove_pod(&pod_a).await.unwrap();
     node.remove_pod(&pod_b).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -610,12 +783,24 @@ async fn error_codes_name_what_failed() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let err = node.create(&"0".repeat(64), &pc, minimal_container("c", &env.image(BUSYBOX))).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let err = node.create(&pod, &pc, cri::ContainerConfig { image: Some(tests::spec(&env.image(BUSYBOX))), ..Default::default() }).await.unwrap_err();
+    let err = node
+        .create(&pod, &pc, cri::ContainerConfig { image: Some(tests::spec(&env.image(BUSYBOX))), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cri::PodSandboxConfig::default()), runtime_handler: String::new() })).await.unwrap_err();
+    let err = rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(cri::PodSandboxConfig::default()),
+        runtime_handler: String::new(),
+    }))
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -667,7 +852,11 @@ async fn a_request_its_client_abandons_still_completes_once() {
     for p in list_pods(&node).await {
         node.remove_pod(&p.id).await.unwrap();
     }
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -684,11 +873,18 @@ async fn privileged_containers_get_the_host_devices_and_every_capability() {
     let plain = node.run(&pod, &pc, node.container_config("plain", &["sleep", "3600"])).await;
     // A device of the host's that no default gives (the CRI validation suite uses brctl, a
     // capability check, the same way).
-    let host_device = ["/dev/loop-control", "/dev/fuse", "/dev/net/tun"].into_iter().find(|d| Path::new(d).exists()).expect("a host device to look for");
+    let host_device = ["/dev/loop-control", "/dev/fuse", "/dev/net/tun"]
+        .into_iter()
+        .find(|d| Path::new(d).exists())
+        .expect("a host device to look for");
     assert_eq!(node.sh(&privileged, &format!("test -c {host_device} && echo present")).await, "present");
     assert_eq!(node.sh(&plain, &format!("test -e {host_device} && echo present || echo absent")).await, "absent");
     node.sh(&privileged, "brctl addbr corraltest0 && brctl delbr corraltest0").await;
     assert_ne!(node.exec(&plain, &["brctl", "addbr", "corraltest0"], 10).await.unwrap().exit_code, 0);
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }

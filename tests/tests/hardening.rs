@@ -56,12 +56,21 @@ async fn request_paths_and_names_stay_where_they_belong() {
     cfg.image = Some(tests::spec(&format!("{}/{}", env.registry, "x".repeat(300_000))));
     let err = node.create(&pod, &pc, cfg).await.unwrap_err();
     assert!(err.message().len() < 8192, "a {}-byte error message", err.message().len());
-    let err = rpc(node.c.images().pull_image(cri::PullImageRequest { image: Some(tests::spec(&"y".repeat(300_000))), ..Default::default() })).await.unwrap_err();
+    let err = rpc(node
+        .c
+        .images()
+        .pull_image(cri::PullImageRequest { image: Some(tests::spec(&"y".repeat(300_000))), ..Default::default() }))
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().len() < 8192, "a {}-byte error message", err.message().len());
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -82,7 +91,11 @@ async fn bundles_hold_the_env_for_root_only() {
     assert!(std::fs::read_to_string(&config).unwrap().contains("hunter2"));
     assert_eq!(mode(&config), 0o600, "config.json holds the env");
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -109,7 +122,14 @@ async fn a_restart_waits_for_the_lock_of_a_corrald_still_exiting() {
 
 /// The host pids of the shims serving this container's bundle.
 fn shims_of(node: &Node, container: &str) -> Vec<u32> {
-    node.shim_pids().into_iter().filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&container[..16])).unwrap_or(false)).collect()
+    node.shim_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&container[..16]))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 fn kill9(pid: u32) {
@@ -119,13 +139,18 @@ fn kill9(pid: u32) {
 
 /// The container process's host pid, from verbose ContainerStatus.
 async fn container_pid(node: &Node, id: &str) -> u32 {
-    let resp = rpc(node.rt().container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })).await.unwrap().into_inner();
+    let resp = rpc(node.rt().container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true }))
+        .await
+        .unwrap()
+        .into_inner();
     let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
     info["pid"].as_u64().expect("pid") as u32
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))).unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 #[tokio::test]
@@ -143,7 +168,10 @@ async fn containers_whose_shim_died_are_found_stopped_and_removed() {
     for shim in shims_of(&node, &a).into_iter().chain(shims_of(&node, &b)) {
         kill9(shim);
     }
-    assert!(tests::wait_for(Duration::from_secs(5), || shims_of(&node, &a).is_empty() && shims_of(&node, &b).is_empty()).await);
+    assert!(
+        tests::wait_for(Duration::from_secs(5), || shims_of(&node, &a).is_empty() && shims_of(&node, &b).is_empty())
+            .await
+    );
     node.c.restart().await;
     // Reported as they are: running, without a shim.
     let s = node.status(&a).await;
@@ -155,10 +183,16 @@ async fn containers_whose_shim_died_are_found_stopped_and_removed() {
     assert!(!alive(pid_a), "StopContainer returned while the process runs");
     assert_eq!(node.status(&a).await.state, cri::ContainerState::ContainerExited as i32);
     // Remove ends what runs; then the pod goes completely.
-    rpc(node.rt().remove_container(cri::RemoveContainerRequest { container_id: b.clone() })).await.expect("RemoveContainer of an orphan");
+    rpc(node.rt().remove_container(cri::RemoveContainerRequest { container_id: b.clone() }))
+        .await
+        .expect("RemoveContainer of an orphan");
     assert!(!alive(pid_b), "RemoveContainer returned while the process runs");
     node.remove_pod(&pod).await.expect("RemovePodSandbox after orphans");
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -181,7 +215,11 @@ async fn a_container_whose_shim_is_killed_keeps_running_until_stopped() {
     let s = node.status(&c).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32, "{s:?}");
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -190,13 +228,22 @@ async fn a_pod_whose_pid_1_died_is_not_ready() {
     let env = require_env!();
     let node = Node::boot(env).await;
     let (pod, pc) = node.run_pod("pid1", cri::NamespaceMode::Pod).await;
-    let resp = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })).await.unwrap().into_inner();
+    let resp =
+        rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }))
+            .await
+            .unwrap()
+            .into_inner();
     let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
     let pause = info["pausePid"].as_u64().expect("pausePid") as u32;
     assert!(pause != 0 && alive(pause));
     kill9(pause);
     let not_ready = || async {
-        let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner();
+        let st = rpc(node
+            .rt()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
+        .await
+        .unwrap()
+        .into_inner();
         st.status.unwrap().state == cri::PodSandboxState::SandboxNotready as i32
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -208,7 +255,11 @@ async fn a_pod_whose_pid_1_died_is_not_ready() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("PID 1"), "{}", err.message());
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -220,12 +271,19 @@ async fn exec_output_over_the_cap_is_cut_and_the_shim_stays_usable() {
     let c = node.run(&pod, &pc, node.container_config("c", &["sleep", "3600"])).await;
     // 20 MiB of stdout and 1 MiB of stderr: over the cap (8 MiB less 64 KiB per stream), and over
     // a 16 MiB frame together if nothing cut them.
-    let out = node.exec(&c, &["sh", "-c", "head -c 20971520 /dev/zero; head -c 1048576 /dev/zero >&2; exit 7"], 60).await.expect("ExecSync with 21 MiB of output");
+    let out = node
+        .exec(&c, &["sh", "-c", "head -c 20971520 /dev/zero; head -c 1048576 /dev/zero >&2; exit 7"], 60)
+        .await
+        .expect("ExecSync with 21 MiB of output");
     assert_eq!(out.exit_code, 7);
     assert_eq!(out.stdout.len(), (8 << 20) - (64 << 10));
     assert_eq!(out.stderr.len(), 1 << 20);
     // The shim answers the next request as ever.
     assert_eq!(node.sh(&c, "echo after").await, "after");
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use tests::fake_registry::{blob_path, manifest_path, Behavior, BearerAuth, FakeRegistry, Gate, Route};
 use tests::cri_api::v1 as cri;
+use tests::fake_registry::{blob_path, manifest_path, BearerAuth, Behavior, FakeRegistry, Gate, Route};
 use tests::oci::{self, Entry, Image, Index, Layer};
 use tests::tonic::Code;
 use tests::{require_env, require_root, rpc, snapshots_of, wait_for, Corrald, Overlay, TestEnv};
@@ -44,7 +44,8 @@ async fn pull_and_check(c: &Corrald, env: &TestEnv, name: &str) -> (cri::Image, 
     let reference = env.image(name);
     let id = c.pull(&reference).await.unwrap_or_else(|e| panic!("pull {reference}: {e:?}"));
     assert_eq!(id, info.config_digest, "PullImage returns the config digest as image_ref");
-    let (img, v) = c.status_verbose(&reference).await.unwrap_or_else(|| panic!("ImageStatus {reference} after pull is None"));
+    let (img, v) =
+        c.status_verbose(&reference).await.unwrap_or_else(|| panic!("ImageStatus {reference} after pull is None"));
     assert_eq!(img.id, id);
     assert!(img.repo_tags.contains(&reference), "repo_tags {:?} lack {reference}", img.repo_tags);
     let repo = reference.rsplit_once(':').unwrap().0;
@@ -66,7 +67,11 @@ async fn pull_and_check(c: &Corrald, env: &TestEnv, name: &str) -> (cri::Image, 
         assert_eq!(l.file_name().unwrap(), "fs", "{}", l.display());
         let n = l.parent().unwrap();
         assert_eq!(n.parent().unwrap(), snapshots, "{} is not under {}", l.display(), snapshots.display());
-        assert!(n.file_name().unwrap().to_str().unwrap().parse::<u64>().is_ok(), "snapshot dir {} is not a number", n.display());
+        assert!(
+            n.file_name().unwrap().to_str().unwrap().parse::<u64>().is_ok(),
+            "snapshot dir {} is not a number",
+            n.display()
+        );
         assert!(l.is_dir(), "{} is missing", l.display());
     }
     let distinct: BTreeSet<&PathBuf> = layers.iter().collect();
@@ -76,17 +81,18 @@ async fn pull_and_check(c: &Corrald, env: &TestEnv, name: &str) -> (cri::Image, 
 
 /// After a failed pull of `reference`: no image for it, nothing in `<root>/tmp`, and exactly the
 /// snapshot dirs that existed before.
-async fn assert_failed_cleanly(c: &Corrald, reference: &str, snapshots_before: &BTreeSet<String>, images_before: usize) {
+async fn assert_failed_cleanly(
+    c: &Corrald,
+    reference: &str,
+    snapshots_before: &BTreeSet<String>,
+    images_before: usize,
+) {
     assert!(c.status(reference).await.is_none(), "a failed pull recorded {reference}");
     assert_eq!(c.list().await.len(), images_before, "a failed pull changed the image list");
     let tmp_clean = wait_for(CLEANUP, || c.tmp_names().is_empty()).await;
     assert!(tmp_clean, "a failed pull left temp files in {}: {:?}", c.root.join("tmp").display(), c.tmp_names());
     let snaps_clean = wait_for(CLEANUP, || c.snapshot_names() == *snapshots_before).await;
-    assert!(
-        snaps_clean,
-        "a failed pull left snapshot dirs: before {snapshots_before:?}, now {:?}",
-        c.snapshot_names()
-    );
+    assert!(snaps_clean, "a failed pull left snapshot dirs: before {snapshots_before:?}, now {:?}", c.snapshot_names());
 }
 
 fn read(p: impl AsRef<Path>) -> String {
@@ -110,7 +116,9 @@ async fn version_status_and_runtime_config() {
 
     let s = rpc(rt.status(cri::StatusRequest { verbose: false })).await.expect("Status").into_inner();
     let conds = s.status.expect("RuntimeStatus").conditions;
-    let get = |t: &str| conds.iter().find(|c| c.r#type == t).unwrap_or_else(|| panic!("no {t} condition in {conds:?}")).clone();
+    let get = |t: &str| {
+        conds.iter().find(|c| c.r#type == t).unwrap_or_else(|| panic!("no {t} condition in {conds:?}")).clone()
+    };
     assert!(get("RuntimeReady").status, "RuntimeReady is false");
     let net = get("NetworkReady");
     assert!(!net.status, "NetworkReady is true without pod networking");
@@ -126,7 +134,12 @@ async fn unimplemented_rpcs_say_so() {
     // CheckpointContainer is the RPC corral leaves for last (pods and containers are landing)
     let c = Corrald::start().await;
     let mut rt = c.runtime();
-    let r = rpc(rt.checkpoint_container(cri::CheckpointContainerRequest { container_id: "x".into(), location: "/tmp/x.tar".into(), timeout: 10 })).await;
+    let r = rpc(rt.checkpoint_container(cri::CheckpointContainerRequest {
+        container_id: "x".into(),
+        location: "/tmp/x.tar".into(),
+        timeout: 10,
+    }))
+    .await;
     assert_eq!(code(&r), Code::Unimplemented, "{r:?}");
     assert!(r.unwrap_err().message().contains("CheckpointContainer"), "the message names the RPC");
     // corrald is still serving
@@ -325,15 +338,31 @@ async fn status_list_and_remove_by_every_name() {
     let hex = id.strip_prefix("sha256:").unwrap().to_string();
     c.pull(&tag).await.expect("pull");
 
-    for name in [tag.clone(), digest_ref.clone(), id.clone(), hex.clone(), hex[..12].to_string(), format!("sha256:{}", &hex[..12])] {
+    for name in [
+        tag.clone(),
+        digest_ref.clone(),
+        id.clone(),
+        hex.clone(),
+        hex[..12].to_string(),
+        format!("sha256:{}", &hex[..12]),
+    ] {
         let img = c.status(&name).await.unwrap_or_else(|| panic!("ImageStatus by {name} found nothing"));
         assert_eq!(img.id, id, "ImageStatus by {name}");
         let listed = c.list_filtered(&name).await;
-        assert_eq!(listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec![id.as_str()], "ListImages filtered by {name}");
+        assert_eq!(
+            listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            vec![id.as_str()],
+            "ListImages filtered by {name}"
+        );
     }
     // unknown images are None, not errors; filters on them list nothing
     let other = format!("sha256:{}", "0".repeat(64));
-    for name in [env.image("corral/busybox:nope"), env.image("corral/nothere:latest"), other.clone(), format!("{}/corral/busybox@{other}", env.registry)] {
+    for name in [
+        env.image("corral/busybox:nope"),
+        env.image("corral/nothere:latest"),
+        other.clone(),
+        format!("{}/corral/busybox@{other}", env.registry),
+    ] {
         assert!(c.status(&name).await.is_none(), "ImageStatus of unknown {name} is not None");
         assert!(c.list_filtered(&name).await.is_empty(), "ListImages filtered by unknown {name}");
     }
@@ -392,12 +421,27 @@ async fn image_fs_info_follows_pulls_and_removals() {
 
     c.pull(&env.image("corral/busybox:latest")).await.expect("pull busybox");
     let one = c.fs_info().await;
-    assert!(bytes(&one) > bytes(&empty) + 100_000, "bytes did not grow with busybox: {} -> {}", bytes(&empty), bytes(&one));
-    assert!(inodes(&one) > inodes(&empty) + 100, "inodes did not grow with busybox: {} -> {}", inodes(&empty), inodes(&one));
+    assert!(
+        bytes(&one) > bytes(&empty) + 100_000,
+        "bytes did not grow with busybox: {} -> {}",
+        bytes(&empty),
+        bytes(&one)
+    );
+    assert!(
+        inodes(&one) > inodes(&empty) + 100,
+        "inodes did not grow with busybox: {} -> {}",
+        inodes(&empty),
+        inodes(&one)
+    );
 
     c.pull(&env.image("corral/multilayer:latest")).await.expect("pull multilayer");
     let two = c.fs_info().await;
-    assert!(bytes(&two) >= bytes(&one) + 4 * (1 << 20), "4 MiB of layers did not count: {} -> {}", bytes(&one), bytes(&two));
+    assert!(
+        bytes(&two) >= bytes(&one) + 4 * (1 << 20),
+        "4 MiB of layers did not count: {} -> {}",
+        bytes(&one),
+        bytes(&two)
+    );
     assert!(inodes(&two) > inodes(&one));
 
     c.remove(&env.image("corral/multilayer:latest")).await.expect("remove multilayer");
@@ -469,13 +513,20 @@ async fn unknown_images_are_not_found() {
     require_root!();
     let env = require_env!();
     let c = Corrald::start().await;
-    for name in [env.image("corral/busybox:nope"), env.image("corral/nothere:latest"), format!("{}/corral/busybox@sha256:{}", env.registry, "1".repeat(64))] {
+    for name in [
+        env.image("corral/busybox:nope"),
+        env.image("corral/nothere:latest"),
+        format!("{}/corral/busybox@sha256:{}", env.registry, "1".repeat(64)),
+    ] {
         let r = c.pull(&name).await;
         assert_eq!(code(&r), Code::NotFound, "PullImage {name}: {r:?}");
     }
     // the fake registry: a 404 manifest
     let fake = FakeRegistry::start().await;
-    fake.set_route(&manifest_path("gone/image", "latest"), Route::status(404, r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#));
+    fake.set_route(
+        &manifest_path("gone/image", "latest"),
+        Route::status(404, r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
+    );
     let r = c.pull(&fake.reference("gone/image", "latest")).await;
     assert_eq!(code(&r), Code::NotFound, "{r:?}");
     assert!(r.unwrap_err().message().contains(&fake.host()), "the error names the registry");
@@ -488,8 +539,12 @@ async fn unsupported_platform_is_not_found() {
     require_root!();
     let fake = FakeRegistry::start().await;
     let c = Corrald::start().await;
-    let others: Vec<&str> = ["arm64", "amd64", "s390x", "riscv64"].into_iter().filter(|a| *a != tests::host_arch()).take(2).collect();
-    let images = others.iter().map(|a| (a.to_string(), Image::for_arch(vec![Layer::new(&[Entry::file("arch", *a)])], a))).collect();
+    let others: Vec<&str> =
+        ["arm64", "amd64", "s390x", "riscv64"].into_iter().filter(|a| *a != tests::host_arch()).take(2).collect();
+    let images = others
+        .iter()
+        .map(|a| (a.to_string(), Image::for_arch(vec![Layer::new(&[Entry::file("arch", *a)])], a)))
+        .collect();
     fake.push_index("foreign/image", "latest", &Index::new(images));
     let r = c.pull(&fake.reference("foreign/image", "latest")).await;
     assert_eq!(code(&r), Code::NotFound, "{r:?}");
@@ -527,7 +582,8 @@ async fn basic_auth_registry() {
     assert_eq!(code(&r), Code::Unauthenticated, "wrong password: {r:?}");
     assert!(c.list().await.is_empty());
 
-    let good = cri::AuthConfig { username: env.auth_user.clone(), password: env.auth_pass.clone(), ..Default::default() };
+    let good =
+        cri::AuthConfig { username: env.auth_user.clone(), password: env.auth_pass.clone(), ..Default::default() };
     assert_eq!(c.pull_with_auth(&name, Some(good)).await.expect("pull with username/password"), want);
     c.remove(&name).await.expect("remove");
     assert!(c.snapshot_names().is_empty());
@@ -545,7 +601,12 @@ async fn basic_auth_registry() {
 /// A fake registry behind a Bearer token flow, with one image.
 async fn bearer_registry() -> (FakeRegistry, BearerAuth, Image) {
     let fake = FakeRegistry::start().await;
-    let auth = BearerAuth { user: "tok-user".into(), pass: "tok-pass".into(), identity_token: "refresh-me".into(), token: "t0ken-abc".into() };
+    let auth = BearerAuth {
+        user: "tok-user".into(),
+        pass: "tok-pass".into(),
+        identity_token: "refresh-me".into(),
+        token: "t0ken-abc".into(),
+    };
     fake.require_bearer(auth.clone());
     let image = Image::new(vec![Layer::new(&[Entry::file("hello", "bearer\n")])]);
     fake.push("x", "latest", &image);
@@ -555,7 +616,11 @@ async fn bearer_registry() -> (FakeRegistry, BearerAuth, Image) {
 /// Every registry request that got past the auth check carried the token.
 fn assert_served_with_token(fake: &FakeRegistry, auth: &BearerAuth, image: &Image) {
     let blob = blob_path("x", &image.layers[0].digest());
-    let with_token: Vec<_> = fake.requests().into_iter().filter(|r| r.path == blob && r.header("authorization") == Some(&format!("Bearer {}", auth.token))).collect();
+    let with_token: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == blob && r.header("authorization") == Some(&format!("Bearer {}", auth.token)))
+        .collect();
     assert_eq!(with_token.len(), 1, "the layer was fetched once with the token: {:?}", fake.requests());
 }
 
@@ -573,9 +638,15 @@ async fn bearer_token_with_username_password() {
     assert_eq!(code(&c.pull_with_auth(&name, Some(wrong)).await), Code::Unauthenticated);
 
     let good = cri::AuthConfig { username: auth.user.clone(), password: auth.pass.clone(), ..Default::default() };
-    assert_eq!(c.pull_with_auth(&name, Some(good)).await.expect("pull with a token from basic credentials"), image.id());
+    assert_eq!(
+        c.pull_with_auth(&name, Some(good)).await.expect("pull with a token from basic credentials"),
+        image.id()
+    );
     let token_gets: Vec<_> = fake.requests().into_iter().filter(|r| r.path == "/token" && r.method == "GET").collect();
-    let ok = token_gets.iter().find(|r| r.header("authorization").is_some_and(|h| h.starts_with("Basic "))).expect("a token request with basic credentials");
+    let ok = token_gets
+        .iter()
+        .find(|r| r.header("authorization").is_some_and(|h| h.starts_with("Basic ")))
+        .expect("a token request with basic credentials");
     let q = ok.query_fields();
     assert_eq!(q.get("service").map(String::as_str), Some("fake"));
     assert_eq!(q.get("scope").map(String::as_str), Some("repository:x:pull"));
@@ -592,8 +663,16 @@ async fn bearer_registry_token_is_used_directly() {
     let name = fake.reference("x", "latest");
     let creds = cri::AuthConfig { registry_token: auth.token.clone(), ..Default::default() };
     assert_eq!(c.pull_with_auth(&name, Some(creds)).await.expect("pull with a registry token"), image.id());
-    assert_eq!(fake.count("GET", "/token") + fake.count("POST", "/token"), 0, "a registry token needs no token endpoint");
-    assert!(fake.requests().iter().filter(|r| r.path.starts_with("/v2/x/")).all(|r| r.header("authorization") == Some(&format!("Bearer {}", auth.token))));
+    assert_eq!(
+        fake.count("GET", "/token") + fake.count("POST", "/token"),
+        0,
+        "a registry token needs no token endpoint"
+    );
+    assert!(fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v2/x/"))
+        .all(|r| r.header("authorization") == Some(&format!("Bearer {}", auth.token))));
     assert_served_with_token(&fake, &auth, &image);
 }
 
@@ -635,7 +714,11 @@ async fn docker_io_through_mirrors_in_order() {
     );
     let c = Corrald::with_config(&config).await;
     assert_eq!(c.pull("busybox").await.expect("pull busybox through the mirror"), info.config_digest);
-    assert!(empty.count("GET", "/v2/library/busybox/manifests/latest") >= 1, "the first mirror was not tried first: {:?}", empty.requests());
+    assert!(
+        empty.count("GET", "/v2/library/busybox/manifests/latest") >= 1,
+        "the first mirror was not tried first: {:?}",
+        empty.requests()
+    );
     let img = c.status("docker.io/library/busybox:latest").await.expect("ImageStatus docker.io/library/busybox:latest");
     assert_eq!(img.repo_tags, vec!["docker.io/library/busybox:latest".to_string()]);
     assert_eq!(img.repo_digests, vec![format!("docker.io/library/busybox@{}", info.manifest_digest)]);
@@ -740,7 +823,10 @@ async fn truncated_layers_fail_cleanly() {
     assert!(r.is_err(), "a body cut short was accepted");
     assert_failed_cleanly(&c, &name, &before, 1).await;
     let got = code(&r);
-    assert!(matches!(got, Code::DataLoss | Code::Unavailable), "a body cut short must be DataLoss or Unavailable, got {got:?}: {r:?}");
+    assert!(
+        matches!(got, Code::DataLoss | Code::Unavailable),
+        "a body cut short must be DataLoss or Unavailable, got {got:?}: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,7 +851,10 @@ async fn failed_pull_leaves_no_layers_of_its_own() {
     let pull = {
         let mut images = c.images();
         let name = name.clone();
-        tokio::spawn(async move { rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() })).await })
+        tokio::spawn(async move {
+            rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() }))
+                .await
+        })
     };
     let unpacked = wait_for(Duration::from_secs(30), || {
         c.snapshot_names().difference(&before).any(|n| c.root.join("snapshots").join(n).join("fs/fine").exists())
@@ -795,22 +884,39 @@ async fn failed_pull_stops_its_other_downloads_cleanly() {
     let image = Image::new(vec![base, slow.clone(), bad.clone()]);
     fake.push("stall/fail", "latest", &image);
     let stall = Gate::new();
-    fake.set_behavior(&blob_path("stall/fail", &slow.digest()), Behavior::StallAfter { bytes: slow.blob.len() / 2, gate: stall.clone() });
+    fake.set_behavior(
+        &blob_path("stall/fail", &slow.digest()),
+        Behavior::StallAfter { bytes: slow.blob.len() / 2, gate: stall.clone() },
+    );
     let release_bad = Gate::new();
     let mut corrupt = bad.blob.clone();
     corrupt[10] ^= 1;
-    fake.set_route(&blob_path("stall/fail", &bad.digest()), Route::ok("application/octet-stream", corrupt).behave(Behavior::WaitFor(release_bad.clone())));
+    fake.set_route(
+        &blob_path("stall/fail", &bad.digest()),
+        Route::ok("application/octet-stream", corrupt).behave(Behavior::WaitFor(release_bad.clone())),
+    );
 
     let name = fake.reference("stall/fail", "latest");
     let pull = {
         let mut images = c.images();
         let name = name.clone();
-        tokio::spawn(async move { rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() })).await })
+        tokio::spawn(async move {
+            rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() }))
+                .await
+        })
     };
     let slow_path = blob_path("stall/fail", &slow.digest());
     let bad_path = blob_path("stall/fail", &bad.digest());
-    let started = wait_for(Duration::from_secs(30), || fake.count("GET", &slow_path) >= 1 && fake.count("GET", &bad_path) >= 1 && !c.tmp_names().is_empty()).await;
-    assert!(started, "both layer downloads did not start: {:?}, tmp {:?}", fake.requests().iter().map(|r| &r.path).collect::<Vec<_>>(), c.tmp_names());
+    let started = wait_for(Duration::from_secs(30), || {
+        fake.count("GET", &slow_path) >= 1 && fake.count("GET", &bad_path) >= 1 && !c.tmp_names().is_empty()
+    })
+    .await;
+    assert!(
+        started,
+        "both layer downloads did not start: {:?}, tmp {:?}",
+        fake.requests().iter().map(|r| &r.path).collect::<Vec<_>>(),
+        c.tmp_names()
+    );
     release_bad.open();
     let r = pull.await.expect("pull task");
     assert_eq!(code(&r), Code::DataLoss, "{r:?}");
@@ -848,17 +954,55 @@ async fn hostile_layers_write_nothing_outside() {
         ("dotdot-symlink-name", vec![Entry::symlink("../../../../escaped-link", "/etc/passwd")], true),
         ("hardlink-dotdot", vec![Entry::hardlink("h", "../../../../secret"), Entry::file("h", "pwned\n")], true),
         ("hardlink-absolute", vec![Entry::hardlink("h", &format!("{d}/secret")), Entry::file("h", "pwned\n")], false),
-        ("hardlink-via-symlink", vec![Entry::symlink("s", &d), Entry::hardlink("h", "s/secret"), Entry::file("h", "pwned\n")], false),
-        ("symlink-absolute", vec![Entry::symlink("abs", &d), Entry::file("abs/escaped-abs", "x"), Entry::dir("abs/escaped-absdir")], false),
+        (
+            "hardlink-via-symlink",
+            vec![Entry::symlink("s", &d), Entry::hardlink("h", "s/secret"), Entry::file("h", "pwned\n")],
+            false,
+        ),
+        (
+            "symlink-absolute",
+            vec![Entry::symlink("abs", &d), Entry::file("abs/escaped-abs", "x"), Entry::dir("abs/escaped-absdir")],
+            false,
+        ),
         ("symlink-relative", vec![Entry::symlink("rel", "../../../.."), Entry::file("rel/escaped-rel", "x")], false),
         ("symlink-root", vec![Entry::symlink("r", "/"), Entry::file(&format!("r/{host_rel}"), "x")], false),
-        ("symlink-chain", vec![Entry::symlink("a", "b/../.."), Entry::dir("b"), Entry::symlink("b/c", "../../../.."), Entry::file("a/escaped-chain", "x"), Entry::file("b/c/escaped-chain2", "x")], false),
-        ("symlink-then-file", vec![Entry::symlink("victim", &format!("{d}/secret")), Entry::file("victim", "pwned\n")], false),
-        ("hardlink-to-symlink", vec![Entry::symlink("s", &format!("{d}/secret")), Entry::hardlink("h", "s"), Entry::file("h", "pwned\n")], false),
-        ("dir-over-symlink", vec![Entry::symlink("dd", &d), Entry::dir("dd"), Entry::file("dd/escaped-dd", "x")], false),
-        ("whiteout-via-symlink", vec![Entry::symlink("w", &d), Entry::file("w/.wh.secret", ""), Entry::file("w/.wh..wh..opq", "")], false),
+        (
+            "symlink-chain",
+            vec![
+                Entry::symlink("a", "b/../.."),
+                Entry::dir("b"),
+                Entry::symlink("b/c", "../../../.."),
+                Entry::file("a/escaped-chain", "x"),
+                Entry::file("b/c/escaped-chain2", "x"),
+            ],
+            false,
+        ),
+        (
+            "symlink-then-file",
+            vec![Entry::symlink("victim", &format!("{d}/secret")), Entry::file("victim", "pwned\n")],
+            false,
+        ),
+        (
+            "hardlink-to-symlink",
+            vec![Entry::symlink("s", &format!("{d}/secret")), Entry::hardlink("h", "s"), Entry::file("h", "pwned\n")],
+            false,
+        ),
+        (
+            "dir-over-symlink",
+            vec![Entry::symlink("dd", &d), Entry::dir("dd"), Entry::file("dd/escaped-dd", "x")],
+            false,
+        ),
+        (
+            "whiteout-via-symlink",
+            vec![Entry::symlink("w", &d), Entry::file("w/.wh.secret", ""), Entry::file("w/.wh..wh..opq", "")],
+            false,
+        ),
         ("whiteout-dotdot", vec![Entry::file("../../../../.wh.secret", "")], true),
-        ("absolute-names", vec![Entry::dir(&format!("{d}/")), Entry::file(&format!("{d}/escaped-absname"), "x")], false),
+        (
+            "absolute-names",
+            vec![Entry::dir(&format!("{d}/")), Entry::file(&format!("{d}/escaped-absname"), "x")],
+            false,
+        ),
     ];
     for (n, (case, entries, must_fail)) in cases.into_iter().enumerate() {
         let before = c.snapshot_names();
@@ -881,16 +1025,38 @@ async fn hostile_layers_write_nothing_outside() {
         assert_eq!(meta(&secret), secret_meta, "case {case} changed the metadata of a file outside the root");
         assert_eq!(meta(&dir).0, dir_meta.0, "case {case} changed the mode of a directory outside the root");
         assert!(std::fs::symlink_metadata(&host_sentinel).is_err(), "case {case} wrote {}", host_sentinel.display());
-        for escaped in ["escaped-dotdot", "escaped-deep", "escaped-dir", "escaped-link", "escaped-abs", "escaped-absdir", "escaped-rel", "escaped-chain", "escaped-chain2", "escaped-dd", "escaped-absname"] {
+        for escaped in [
+            "escaped-dotdot",
+            "escaped-deep",
+            "escaped-dir",
+            "escaped-link",
+            "escaped-abs",
+            "escaped-absdir",
+            "escaped-rel",
+            "escaped-chain",
+            "escaped-chain2",
+            "escaped-dd",
+            "escaped-absname",
+        ] {
             for up in [dir.parent().unwrap(), &dir, &c.root, &c.root.join("snapshots")] {
-                assert!(std::fs::symlink_metadata(up.join(escaped)).is_err(), "case {case} wrote {}", up.join(escaped).display());
+                assert!(
+                    std::fs::symlink_metadata(up.join(escaped)).is_err(),
+                    "case {case} wrote {}",
+                    up.join(escaped).display()
+                );
             }
         }
     }
     // what was contained landed inside its layer
-    let (_, v) = c.status_verbose(&fake.reference("hostile/symlink-absolute", "latest")).await.expect("symlink-absolute was pulled");
+    let (_, v) = c
+        .status_verbose(&fake.reference("hostile/symlink-absolute", "latest"))
+        .await
+        .expect("symlink-absolute was pulled");
     let fs = &snapshots_of(&v)[0];
-    assert!(fs.join(format!("{}/escaped-abs", d.trim_start_matches('/'))).is_file(), "the write through the symlink stays inside the layer");
+    assert!(
+        fs.join(format!("{}/escaped-abs", d.trim_start_matches('/'))).is_file(),
+        "the write through the symlink stays inside the layer"
+    );
     let _ = std::fs::remove_file(&host_sentinel);
 }
 
@@ -902,7 +1068,8 @@ async fn concurrent_pulls_fetch_each_layer_once() {
     let fake = FakeRegistry::start().await;
     let c = Corrald::start().await;
     let base = Layer::random("base", 200 << 10, 10);
-    let layers: Vec<Layer> = std::iter::once(base.clone()).chain((11..15).map(|n| Layer::random(&format!("l{n}"), 200 << 10, n))).collect();
+    let layers: Vec<Layer> =
+        std::iter::once(base.clone()).chain((11..15).map(|n| Layer::random(&format!("l{n}"), 200 << 10, n))).collect();
     let image = Image::new(layers.clone());
     fake.push("multi/layer", "latest", &image);
     // a second image sharing the bottom layer, pulled at the same time
@@ -923,7 +1090,11 @@ async fn concurrent_pulls_fetch_each_layer_once() {
     for i in 0..10 {
         let mut images = c.images();
         let n = if i < 8 { name.clone() } else { sib.clone() };
-        tasks.push(tokio::spawn(async move { rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&n)), ..Default::default() })).await.map(|r| r.into_inner().image_ref) }));
+        tasks.push(tokio::spawn(async move {
+            rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&n)), ..Default::default() }))
+                .await
+                .map(|r| r.into_inner().image_ref)
+        }));
     }
     let asked = wait_for(Duration::from_secs(30), || fake.requests().iter().any(|r| r.path.contains("/blobs/"))).await;
     assert!(asked, "no blob requested");
@@ -936,10 +1107,16 @@ async fn concurrent_pulls_fetch_each_layer_once() {
     }
     assert!(ids[..8].iter().all(|id| *id == image.id()), "ids {ids:?}");
     assert!(ids[8..].iter().all(|id| *id == sibling.id()), "ids {ids:?}");
-    let base_fetches = fake.count("GET", &blob_path("multi/layer", &base.digest())) + fake.count("GET", &blob_path("multi/sibling", &base.digest()));
+    let base_fetches = fake.count("GET", &blob_path("multi/layer", &base.digest()))
+        + fake.count("GET", &blob_path("multi/sibling", &base.digest()));
     assert_eq!(base_fetches, 1, "the shared layer was fetched {base_fetches} times");
     for l in &image.layers[1..] {
-        assert_eq!(fake.count("GET", &blob_path("multi/layer", &l.digest())), 1, "layer {} fetched more than once", l.digest());
+        assert_eq!(
+            fake.count("GET", &blob_path("multi/layer", &l.digest())),
+            1,
+            "layer {} fetched more than once",
+            l.digest()
+        );
     }
     assert_eq!(fake.count("GET", &blob_path("multi/sibling", &sibling.layers[1].digest())), 1);
     assert_eq!(c.list().await.len(), 2);
@@ -957,7 +1134,10 @@ async fn concurrent_pulls_from_the_registry() {
     let pulls = (0..8).map(|_| {
         let mut images = c.images();
         let name = name.clone();
-        async move { rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() })).await }
+        async move {
+            rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() }))
+                .await
+        }
     });
     for r in futures::future::join_all(pulls).await {
         assert_eq!(r.expect("concurrent pull").into_inner().image_ref, want);
@@ -989,7 +1169,9 @@ async fn images_survive_a_restart() {
     assert_eq!(listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec![image.id().as_str()]);
     assert_eq!(c.layer_dirs(&name).await, layers, "the same layers after the restart");
     assert_eq!(read(layers[0].join("b")), "b\n");
-    let fetches = |fake: &FakeRegistry| image.layers.iter().map(|l| fake.count("GET", &blob_path("keep/me", &l.digest()))).sum::<usize>();
+    let fetches = |fake: &FakeRegistry| {
+        image.layers.iter().map(|l| fake.count("GET", &blob_path("keep/me", &l.digest()))).sum::<usize>()
+    };
     assert_eq!(fetches(&fake), 2);
     assert_eq!(c.pull(&name).await.expect("pull again"), image.id());
     assert_eq!(fetches(&fake), 2, "pulling again after a restart fetched layers again");
@@ -1032,9 +1214,13 @@ async fn kill9_mid_pull_leaves_nothing_after_restart() {
     let pull = {
         let mut images = c.images();
         let name = name.clone();
-        tokio::spawn(async move { rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() })).await })
+        tokio::spawn(async move {
+            rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() }))
+                .await
+        })
     };
-    let mid = wait_for(Duration::from_secs(30), || fake.count("GET", &big_path) >= 1 && !c.tmp_names().is_empty()).await;
+    let mid =
+        wait_for(Duration::from_secs(30), || fake.count("GET", &big_path) >= 1 && !c.tmp_names().is_empty()).await;
     assert!(mid, "the pull never got to the stalled layer");
     // the small layer is usually unpacked by now; crash either way
     wait_for(Duration::from_secs(5), || !c.snapshot_names().is_empty()).await;
@@ -1081,12 +1267,21 @@ async fn second_corrald_on_the_same_root_refuses() {
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output();
-        let out = tokio::time::timeout(Duration::from_secs(60), run).await.unwrap_or_else(|_| panic!("a second corrald with {what} kept running")).expect("running corrald");
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("a second corrald with {what} kept running"))
+            .expect("running corrald");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success(), "a second corrald on the same root with {what} exited 0: {text}");
         let lower = text.to_lowercase();
-        assert!(lower.contains("lock") || lower.contains("already running"), "the refusal does not mention the lock: {text}");
-        assert!(lower.contains(&c.root.display().to_string().to_lowercase()), "the refusal does not name the root: {text}");
+        assert!(
+            lower.contains("lock") || lower.contains("already running"),
+            "the refusal does not mention the lock: {text}"
+        );
+        assert!(
+            lower.contains(&c.root.display().to_string().to_lowercase()),
+            "the refusal does not name the root: {text}"
+        );
         // the first one is untouched
         rpc(c.runtime().version(cri::VersionRequest::default())).await.expect("the first corrald still answers");
         assert!(c.socket.exists());
@@ -1110,9 +1305,15 @@ async fn sigterm_during_a_stalled_pull_exits_promptly() {
     let pull = {
         let mut images = c.images();
         let name = name.clone();
-        tokio::spawn(async move { rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() })).await })
+        tokio::spawn(async move {
+            rpc(images.pull_image(cri::PullImageRequest { image: Some(tests::spec(&name)), ..Default::default() }))
+                .await
+        })
     };
-    assert!(wait_for(Duration::from_secs(30), || fake.count("GET", &big_path) >= 1).await, "the pull never reached the layer");
+    assert!(
+        wait_for(Duration::from_secs(30), || fake.count("GET", &big_path) >= 1).await,
+        "the pull never reached the layer"
+    );
     c.signal(libc::SIGTERM);
     let exited = c.wait_exit(Duration::from_secs(15)).await;
     gate.open();
@@ -1208,7 +1409,10 @@ async fn bad_configs_are_refused_at_start() {
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output();
-        let out = tokio::time::timeout(Duration::from_secs(60), run).await.unwrap_or_else(|_| panic!("corrald with a bad config ({what}) kept running")).unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("corrald with a bad config ({what}) kept running"))
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "corrald started with a bad config ({what})");
         assert!(text.contains(needle), "the error for {what} does not mention {needle:?}: {text}");

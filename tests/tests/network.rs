@@ -47,7 +47,11 @@ async fn pods_reach_each_other_and_the_host_port(chain: Chain) {
     let (pod_a, a, ip_a) = net.pod("server", Some(host_port), HTTPD).await;
     let (pod_b, b, ip_b) = net.pod("client", None, "sleep 3600").await;
     let subnet_prefix = net.subnet.rsplit_once('.').unwrap().0.to_string();
-    assert!(ip_a.starts_with(&subnet_prefix) && ip_b.starts_with(&subnet_prefix), "{ip_a} {ip_b} not in {}", net.subnet);
+    assert!(
+        ip_a.starts_with(&subnet_prefix) && ip_b.starts_with(&subnet_prefix),
+        "{ip_a} {ip_b} not in {}",
+        net.subnet
+    );
     assert_ne!(ip_a, ip_b);
 
     // Pod to pod over the bridge (retried while httpd starts).
@@ -63,7 +67,11 @@ async fn pods_reach_each_other_and_the_host_port(chain: Chain) {
             let diag = net.exec(&b, &["sh", "-c", "ip addr; ip route; ping -c 1 -W 2 $0", &ip_a]).await;
             let log_a = std::fs::read_to_string(net.c.dir().join("logs/server/main.log")).unwrap_or_default();
             let in_a = net.exec(&a, &["sh", "-c", "ps -o args; ls -la /www"]).await;
-            let log_a = format!("{log_a}\n--- in a: {} {}", String::from_utf8_lossy(&in_a.stdout), String::from_utf8_lossy(&in_a.stderr));
+            let log_a = format!(
+                "{log_a}\n--- in a: {} {}",
+                String::from_utf8_lossy(&in_a.stdout),
+                String::from_utf8_lossy(&in_a.stderr)
+            );
             panic!(
                 "pod b cannot reach {ip_a}: {}\n--- b: {}\n--- a's log: {log_a}",
                 String::from_utf8_lossy(&out.stderr),
@@ -89,13 +97,22 @@ async fn pods_reach_each_other_and_the_host_port(chain: Chain) {
     net.remove_pod(&pod_b).await;
     // corral-cni's DEL finishes its teardown (rules, veth, then the address) in the background.
     let rules_of = |pods: &[&String]| {
-        let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        let rules = Command::new("iptables-save")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
         pods.iter().any(|p| rules.contains(p.as_str()))
     };
-    tests::wait_for(Duration::from_secs(10), || net.veths().is_empty() && net.allocations().is_empty() && !rules_of(&[&pod_a, &pod_b])).await;
+    tests::wait_for(Duration::from_secs(10), || {
+        net.veths().is_empty() && net.allocations().is_empty() && !rules_of(&[&pod_a, &pod_b])
+    })
+    .await;
     assert!(net.veths().is_empty(), "veths left: {:?}", net.veths());
     assert!(net.allocations().is_empty(), "addresses left: {:?}", net.allocations());
-    let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let rules = Command::new("iptables-save")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
     for pod in [&pod_a, &pod_b] {
         assert!(!rules.contains(pod.as_str()), "iptables rules of {pod} left");
     }
@@ -144,11 +161,22 @@ async fn removing_a_pod_whose_netns_vanished_releases_its_address() {
     net.c.restart().await;
     net.remove_pod(&pod).await;
     // corral-cni's DEL finishes its teardown (rules, veth, then the address) in the background.
-    let rules_left = || Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).contains(pod.as_str())).unwrap_or(false);
-    tests::wait_for(Duration::from_secs(10), || net.allocations().is_empty() && net.veths().is_empty() && !rules_left()).await;
+    let rules_left = || {
+        Command::new("iptables-save")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(pod.as_str()))
+            .unwrap_or(false)
+    };
+    tests::wait_for(Duration::from_secs(10), || {
+        net.allocations().is_empty() && net.veths().is_empty() && !rules_left()
+    })
+    .await;
     assert!(net.allocations().is_empty(), "addresses left: {:?}", net.allocations());
     assert!(net.veths().is_empty(), "veths left: {:?}", net.veths());
-    let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let rules = Command::new("iptables-save")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
     assert!(!rules.contains(pod.as_str()), "iptables rules of {pod} left");
 }
 
@@ -161,14 +189,31 @@ async fn corral_cni_pod_with_container_ports_and_no_host_ports() {
     let net = Net::boot(env, Chain::Corral).await;
     let mut pc = net.pod_config("ports", None);
     pc.port_mappings = vec![
-        cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: 0, host_ip: String::new() },
-        cri::PortMapping { protocol: cri::Protocol::Udp as i32, container_port: 53, host_port: 0, host_ip: String::new() },
+        cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: 0,
+            host_ip: String::new(),
+        },
+        cri::PortMapping {
+            protocol: cri::Protocol::Udp as i32,
+            container_port: 53,
+            host_port: 0,
+            host_ip: String::new(),
+        },
     ];
     let (pod, c, ip) = net.pod_with(pc, HTTPD).await;
     // The pod serves on its own address; no rule was made for it.
     let out = net.exec(&c, &["sh", "-c", "for i in $(seq 50); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $0 80 && exit 0; sleep 0.1; done; exit 1", &ip]).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hello-from-ports"), "{}", String::from_utf8_lossy(&out.stderr));
-    let rules = Command::new("iptables-save").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello-from-ports"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = Command::new("iptables-save")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
     assert!(!rules.contains(pod.as_str()), "rules were made for a pod without host ports");
     net.remove_pod(&pod).await;
     tests::wait_for(Duration::from_secs(10), || net.veths().is_empty() && net.allocations().is_empty()).await;

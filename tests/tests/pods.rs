@@ -33,7 +33,13 @@ async fn pod_with_a_long_running_container_and_full_cleanup() {
     assert_eq!(node.status(short).await.id, ctr);
     let list = |filter: cri::ContainerFilter| {
         let mut rt = node.rt();
-        async move { rt.list_containers(cri::ListContainersRequest { filter: Some(filter) }).await.unwrap().into_inner().containers }
+        async move {
+            rt.list_containers(cri::ListContainersRequest { filter: Some(filter) })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+        }
     };
     assert_eq!(list(cri::ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }).await.len(), 1);
     assert_eq!(list(cri::ContainerFilter { id: short.into(), ..Default::default() }).await.len(), 1);
@@ -42,7 +48,11 @@ async fn pod_with_a_long_running_container_and_full_cleanup() {
 
     // PID 1 is the container's own process in its own PID namespace.
     assert_eq!(node.sh(&ctr, "cat /proc/1/cmdline | tr '\\0' ' '").await, "sleep 3600");
-    let pod_status = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })).await.unwrap().into_inner();
+    let pod_status =
+        rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }))
+            .await
+            .unwrap()
+            .into_inner();
     let st = pod_status.status.unwrap();
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(st.metadata.unwrap().name, "web");
@@ -60,9 +70,16 @@ async fn pod_with_a_long_running_container_and_full_cleanup() {
 
     node.remove_pod(&pod).await.unwrap();
     node.remove_pod(&pod).await.unwrap();
-    let err = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap_err();
+    let err =
+        rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -127,7 +144,10 @@ async fn stop_signals_trap_and_stop_signal_timeout() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = std::time::Instant::now();
     node.stop_container(&ctr, 30).await.unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(20), "the trapping container should stop on SIGTERM, not on the timeout");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the trapping container should stop on SIGTERM, not on the timeout"
+    );
     let s = node.status(&ctr).await;
     assert_eq!(s.exit_code, 7, "{s:?}");
     assert!(std::fs::read_to_string(node.log_path("stopper", "trapper")).unwrap().contains("got-term"));
@@ -146,7 +166,10 @@ async fn env_workdir_users_and_security_context() {
     cfg.envs = vec![cri::KeyValue { key: "FOO".into(), value: "bar baz".into() }];
     cfg.working_dir = "/var/work".into();
     let plain = node.run(&pod, &pc, cfg).await;
-    assert_eq!(node.sh(&plain, "echo \"$FOO\"; pwd; id -u; id -g; echo $HOSTNAME").await, "bar baz\n/var/work\n0\n0\nsec");
+    assert_eq!(
+        node.sh(&plain, "echo \"$FOO\"; pwd; id -u; id -g; echo $HOSTNAME").await,
+        "bar baz\n/var/work\n0\n0\nsec"
+    );
     let status = node.sh(&plain, "grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status").await;
     for line in status.lines() {
         assert!(line.ends_with(DEFAULT_CAP_EFF), "{line}");
@@ -171,7 +194,11 @@ async fn env_workdir_users_and_security_context() {
             run_as_group: Some(cri::Int64Value { value: 5678 }),
             supplemental_groups: vec![4242],
             readonly_rootfs: true,
-            capabilities: Some(cri::Capability { add_capabilities: vec!["NET_ADMIN".into()], drop_capabilities: vec!["ALL".into()], ..Default::default() }),
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -187,7 +214,10 @@ async fn env_workdir_users_and_security_context() {
     let mut cfg = node.container_config("seccomp", &["true"]);
     cfg.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
-            seccomp: Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -204,14 +234,23 @@ async fn env_workdir_users_and_security_context() {
 
     // A relative host path is a clear error, and nothing is left of the attempt.
     let mut cfg = node.container_config("badmount", &["true"]);
-    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: "relative/corral".into(), ..Default::default() }];
+    cfg.mounts =
+        vec![cri::Mount { container_path: "/data".into(), host_path: "relative/corral".into(), ..Default::default() }];
     let err = node.create(&pod, &pc, cfg).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("mounts[0].host_path") && err.message().contains("relative/corral"), "{}", err.message());
+    assert!(
+        err.message().contains("mounts[0].host_path") && err.message().contains("relative/corral"),
+        "{}",
+        err.message()
+    );
     // A host path that does not exist is created as a directory, as containerd does.
     let missing = node.c.dir().join("made-by-corral/deeper");
     let mut cfg = node.container_config("newdir", &["sleep", "3600"]);
-    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: missing.display().to_string(), ..Default::default() }];
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: missing.display().to_string(),
+        ..Default::default()
+    }];
     let newdir = node.run(&pod, &pc, cfg).await;
     assert!(missing.is_dir(), "{} was not created", missing.display());
     node.sh(&newdir, "echo hi > /data/f").await;
@@ -222,7 +261,12 @@ async fn env_workdir_users_and_security_context() {
     std::fs::create_dir_all(&host_dir).unwrap();
     std::fs::write(host_dir.join("hello"), "from host\n").unwrap();
     let mut cfg = node.container_config("mounted", &["sleep", "3600"]);
-    cfg.mounts = vec![cri::Mount { container_path: "/data".into(), host_path: host_dir.display().to_string(), readonly: true, ..Default::default() }];
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: host_dir.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
     let mounted = node.run(&pod, &pc, cfg).await;
     assert_eq!(node.sh(&mounted, "cat /data/hello").await, "from host");
     assert_ne!(node.exec(&mounted, &["touch", "/data/x"], 10).await.unwrap().exit_code, 0);
@@ -231,7 +275,11 @@ async fn env_workdir_users_and_security_context() {
     assert!(s.mounts[0].readonly);
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -241,13 +289,21 @@ async fn hostname_dns_sysctls_and_shared_ipc() {
     let node = Node::boot(env).await;
     let mut pc = node.pod_config("dns", cri::NamespaceMode::Container);
     pc.hostname = "web-1".into();
-    pc.dns_config = Some(cri::DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["default.svc.cluster.local".into()], options: vec!["ndots:5".into()] });
-    pc.linux.as_mut().unwrap().sysctls = HashMap::from([("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())]);
+    pc.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    pc.linux.as_mut().unwrap().sysctls =
+        HashMap::from([("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())]);
     let pod = node.run_pod_with(pc.clone()).await.unwrap();
     let a = node.run(&pod, &pc, node.container_config("a", &["sleep", "3600"])).await;
     let b = node.run(&pod, &pc, node.container_config("b", &["sleep", "3600"])).await;
     assert_eq!(node.sh(&a, "hostname; cat /etc/hostname").await, "web-1\nweb-1");
-    assert_eq!(node.sh(&a, "cat /etc/resolv.conf").await, "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5");
+    assert_eq!(
+        node.sh(&a, "cat /etc/resolv.conf").await,
+        "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5"
+    );
     assert!(node.sh(&a, "cat /etc/hosts").await.contains("localhost"));
     assert_eq!(node.sh(&a, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start").await, "0");
     // One IPC, UTS and network namespace for the pod; the host's is not it.
@@ -267,9 +323,12 @@ async fn hostname_dns_sysctls_and_shared_ipc() {
     let err = node.run_pod_with(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // An unknown runtime handler is refused.
-    let err = rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(node.pod_config("h", cri::NamespaceMode::Container)), runtime_handler: "kata".into() }))
-        .await
-        .unwrap_err();
+    let err = rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(node.pod_config("h", cri::NamespaceMode::Container)),
+        runtime_handler: "kata".into(),
+    }))
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // The same pod name twice is refused, naming the holder.
     let err = node.run_pod_with(pc.clone()).await.unwrap_err();
@@ -280,7 +339,11 @@ async fn hostname_dns_sysctls_and_shared_ipc() {
     assert!(err.message().contains(&a), "{}", err.message());
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -320,7 +383,10 @@ async fn shared_pid_namespace_has_the_pause_process_as_pid_1() {
     let tracer = node.run(&pod, &pc, tracer).await;
     let marker = node.c.dir().join("host-marker");
     std::fs::write(&marker, "the node's file\n").unwrap();
-    assert_eq!(node.sh(&tracer, "grep -E '^Cap(Eff|Prm|Bnd):' /proc/1/status").await, "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000");
+    assert_eq!(
+        node.sh(&tracer, "grep -E '^Cap(Eff|Prm|Bnd):' /proc/1/status").await,
+        "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000"
+    );
     assert_eq!(node.sh(&tracer, "ls -A /proc/1/root/ | wc -l").await, "0", "the pause's root is not empty");
     let read = node.exec(&tracer, &["cat", &format!("/proc/1/root{}", marker.display())], 10).await.unwrap();
     assert_ne!(read.exit_code, 0, "a container read the node's files through PID 1: {}", text(&read.stdout));
@@ -331,10 +397,18 @@ async fn shared_pid_namespace_has_the_pause_process_as_pid_1() {
     assert_eq!(node.status(&a).await.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(node.status(&b).await.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(node.status(&tracer).await.state, cri::ContainerState::ContainerExited as i32);
-    let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner();
+    let st =
+        rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -368,14 +442,21 @@ async fn exec_timeout_background_children_and_start_failure() {
     let err = node.start(&bad).await.unwrap_err();
     assert!(err.message().contains("executable file not found"), "{}", err.message());
     let s = node.status(&bad).await;
-    assert_eq!((s.state, s.exit_code, s.reason.as_str()), (cri::ContainerState::ContainerExited as i32, 128, "StartError"));
+    assert_eq!(
+        (s.state, s.exit_code, s.reason.as_str()),
+        (cri::ContainerState::ContainerExited as i32, 128, "StartError")
+    );
     assert!(s.message.contains("nosuch"), "{}", s.message);
 
     // ExecSync in a stopped container is refused.
     node.stop_container(&ctr, 0).await.unwrap();
     assert_eq!(node.exec(&ctr, &["true"], 5).await.unwrap_err().code(), Code::FailedPrecondition);
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -384,7 +465,8 @@ async fn memory_limit_oom_kill_is_reported() {
     let env = require_env!();
     let node = Node::boot(env).await;
     let (pod, pc) = node.run_pod("oom", cri::NamespaceMode::Container).await;
-    let mut cfg = node.container_config("hog", &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived"]);
+    let mut cfg =
+        node.container_config("hog", &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived"]);
     cfg.linux = Some(cri::LinuxContainerConfig {
         resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() }),
         ..Default::default()
@@ -410,7 +492,11 @@ async fn containers_survive_a_corrald_crash_and_a_lost_shim_is_reported() {
 
     assert_eq!(node.status(&ctr).await.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(node.sh(&ctr, "echo alive").await, "alive");
-    let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner();
+    let st =
+        rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
     // A container created before the crash can still be started.
     node.start(&created).await.unwrap();
@@ -422,7 +508,10 @@ async fn containers_survive_a_corrald_crash_and_a_lost_shim_is_reported() {
     let victim_shim: Vec<u32> = node
         .shim_pids()
         .into_iter()
-        .filter(|pid| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&victim))
+        .filter(|pid| {
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .contains(&victim)
+        })
         .collect();
     assert_eq!(victim_shim.len(), 1);
     // SAFETY: kill has no memory preconditions; this shim belongs to the test's corrald.
@@ -445,7 +534,11 @@ async fn containers_survive_a_corrald_crash_and_a_lost_shim_is_reported() {
     node.stop_container(&ctr, 1).await.unwrap();
     assert_eq!(node.status(&ctr).await.state, cri::ContainerState::ContainerExited as i32);
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -454,15 +547,29 @@ async fn reopen_container_log_after_rotation() {
     let env = require_env!();
     let node = Node::boot(env).await;
     let (pod, pc) = node.run_pod("rotate", cri::NamespaceMode::Container).await;
-    let ctr = node.run(&pod, &pc, node.container_config("ticker", &["sh", "-c", "while true; do echo tick; sleep 0.05; done"])).await;
+    let ctr = node
+        .run(&pod, &pc, node.container_config("ticker", &["sh", "-c", "while true; do echo tick; sleep 0.05; done"]))
+        .await;
     let log = node.log_path("rotate", "ticker");
-    assert!(tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).map(|l| l.contains("tick")).unwrap_or(false)).await);
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .map(|l| l.contains("tick"))
+            .unwrap_or(false))
+        .await
+    );
     let rotated = log.with_extension("log.1");
     std::fs::rename(&log, &rotated).unwrap();
     rpc(node.rt().reopen_container_log(cri::ReopenContainerLogRequest { container_id: ctr.clone() })).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).map(|l| l.contains("tick")).unwrap_or(false)).await);
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .map(|l| l.contains("tick"))
+            .unwrap_or(false))
+        .await
+    );
     node.stop_container(&ctr, 0).await.unwrap();
-    let err = rpc(node.rt().reopen_container_log(cri::ReopenContainerLogRequest { container_id: ctr.clone() })).await.unwrap_err();
+    let err = rpc(node.rt().reopen_container_log(cri::ReopenContainerLogRequest { container_id: ctr.clone() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     node.remove_pod(&pod).await.unwrap();
 }
@@ -473,14 +580,22 @@ async fn host_network_pod_uses_the_node_hostname() {
     let env = require_env!();
     let node = Node::boot(env).await;
     let mut pc = node.pod_config("hostnet", cri::NamespaceMode::Container);
-    pc.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = cri::NamespaceMode::Node as i32;
+    pc.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network =
+        cri::NamespaceMode::Node as i32;
     let pod = node.run_pod_with(pc.clone()).await.unwrap();
     let ctr = node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
     assert_eq!(node.sh(&ctr, "hostname").await, host);
-    assert_eq!(node.sh(&ctr, "readlink /proc/self/ns/net").await, std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string());
+    assert_eq!(
+        node.sh(&ctr, "readlink /proc/self/ns/net").await,
+        std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string()
+    );
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -488,19 +603,29 @@ async fn bad_requests_get_clear_errors() {
     require_root!();
     let env = require_env!();
     let node = Node::boot(env).await;
-    let err = rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: None, runtime_handler: String::new() })).await.unwrap_err();
+    let err =
+        rpc(node.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: None, runtime_handler: String::new() }))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let (pod, pc) = node.run_pod("bad", cri::NamespaceMode::Container).await;
     let mut cfg = node.container_config("noimage", &["true"]);
     cfg.image = Some(tests::spec("127.0.0.1:1/never/pulled:latest"));
     assert_eq!(node.create(&pod, &pc, cfg).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(node.create(&"e".repeat(64), &pc, node.container_config("x", &["true"])).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        node.create(&"e".repeat(64), &pc, node.container_config("x", &["true"])).await.unwrap_err().code(),
+        Code::NotFound
+    );
     assert_eq!(node.start(&"e".repeat(64)).await.unwrap_err().code(), Code::NotFound);
     let ctr = node.run(&pod, &pc, node.container_config("once", &["true"])).await;
     node.wait_exited(&ctr, Duration::from_secs(30)).await;
     assert_eq!(node.start(&ctr).await.unwrap_err().code(), Code::FailedPrecondition);
     node.remove_pod(&pod).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -508,14 +633,26 @@ async fn pod_network_through_a_cni_plugin_and_its_failures() {
     require_root!();
     let env = require_env!();
     let node = Node::boot(env).await;
-    let status = rpc(node.rt().status(cri::StatusRequest { verbose: false })).await.unwrap().into_inner().status.unwrap();
+    let status =
+        rpc(node.rt().status(cri::StatusRequest { verbose: false })).await.unwrap().into_inner().status.unwrap();
     let net = status.conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(net.status, "{net:?}");
 
     let mut pc = node.pod_config("net", cri::NamespaceMode::Container);
-    pc.port_mappings = vec![cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: 18080, host_ip: String::new() }];
+    pc.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 18080,
+        host_ip: String::new(),
+    }];
     let pod = node.run_pod_with(pc.clone()).await.unwrap();
-    let st = rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })).await.unwrap().into_inner().status.unwrap();
+    let st =
+        rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
     assert_eq!(st.network.unwrap().ip, "10.99.0.2");
     let ctr = node.run(&pod, &pc, node.container_config("app", &["sleep", "3600"])).await;
     assert!(node.sh(&ctr, "cat /etc/hosts").await.contains("10.99.0.2\tnet"));
@@ -523,35 +660,51 @@ async fn pod_network_through_a_cni_plugin_and_its_failures() {
     assert_eq!(calls.lines().next().unwrap(), format!("ADD {pod} eth0"));
 
     // The plugin saw the name, version and (declared) capability args.
-    let stdin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(node.cni.path().join("bin/last-stdin")).unwrap()).unwrap();
+    let stdin: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.cni.path().join("bin/last-stdin")).unwrap()).unwrap();
     assert_eq!((stdin["name"].as_str(), stdin["cniVersion"].as_str()), (Some("fake"), Some("1.0.0")));
 
     // A new config after ADD: DEL still uses the one ADD used (cached).
-    std::fs::write(node.cni.path().join("net.d/10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"missing-plugin"}]}"#).unwrap();
-    let status = rpc(node.rt().status(cri::StatusRequest { verbose: false })).await.unwrap().into_inner().status.unwrap();
+    std::fs::write(
+        node.cni.path().join("net.d/10-fake.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"missing-plugin"}]}"#,
+    )
+    .unwrap();
+    let status =
+        rpc(node.rt().status(cri::StatusRequest { verbose: false })).await.unwrap().into_inner().status.unwrap();
     let net = status.conditions.iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(!net.status && net.reason == "NetworkPluginNotReady" && net.message.contains("missing-plugin"), "{net:?}");
     node.remove_pod(&pod).await.unwrap();
     let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
     assert!(calls.contains(&format!("DEL {pod} eth0")), "{calls}");
-    let stdin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(node.cni.path().join("bin/last-stdin")).unwrap()).unwrap();
+    let stdin: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.cni.path().join("bin/last-stdin")).unwrap()).unwrap();
     assert_eq!(stdin["name"], "fake");
     assert_eq!(stdin["prevResult"]["ips"][0]["address"], "10.99.0.2/24");
 
     // A failing ADD fails RunPodSandbox with the plugin's message; DEL is called and nothing stays.
-    std::fs::write(node.cni.path().join("net.d/10-fake.conflist"), r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni"}]}"#).unwrap();
+    std::fs::write(
+        node.cni.path().join("net.d/10-fake.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fake-cni"}]}"#,
+    )
+    .unwrap();
     std::fs::write(node.cni.path().join("bin/fail"), "").unwrap();
     let err = node.run_pod_with(node.pod_config("failing", cri::NamespaceMode::Container)).await.unwrap_err();
     assert!(err.message().contains("fake failure"), "{}", err.message());
     let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
     assert!(calls.lines().last().unwrap().starts_with("DEL "), "{calls}");
-    let pods = rpc(node.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })).await.unwrap().into_inner().items;
+    let pods =
+        rpc(node.rt().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })).await.unwrap().into_inner().items;
     assert!(pods.is_empty(), "{pods:?}");
     // The name is free again.
     std::fs::remove_file(node.cni.path().join("bin/fail")).unwrap();
     let again = node.run_pod_with(node.pod_config("failing", cri::NamespaceMode::Container)).await.unwrap();
     node.remove_pod(&again).await.unwrap();
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
     assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty());
 }
 
@@ -577,13 +730,21 @@ async fn kill_9_between_run_and_remove_leaks_nothing() {
     node.remove_pod(&pod).await.unwrap();
     let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
     assert!(calls.contains(&format!("DEL {pod} eth0")), "{calls}");
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
     assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty());
 }
 
 fn ctr_security(pid: cri::NamespaceMode, target: &str) -> Option<cri::LinuxContainerSecurityContext> {
     Some(cri::LinuxContainerSecurityContext {
-        namespace_options: Some(cri::NamespaceOption { pid: pid as i32, target_id: target.into(), ..Default::default() }),
+        namespace_options: Some(cri::NamespaceOption {
+            pid: pid as i32,
+            target_id: target.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     })
 }
@@ -642,15 +803,24 @@ async fn resources_oom_score_and_pid_namespace_modes() {
 
     // pid TARGET joins the target container's PID namespace.
     let mut cfg = node.container_config("peer", &["sleep", "2400"]);
-    cfg.linux = Some(cri::LinuxContainerConfig { security_context: ctr_security(cri::NamespaceMode::Target, &limited), ..Default::default() });
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: ctr_security(cri::NamespaceMode::Target, &limited),
+        ..Default::default()
+    });
     let peer = node.run(&pod, &pc, cfg).await;
     let ps = node.sh(&peer, "ps -o args").await;
     assert!(ps.contains("sleep 3600") && ps.contains("sleep 2400"), "{ps}");
     // pid NODE shares the host's.
     let mut cfg = node.container_config("hostpid", &["sleep", "3600"]);
-    cfg.linux = Some(cri::LinuxContainerConfig { security_context: ctr_security(cri::NamespaceMode::Node, ""), ..Default::default() });
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: ctr_security(cri::NamespaceMode::Node, ""),
+        ..Default::default()
+    });
     let hostpid = node.run(&pod, &pc, cfg).await;
-    assert_eq!(node.sh(&hostpid, "readlink /proc/self/ns/pid").await, std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string());
+    assert_eq!(
+        node.sh(&hostpid, "readlink /proc/self/ns/pid").await,
+        std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string()
+    );
 
     // A bidirectional mount: a mount made inside the container shows on the host.
     let shared = node.c.dir().join("bidir");
@@ -674,7 +844,10 @@ async fn resources_oom_score_and_pid_namespace_modes() {
     cfg.linux = Some(cri::LinuxContainerConfig { security_context: Some(sec), ..Default::default() });
     let bidir = node.run(&pod, &pc, cfg).await;
     node.sh(&bidir, "mkdir -p /shared/inner && mount -t tmpfs none /shared/inner && echo hi > /shared/inner/f").await;
-    assert!(tests::wait_for(Duration::from_secs(5), || shared.join("inner/f").exists()).await, "the container's mount did not propagate to the host");
+    assert!(
+        tests::wait_for(Duration::from_secs(5), || shared.join("inner/f").exists()).await,
+        "the container's mount did not propagate to the host"
+    );
 
     node.remove_pod(&pod).await.unwrap();
     let inner = std::ffi::CString::new(shared.join("inner").display().to_string()).unwrap();
@@ -683,7 +856,11 @@ async fn resources_oom_score_and_pid_namespace_modes() {
         libc::umount2(inner.as_ptr(), libc::MNT_DETACH);
         libc::umount2(src.as_ptr(), libc::MNT_DETACH);
     }
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }
 
 #[tokio::test]
@@ -707,5 +884,9 @@ async fn removing_an_image_never_breaks_a_container_that_uses_it() {
     let after = node.c.snapshot_names();
     assert!(after.len() < snapshots_with_container, "{after:?}");
     assert_eq!(after.len(), 1, "{after:?}");
-    assert!(tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await, "left behind: {:?}", node.leftovers());
+    assert!(
+        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
+        "left behind: {:?}",
+        node.leftovers()
+    );
 }

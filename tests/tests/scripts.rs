@@ -17,7 +17,12 @@ fn install_cni(existing: &[&str]) -> Vec<String> {
     for name in existing {
         std::fs::write(conf.join(name), "{}").unwrap();
     }
-    let out = Command::new(workspace().join("hack/install-cni.sh")).arg(&plugin).arg(&bin).arg(&conf).output().expect("running hack/install-cni.sh");
+    let out = Command::new(workspace().join("hack/install-cni.sh"))
+        .arg(&plugin)
+        .arg(&bin)
+        .arg(&conf)
+        .output()
+        .expect("running hack/install-cni.sh");
     assert!(out.status.success(), "install-cni.sh with {existing:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(bin.join("corral-cni").exists(), "corral-cni was not installed");
     let mut names: Vec<String> = tests::dir_names(&conf).into_iter().collect();
@@ -44,7 +49,12 @@ fn install_cni_written_default_is_valid_json() {
     let plugin = dir.path().join("corral-cni");
     std::fs::write(&plugin, "#!/bin/sh\n").unwrap();
     let conf = dir.path().join("net.d");
-    let out = Command::new(workspace().join("hack/install-cni.sh")).arg(&plugin).arg(dir.path().join("bin")).arg(&conf).output().unwrap();
+    let out = Command::new(workspace().join("hack/install-cni.sh"))
+        .arg(&plugin)
+        .arg(dir.path().join("bin"))
+        .arg(&conf)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = std::fs::read_to_string(conf.join("10-corral.conflist")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).expect("the default network is JSON");

@@ -53,9 +53,20 @@ impl NetworkList {
     /// Rebuilds a list from its cached JSON document.
     pub fn from_raw(path: &Path, raw: Value) -> Result<NetworkList, ConfigError> {
         let invalid = |detail: String| ConfigError::Invalid { path: path.display().to_string(), detail };
-        let name = raw.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| invalid("missing \"name\"".into()))?.to_string();
-        let cni_version = raw.get("cniVersion").and_then(Value::as_str).filter(|v| !v.is_empty()).ok_or_else(|| invalid("missing \"cniVersion\"".into()))?.to_string();
-        let plugins_value = raw.get("plugins").and_then(Value::as_array).ok_or_else(|| invalid("missing \"plugins\" list".into()))?;
+        let name = raw
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid("missing \"name\"".into()))?
+            .to_string();
+        let cni_version = raw
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid("missing \"cniVersion\"".into()))?
+            .to_string();
+        let plugins_value =
+            raw.get("plugins").and_then(Value::as_array).ok_or_else(|| invalid("missing \"plugins\" list".into()))?;
         if plugins_value.is_empty() {
             return Err(invalid("\"plugins\" is empty".into()));
         }
@@ -93,7 +104,8 @@ pub fn load(dir: &Path) -> Result<NetworkList, ConfigError> {
     };
     files.sort();
     let first = files.first().ok_or_else(|| ConfigError::Missing(dir.display().to_string()))?;
-    let text = std::fs::read_to_string(first).map_err(|e| ConfigError::Invalid { path: first.display().to_string(), detail: e.to_string() })?;
+    let text = std::fs::read_to_string(first)
+        .map_err(|e| ConfigError::Invalid { path: first.display().to_string(), detail: e.to_string() })?;
     NetworkList::parse(first, &text)
 }
 

@@ -45,7 +45,8 @@ pub fn find_plugin(kind: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
 /// it printed nothing, as DEL may).
 pub async fn run(kind: &str, config: &Value, inv: &Invocation<'_>) -> Result<Value, ExecError> {
     let dirs = || inv.bin_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
-    let binary = find_plugin(kind, inv.bin_dirs).ok_or_else(|| ExecError::NotFound { kind: kind.into(), dirs: dirs() })?;
+    let binary =
+        find_plugin(kind, inv.bin_dirs).ok_or_else(|| ExecError::NotFound { kind: kind.into(), dirs: dirs() })?;
     let failed = |detail: String| ExecError::Failed { kind: kind.into(), command: inv.command.into(), detail };
     let mut cmd = tokio::process::Command::new(&binary);
     cmd.env_clear()
@@ -80,14 +81,21 @@ pub async fn run(kind: &str, config: &Value, inv: &Invocation<'_>) -> Result<Val
     let stdout: Value = if output.stdout.iter().all(|b| b.is_ascii_whitespace()) {
         Value::Null
     } else {
-        serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("unreadable output ({e}): {}", String::from_utf8_lossy(&output.stdout).trim())))?
+        serde_json::from_slice(&output.stdout).map_err(|e| {
+            failed(format!("unreadable output ({e}): {}", String::from_utf8_lossy(&output.stdout).trim()))
+        })?
     };
     if output.status.success() {
         return Ok(stdout);
     }
     if let Some(code) = stdout.get("code").and_then(Value::as_u64) {
         let msg = stdout.get("msg").and_then(Value::as_str).unwrap_or("").to_string();
-        let details = stdout.get("details").and_then(Value::as_str).filter(|d| !d.is_empty()).map(|d| format!(": {d}")).unwrap_or_default();
+        let details = stdout
+            .get("details")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
         return Err(ExecError::Plugin { kind: kind.into(), command: inv.command.into(), code, msg, details });
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -102,4 +110,3 @@ pub fn split_dirs(dirs: &str) -> Vec<PathBuf> {
 pub fn exists_any(kind: &str, dirs: &[PathBuf]) -> bool {
     find_plugin(kind, dirs).is_some()
 }
-

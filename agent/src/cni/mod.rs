@@ -153,19 +153,29 @@ impl Cni {
         let io = |source| CniError::Io { what: format!("writing CNI cache {}", path.display()), source };
         std::fs::create_dir_all(&self.cache_dir).map_err(io)?;
         let tmp = path.with_extension("tmp");
-        let bytes = serde_json::to_vec(cached).map_err(|e| CniError::Io { what: "encoding CNI cache".into(), source: std::io::Error::other(e) })?;
+        let bytes = serde_json::to_vec(cached)
+            .map_err(|e| CniError::Io { what: "encoding CNI cache".into(), source: std::io::Error::other(e) })?;
         std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    fn plugin_conf(list: &NetworkList, plugin: &Map<String, Value>, prev: Option<&Value>, runtime_config: &Map<String, Value>) -> Value {
+    fn plugin_conf(
+        list: &NetworkList,
+        plugin: &Map<String, Value>,
+        prev: Option<&Value>,
+        runtime_config: &Map<String, Value>,
+    ) -> Value {
         let mut conf = plugin.clone();
         conf.insert("name".into(), json!(list.name));
         conf.insert("cniVersion".into(), json!(list.cni_version));
         if let Some(p) = prev.filter(|p| !p.is_null()) {
             conf.insert("prevResult".into(), p.clone());
         }
-        let rc: Map<String, Value> = runtime_config.iter().filter(|(cap, _)| NetworkList::has_capability(plugin, cap)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let rc: Map<String, Value> = runtime_config
+            .iter()
+            .filter(|(cap, _)| NetworkList::has_capability(plugin, cap))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if !rc.is_empty() {
             conf.insert("runtimeConfig".into(), Value::Object(rc));
         }
@@ -191,7 +201,14 @@ impl Cni {
         self.write_cache(&cache_path, &cached)?;
         let args = a.cni_args();
         let netns = a.netns.display().to_string();
-        let inv = Invocation { command: "ADD", container_id: &a.pod_id, netns: &netns, ifname: &a.ifname, args: &args, bin_dirs: &self.bin_dirs };
+        let inv = Invocation {
+            command: "ADD",
+            container_id: &a.pod_id,
+            netns: &netns,
+            ifname: &a.ifname,
+            args: &args,
+            bin_dirs: &self.bin_dirs,
+        };
         let mut prev: Option<Value> = None;
         for plugin in &list.plugins {
             let conf = Self::plugin_conf(&list, plugin, prev.as_ref(), &runtime_config);
@@ -239,7 +256,14 @@ impl Cni {
         // A netns that is gone (unpinned, or /run cleared by a reboot) is passed as empty, as
         // the spec allows for DEL.
         let netns = if crate::sys::is_nsfs(&a.netns) { a.netns.display().to_string() } else { String::new() };
-        let inv = Invocation { command: "DEL", container_id: &a.pod_id, netns: &netns, ifname: &a.ifname, args: &args, bin_dirs: &self.bin_dirs };
+        let inv = Invocation {
+            command: "DEL",
+            container_id: &a.pod_id,
+            netns: &netns,
+            ifname: &a.ifname,
+            args: &args,
+            bin_dirs: &self.bin_dirs,
+        };
         for plugin in list.plugins.iter().rev() {
             let conf = Self::plugin_conf(&list, plugin, Some(&prev), &runtime_config);
             exec::run(NetworkList::plugin_type(plugin), &conf, &inv).await?;
@@ -285,8 +309,10 @@ impl Cni {
         if !version_at_least(&list.cni_version, (1, 1, 0)) {
             return;
         }
-        let attachments: Vec<Value> = valid.iter().map(|(id, ifname)| json!({ "containerID": id, "ifname": ifname })).collect();
-        let inv = Invocation { command: "GC", container_id: "", netns: "", ifname: "", args: "", bin_dirs: &self.bin_dirs };
+        let attachments: Vec<Value> =
+            valid.iter().map(|(id, ifname)| json!({ "containerID": id, "ifname": ifname })).collect();
+        let inv =
+            Invocation { command: "GC", container_id: "", netns: "", ifname: "", args: "", bin_dirs: &self.bin_dirs };
         for plugin in &list.plugins {
             let mut conf = Self::plugin_conf(&list, plugin, None, &Map::new());
             conf["cni.dev/valid-attachments"] = Value::Array(attachments.clone());
@@ -307,9 +333,18 @@ fn version_at_least(v: &str, want: (u32, u32, u32)) -> bool {
 pub fn result_ips(result: &Value) -> Vec<String> {
     let strip = |s: &str| s.split('/').next().unwrap_or("").to_string();
     if let Some(ips) = result.get("ips").and_then(Value::as_array) {
-        return ips.iter().filter_map(|ip| ip.get("address").and_then(Value::as_str)).map(strip).filter(|s| !s.is_empty()).collect();
+        return ips
+            .iter()
+            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+            .map(strip)
+            .filter(|s| !s.is_empty())
+            .collect();
     }
-    ["ip4", "ip6"].iter().filter_map(|k| result.get(k).and_then(|v| v.get("ip")).and_then(Value::as_str)).map(strip).collect()
+    ["ip4", "ip6"]
+        .iter()
+        .filter_map(|k| result.get(k).and_then(|v| v.get("ip")).and_then(Value::as_str))
+        .map(strip)
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,13 @@ pub struct Credentials {
 impl Credentials {
     /// From the CRI fields; `auth` (base64 `user:password`) fills username and password when they
     /// are empty.
-    pub fn from_cri(username: &str, password: &str, auth: &str, identity_token: &str, registry_token: &str) -> Result<Credentials, String> {
+    pub fn from_cri(
+        username: &str,
+        password: &str,
+        auth: &str,
+        identity_token: &str,
+        registry_token: &str,
+    ) -> Result<Credentials, String> {
         let mut creds = Credentials {
             username: username.to_string(),
             password: password.to_string(),

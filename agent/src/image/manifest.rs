@@ -245,19 +245,33 @@ mod tests {
             media_type: OCI_MANIFEST.into(),
             digest: format!("sha256:{}", digest.to_string().repeat(64)),
             size: 1,
-            platform: Some(Platform { architecture: arch.into(), os: "linux".into(), variant: variant.map(String::from) }),
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: variant.map(String::from),
+            }),
         }
     }
 
     #[test]
     fn picks_host_platform_and_variant() {
-        let index = Index { manifests: vec![desc("arm64", Some("v8"), 'a'), desc("amd64", None, 'b'), desc("arm", Some("v6"), 'c'), desc("arm", Some("v7"), 'd')] };
+        let index = Index {
+            manifests: vec![
+                desc("arm64", Some("v8"), 'a'),
+                desc("amd64", None, 'b'),
+                desc("arm", Some("v6"), 'c'),
+                desc("arm", Some("v7"), 'd'),
+            ],
+        };
         let amd64 = Platform { architecture: "amd64".into(), os: "linux".into(), variant: None };
         assert!(select_platform(&index, &amd64).unwrap().digest.starts_with("sha256:b"));
         let arm7 = Platform { architecture: "arm".into(), os: "linux".into(), variant: Some("v7".into()) };
         assert!(select_platform(&index, &arm7).unwrap().digest.starts_with("sha256:d"));
         let s390 = Platform { architecture: "s390x".into(), os: "linux".into(), variant: None };
-        assert_eq!(select_platform(&index, &s390).unwrap_err().to_string(), "image index has no manifest for linux/s390x");
+        assert_eq!(
+            select_platform(&index, &s390).unwrap_err().to_string(),
+            "image index has no manifest for linux/s390x"
+        );
     }
 
     #[test]
@@ -272,7 +286,10 @@ mod tests {
     #[test]
     fn documents_by_media_type_or_shape() {
         let m = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},"layers":[]}"#;
-        assert!(matches!(Document::parse("application/vnd.oci.image.manifest.v1+json", m).unwrap(), Document::Manifest(_)));
+        assert!(matches!(
+            Document::parse("application/vnd.oci.image.manifest.v1+json", m).unwrap(),
+            Document::Manifest(_)
+        ));
         assert!(matches!(Document::parse("", m).unwrap(), Document::Manifest(_)));
         let i = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
         assert!(matches!(Document::parse("application/json", i).unwrap(), Document::Index(_)));

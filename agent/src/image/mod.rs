@@ -183,7 +183,12 @@ impl ImageService {
     /// Returns (lower dirs top first, upper dir, work dir).
     /// `volumes` are the images of the container's image volumes: their layers are kept for the
     /// container as its own image's are, and returned in `volume_layers` (same order).
-    pub async fn prepare_container_snapshot(&self, container_id: &str, image: &ImageRecord, volumes: &[&ImageRecord]) -> Result<ContainerSnapshot, ImageError> {
+    pub async fn prepare_container_snapshot(
+        &self,
+        container_id: &str,
+        image: &ImageRecord,
+        volumes: &[&ImageRecord],
+    ) -> Result<ContainerSnapshot, ImageError> {
         let _gc = self.gc_lock.read().await;
         let lowers = self.chain_paths(&image.chain_ids)?;
         let volume_layers = volumes.iter().map(|v| self.chain_paths(&v.chain_ids)).collect::<Result<Vec<_>, _>>()?;
@@ -204,7 +209,12 @@ impl ImageService {
             let _ = self.snapshots.remove(n);
             return Err(e);
         }
-        Ok(ContainerSnapshot { lowers, upper: self.snapshots.fs_path(n), work: self.snapshots.work_path(n), volume_layers })
+        Ok(ContainerSnapshot {
+            lowers,
+            upper: self.snapshots.fs_path(n),
+            work: self.snapshots.work_path(n),
+            volume_layers,
+        })
     }
 
     /// Removes a container's writable snapshot (idempotent), then layers nothing uses anymore.
@@ -240,7 +250,8 @@ impl ImageService {
             creds.username, creds.password, creds.identity_token, creds.registry_token
         );
         let fut = {
-            let mut inflight = self.inflight.lock().map_err(|_| Arc::new(ImageError::Internal("pull map poisoned".into())))?;
+            let mut inflight =
+                self.inflight.lock().map_err(|_| Arc::new(ImageError::Internal("pull map poisoned".into())))?;
             match inflight.get(&key) {
                 Some(f) => f.clone(),
                 None => {
@@ -290,7 +301,9 @@ impl ImageService {
                 let digest = m.digest.clone();
                 let parsed = match Document::parse(&m.content_type, &m.body).map_err(man_err)? {
                     Document::Manifest(parsed) => parsed,
-                    Document::Index(_) => return Err(man_err(manifest::ManifestError::Invalid("nested image index".into()))),
+                    Document::Index(_) => {
+                        return Err(man_err(manifest::ManifestError::Invalid("nested image index".into())))
+                    }
                 };
                 documents.push((m.digest, m.body));
                 (digest, parsed)
@@ -309,7 +322,10 @@ impl ImageService {
         let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
 
         let layers = manifest.layers.iter().zip(&config.rootfs.diff_ids).zip(&chain_ids);
-        futures::future::try_join_all(layers.map(|((desc, diff_id), chain_id)| self.ensure_layer(&image, &session, desc, diff_id, chain_id))).await?;
+        futures::future::try_join_all(
+            layers.map(|((desc, diff_id), chain_id)| self.ensure_layer(&image, &session, desc, diff_id, chain_id)),
+        )
+        .await?;
 
         for (digest, body) in &documents {
             self.content.write(digest, body).map_err(io_err(format!("storing {digest}")))?;
@@ -332,7 +348,11 @@ impl ImageService {
     }
 
     /// Finds the first endpoint (mirrors first) that serves the manifest.
-    async fn resolve(&self, reference: &Reference, creds: &Credentials) -> Result<(Session, registry::Fetched), RegistryError> {
+    async fn resolve(
+        &self,
+        reference: &Reference,
+        creds: &Credentials,
+    ) -> Result<(Session, registry::Fetched), RegistryError> {
         let endpoints = self.registries.endpoints(reference);
         let last = endpoints.len() - 1;
         for (i, endpoint) in endpoints.into_iter().enumerate() {
@@ -349,7 +369,14 @@ impl ImageService {
     }
 
     /// Makes sure the layer with `chain_id` is unpacked, fetching it when it is not.
-    async fn ensure_layer(&self, image: &str, session: &Session, desc: &Descriptor, diff_id: &str, chain_id: &str) -> Result<(), ImageError> {
+    async fn ensure_layer(
+        &self,
+        image: &str,
+        session: &Session,
+        desc: &Descriptor,
+        diff_id: &str,
+        chain_id: &str,
+    ) -> Result<(), ImageError> {
         let lock = {
             let mut locks = self.layer_locks.lock().map_err(|_| ImageError::Internal("layer locks poisoned".into()))?;
             Arc::clone(locks.entry(chain_id.to_string()).or_default())
@@ -363,7 +390,10 @@ impl ImageService {
             let _slot = self.downloads.acquire().await.map_err(|e| ImageError::Internal(e.to_string()))?;
             // Removed however this ends, also when the pull is abandoned mid-download.
             let tmp = TempFile(self.content.temp_path(&desc.digest));
-            session.download(desc, &tmp.0).await.map_err(|source| ImageError::Registry { image: image.to_string(), source })?;
+            session
+                .download(desc, &tmp.0)
+                .await
+                .map_err(|source| ImageError::Registry { image: image.to_string(), source })?;
             self.unpack_layer(image, &tmp.0, desc, diff_id, chain_id).await
         }
         .await;
@@ -375,7 +405,14 @@ impl ImageService {
         result
     }
 
-    async fn unpack_layer(&self, image: &str, blob: &Path, desc: &Descriptor, diff_id: &str, chain_id: &str) -> Result<(), ImageError> {
+    async fn unpack_layer(
+        &self,
+        image: &str,
+        blob: &Path,
+        desc: &Descriptor,
+        diff_id: &str,
+        chain_id: &str,
+    ) -> Result<(), ImageError> {
         let n = self.snapshots.create().map_err(io_err("creating snapshot"))?;
         let snapshot_dir = self.snapshots.dir().join(n.to_string());
         let fs = self.snapshots.fs_path(n);
@@ -396,14 +433,21 @@ impl ImageService {
         .await;
         let unpacked = match unpacked {
             Ok(Ok(u)) => u,
-            Ok(Err(source)) => return Err(ImageError::Unpack { image: image.into(), layer: desc.digest.clone(), source }),
+            Ok(Err(source)) => {
+                return Err(ImageError::Unpack { image: image.into(), layer: desc.digest.clone(), source })
+            }
             Err(e) => {
                 let _ = self.snapshots.remove(n);
                 return Err(ImageError::Internal(format!("unpack task: {e}")));
             }
         };
         if unpacked.diff_id != diff_id {
-            return Err(ImageError::DiffId { image: image.into(), layer: desc.digest.clone(), expected: diff_id.into(), actual: unpacked.diff_id });
+            return Err(ImageError::DiffId {
+                image: image.into(),
+                layer: desc.digest.clone(),
+                expected: diff_id.into(),
+                actual: unpacked.diff_id,
+            });
         }
         let record = SnapshotRecord {
             chain_id: chain_id.into(),
@@ -485,7 +529,8 @@ impl ImageService {
             }
         }
         if is_hex {
-            let mut matches = images.values().filter(|i| i.id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(hex)));
+            let mut matches =
+                images.values().filter(|i| i.id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(hex)));
             if let (Some(one), None) = (matches.next(), matches.next()) {
                 return Some(one.clone());
             }
@@ -589,8 +634,5 @@ impl Drop for CancelOnDrop {
 }
 
 fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }

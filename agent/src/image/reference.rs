@@ -74,11 +74,8 @@ impl Reference {
         if path.is_empty() || !path.split('/').all(is_valid_path_component) {
             return Err(err("repository must be lowercase letters, digits and separators (. _ __ -) between '/'"));
         }
-        let repository = if registry == DEFAULT_REGISTRY && !path.contains('/') {
-            format!("library/{path}")
-        } else {
-            path
-        };
+        let repository =
+            if registry == DEFAULT_REGISTRY && !path.contains('/') { format!("library/{path}") } else { path };
         if registry.len() + 1 + repository.len() > 255 {
             return Err(err("repository name longer than 255 characters"));
         }

@@ -54,7 +54,10 @@ impl RegistryError {
     pub fn try_next_endpoint(&self) -> bool {
         matches!(
             self,
-            RegistryError::Unreachable { .. } | RegistryError::NotFound { .. } | RegistryError::Status { .. } | RegistryError::Transfer { .. }
+            RegistryError::Unreachable { .. }
+                | RegistryError::NotFound { .. }
+                | RegistryError::Status { .. }
+                | RegistryError::Transfer { .. }
         )
     }
 }
@@ -92,7 +95,8 @@ impl Registries {
                 out.push(Endpoint { name: base.clone(), base });
             }
         }
-        let host = if reference.registry == DEFAULT_REGISTRY { "registry-1.docker.io" } else { reference.registry.as_str() };
+        let host =
+            if reference.registry == DEFAULT_REGISTRY { "registry-1.docker.io" } else { reference.registry.as_str() };
         let scheme = if self.is_insecure(&reference.registry) { "http" } else { "https" };
         out.push(Endpoint { base: format!("{scheme}://{host}"), name: reference.registry.clone() });
         out
@@ -104,8 +108,7 @@ impl Registries {
             Some(rest) => rest.split(']').next().unwrap_or(""),
             None => registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry),
         };
-        let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         loopback || self.config.insecure.iter().any(|i| i == registry || i == host)
     }
 
@@ -158,26 +161,34 @@ impl Session {
             if let Some(auth) = self.authorization.lock().await.clone() {
                 req = req.header(AUTHORIZATION, auth);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|source| RegistryError::Unreachable { registry: self.registry(), source })?;
+            let resp =
+                req.send().await.map_err(|source| RegistryError::Unreachable { registry: self.registry(), source })?;
             match resp.status() {
                 StatusCode::UNAUTHORIZED if !retried => {
                     retried = true;
-                    let header = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let header =
+                        resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     let auth = self.authorize(&header, what).await?;
                     *self.authorization.lock().await = Some(auth);
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    let detail = if self.creds.has_basic() || !self.creds.identity_token.is_empty() || !self.creds.registry_token.is_empty() {
+                    let detail = if self.creds.has_basic()
+                        || !self.creds.identity_token.is_empty()
+                        || !self.creds.registry_token.is_empty()
+                    {
                         "credentials rejected"
                     } else {
                         "authentication required and no credentials given"
                     };
-                    return Err(RegistryError::Unauthorized { registry: self.registry(), what: what.into(), detail: detail.into() });
+                    return Err(RegistryError::Unauthorized {
+                        registry: self.registry(),
+                        what: what.into(),
+                        detail: detail.into(),
+                    });
                 }
-                StatusCode::NOT_FOUND => return Err(RegistryError::NotFound { registry: self.registry(), what: what.into() }),
+                StatusCode::NOT_FOUND => {
+                    return Err(RegistryError::NotFound { registry: self.registry(), what: what.into() })
+                }
                 s if s.is_success() => return Ok(resp),
                 status => {
                     let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
@@ -189,7 +200,8 @@ impl Session {
 
     /// The Authorization header value answering a challenge.
     async fn authorize(&self, header: &str, what: &str) -> Result<String, RegistryError> {
-        let unauthorized = |detail: String| RegistryError::Unauthorized { registry: self.registry(), what: what.into(), detail };
+        let unauthorized =
+            |detail: String| RegistryError::Unauthorized { registry: self.registry(), what: what.into(), detail };
         match Challenge::parse(header) {
             Some(Challenge::Basic) if self.creds.has_basic() => Ok(self.creds.basic_header()),
             Some(Challenge::Basic) => Err(unauthorized("authentication required and no credentials given".into())),
@@ -243,10 +255,19 @@ impl Session {
         let header_digest = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(String::from);
         let body = self.read_limited(resp, MAX_DOCUMENT, &what).await?;
         let digest = super::manifest::digest_of(&body);
-        let expected = if object.starts_with("sha256:") { Some(object.to_string()) } else { header_digest.filter(|d| d.starts_with("sha256:")) };
+        let expected = if object.starts_with("sha256:") {
+            Some(object.to_string())
+        } else {
+            header_digest.filter(|d| d.starts_with("sha256:"))
+        };
         if let Some(expected) = expected {
             if expected != digest {
-                return Err(RegistryError::DigestMismatch { registry: self.registry(), what, expected, actual: digest });
+                return Err(RegistryError::DigestMismatch {
+                    registry: self.registry(),
+                    what,
+                    expected,
+                    actual: digest,
+                });
             }
         }
         Ok(Fetched { body, content_type, digest })
@@ -256,7 +277,11 @@ impl Session {
     pub async fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, RegistryError> {
         let what = format!("blob {}", desc.digest);
         if desc.size > MAX_DOCUMENT {
-            return Err(RegistryError::Protocol { registry: self.registry(), what, detail: format!("{} bytes is too large for a config", desc.size) });
+            return Err(RegistryError::Protocol {
+                registry: self.registry(),
+                what,
+                detail: format!("{} bytes is too large for a config", desc.size),
+            });
         }
         let resp = self.get(&self.url("blobs", &desc.digest), None, &what).await?;
         let body = self.read_limited(resp, desc.size, &what).await?;
@@ -282,10 +307,19 @@ impl Session {
         let mut written: u64 = 0;
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Transfer { registry: self.registry(), what: what.clone(), source })?;
+            let chunk = chunk.map_err(|source| RegistryError::Transfer {
+                registry: self.registry(),
+                what: what.clone(),
+                source,
+            })?;
             written += chunk.len() as u64;
             if written > desc.size {
-                return Err(RegistryError::SizeMismatch { registry: self.registry(), what, expected: desc.size, actual: written });
+                return Err(RegistryError::SizeMismatch {
+                    registry: self.registry(),
+                    what,
+                    expected: desc.size,
+                    actual: written,
+                });
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io_err)?;
@@ -297,10 +331,20 @@ impl Session {
 
     fn verify(&self, what: &str, desc: &Descriptor, size: u64, digest: &str) -> Result<(), RegistryError> {
         if size != desc.size {
-            return Err(RegistryError::SizeMismatch { registry: self.registry(), what: what.into(), expected: desc.size, actual: size });
+            return Err(RegistryError::SizeMismatch {
+                registry: self.registry(),
+                what: what.into(),
+                expected: desc.size,
+                actual: size,
+            });
         }
         if digest != desc.digest {
-            return Err(RegistryError::DigestMismatch { registry: self.registry(), what: what.into(), expected: desc.digest.clone(), actual: digest.into() });
+            return Err(RegistryError::DigestMismatch {
+                registry: self.registry(),
+                what: what.into(),
+                expected: desc.digest.clone(),
+                actual: digest.into(),
+            });
         }
         Ok(())
     }
@@ -309,9 +353,18 @@ impl Session {
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Transfer { registry: self.registry(), what: what.into(), source })?;
+            let chunk = chunk.map_err(|source| RegistryError::Transfer {
+                registry: self.registry(),
+                what: what.into(),
+                source,
+            })?;
             if (body.len() + chunk.len()) as u64 > limit {
-                return Err(RegistryError::SizeMismatch { registry: self.registry(), what: what.into(), expected: limit, actual: (body.len() + chunk.len()) as u64 });
+                return Err(RegistryError::SizeMismatch {
+                    registry: self.registry(),
+                    what: what.into(),
+                    expected: limit,
+                    actual: (body.len() + chunk.len()) as u64,
+                });
             }
             body.extend_from_slice(&chunk);
         }
@@ -331,7 +384,10 @@ mod tests {
         config.insecure.push("reg.lan:5000".into());
         let regs = Registries::new(config).unwrap();
         let hub = regs.endpoints(&Reference::parse("busybox").unwrap());
-        assert_eq!(hub.iter().map(|e| e.base.as_str()).collect::<Vec<_>>(), ["http://127.0.0.1:5000", "https://registry-1.docker.io"]);
+        assert_eq!(
+            hub.iter().map(|e| e.base.as_str()).collect::<Vec<_>>(),
+            ["http://127.0.0.1:5000", "https://registry-1.docker.io"]
+        );
         assert_eq!(regs.endpoints(&Reference::parse("127.0.0.1:9/a").unwrap())[0].base, "http://127.0.0.1:9");
         assert_eq!(regs.endpoints(&Reference::parse("localhost:9/a").unwrap())[0].base, "http://localhost:9");
         assert_eq!(regs.endpoints(&Reference::parse("reg.lan:5000/a").unwrap())[0].base, "http://reg.lan:5000");

@@ -99,7 +99,8 @@ fn unpack_tar(input: &mut impl Read, dest: &Path, cancel: &AtomicBool) -> Result
         let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
         let name = raw.display().to_string();
         let at = |source: io::Error| UnpackError::Entry { entry: name.clone(), source };
-        let rel = clean_relative(&raw).ok_or_else(|| UnpackError::Unsafe { entry: name.clone(), reason: "escapes the layer root with '..'" })?;
+        let rel = clean_relative(&raw)
+            .ok_or_else(|| UnpackError::Unsafe { entry: name.clone(), reason: "escapes the layer root with '..'" })?;
         let Some(file_name) = rel.file_name().map(OsStr::to_os_string) else {
             continue; // the root itself ("./")
         };
@@ -153,17 +154,31 @@ fn unpack_tar(input: &mut impl Read, dest: &Path, cancel: &AtomicBool) -> Result
                 stats.size += io::copy(&mut entry, &mut file).map_err(at)?;
             }
             tar::EntryType::Symlink => {
-                let link = entry.link_name().map_err(at)?.ok_or_else(|| UnpackError::Unsafe { entry: name.clone(), reason: "is a symlink without a target" })?;
+                let link = entry.link_name().map_err(at)?.ok_or_else(|| UnpackError::Unsafe {
+                    entry: name.clone(),
+                    reason: "is a symlink without a target",
+                })?;
                 remove_existing(&target, true).map_err(at)?;
                 std::os::unix::fs::symlink(&link, &target).map_err(at)?;
             }
             tar::EntryType::Link => {
-                let link = entry.link_name().map_err(at)?.ok_or_else(|| UnpackError::Unsafe { entry: name.clone(), reason: "is a hardlink without a target" })?;
-                let link_rel = clean_relative(&link).ok_or_else(|| UnpackError::Unsafe { entry: name.clone(), reason: "links outside the layer root" })?;
-                let link_name = link_rel.file_name().ok_or_else(|| UnpackError::Unsafe { entry: name.clone(), reason: "links to the layer root" })?;
-                let source = secure_join(dest, link_rel.parent().unwrap_or(Path::new("")), false).map_err(at)?.join(link_name);
+                let link = entry.link_name().map_err(at)?.ok_or_else(|| UnpackError::Unsafe {
+                    entry: name.clone(),
+                    reason: "is a hardlink without a target",
+                })?;
+                let link_rel = clean_relative(&link).ok_or_else(|| UnpackError::Unsafe {
+                    entry: name.clone(),
+                    reason: "links outside the layer root",
+                })?;
+                let link_name = link_rel
+                    .file_name()
+                    .ok_or_else(|| UnpackError::Unsafe { entry: name.clone(), reason: "links to the layer root" })?;
+                let source =
+                    secure_join(dest, link_rel.parent().unwrap_or(Path::new("")), false).map_err(at)?.join(link_name);
                 match fs::symlink_metadata(&source) {
-                    Ok(m) if m.is_dir() => return Err(UnpackError::Unsafe { entry: name, reason: "hardlinks a directory" }),
+                    Ok(m) if m.is_dir() => {
+                        return Err(UnpackError::Unsafe { entry: name, reason: "hardlinks a directory" })
+                    }
                     Ok(_) => {}
                     Err(e) => return Err(at(e)),
                 }
@@ -299,7 +314,11 @@ mod tests {
                     b.append(&h, *data).unwrap();
                 }
                 E::Sym(p, t) | E::Hard(p, t) => {
-                    h.set_entry_type(if matches!(e, E::Sym(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                    h.set_entry_type(if matches!(e, E::Sym(..)) {
+                        tar::EntryType::Symlink
+                    } else {
+                        tar::EntryType::Link
+                    });
                     h.set_mode(0o777);
                     h.set_size(0);
                     set_raw_path(&mut h, p);
@@ -368,7 +387,10 @@ mod tests {
         let root = dir.path();
         assert_eq!(fs::read(root.join("etc/passwd")).unwrap(), b"root\n");
         assert_eq!(fs::metadata(root.join("etc/passwd")).unwrap().mode() & 0o7777, 0o4755);
-        assert_eq!(fs::metadata(root.join("etc/passwd")).unwrap().ino(), fs::metadata(root.join("etc/passwd2")).unwrap().ino());
+        assert_eq!(
+            fs::metadata(root.join("etc/passwd")).unwrap().ino(),
+            fs::metadata(root.join("etc/passwd2")).unwrap().ino()
+        );
         assert_eq!(fs::read_link(root.join("bin")).unwrap(), PathBuf::from("usr/bin"));
         let wh = fs::symlink_metadata(root.join("etc/shadow")).unwrap();
         assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
@@ -413,7 +435,16 @@ mod tests {
         unpack(&tar_of(&[E::File("/abs", b"x")])[..], &root).unwrap();
         assert!(root.join("abs").exists());
         // a symlink to outside, then a write through it, stays inside
-        unpack(&tar_of(&[E::Sym("link", "/.."), E::Sym("up", "../../.."), E::File("link/via-abs", b"x"), E::File("up/via-rel", b"x")])[..], &root).unwrap();
+        unpack(
+            &tar_of(&[
+                E::Sym("link", "/.."),
+                E::Sym("up", "../../.."),
+                E::File("link/via-abs", b"x"),
+                E::File("up/via-rel", b"x"),
+            ])[..],
+            &root,
+        )
+        .unwrap();
         assert!(!outer.path().join("via-abs").exists());
         assert!(!outer.path().join("via-rel").exists());
         assert!(root.join("via-abs").exists() && root.join("via-rel").exists());

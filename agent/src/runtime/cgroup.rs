@@ -23,7 +23,8 @@ impl Hierarchies {
     /// cgroup2 (an empty v2 hierarchy beside v1 controllers, as on hybrid hosts, is not used).
     pub fn detect() -> io::Result<Hierarchies> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let version = common::cgroup::detect(&info).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup hierarchy is mounted"))?;
+        let version = common::cgroup::detect(&info)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup hierarchy is mounted"))?;
         let mounts = match version {
             Version::V2 => vec![PathBuf::from("/sys/fs/cgroup")],
             Version::V1 => info
@@ -33,7 +34,8 @@ impl Hierarchies {
                     let sep = fields.iter().position(|f| *f == "-")?;
                     let super_opts = fields.get(sep + 3).copied().unwrap_or("");
                     let mount = fields.get(4).filter(|_| sep > 4)?;
-                    (fields.get(sep + 1) == Some(&"cgroup") && !super_opts.split(',').any(|o| o.starts_with("name="))).then(|| PathBuf::from(mount))
+                    (fields.get(sep + 1) == Some(&"cgroup") && !super_opts.split(',').any(|o| o.starts_with("name=")))
+                        .then(|| PathBuf::from(mount))
                 })
                 .collect(),
         };
@@ -75,7 +77,8 @@ impl Hierarchies {
                 if !path.exists() {
                     continue;
                 }
-                std::fs::write(&path, &value).map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))?;
+                std::fs::write(&path, &value)
+                    .map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))?;
             }
         }
         Ok(())
@@ -208,7 +211,9 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
         }
     }
     match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(e.kind(), format!("removing cgroup {}: {e}", dir.display()))),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io::Error::new(e.kind(), format!("removing cgroup {}: {e}", dir.display())))
+        }
         _ => Ok(()),
     }
 }
@@ -219,13 +224,26 @@ mod tests {
 
     #[test]
     fn limits_as_v1_and_v2_files() {
-        let r = Resources { cpu_shares: 1024, cpu_quota: 50_000, cpu_period: 100_000, memory_limit: 1 << 30, cpuset_cpus: "0".into(), pids_limit: 100, ..Default::default() };
+        let r = Resources {
+            cpu_shares: 1024,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit: 1 << 30,
+            cpuset_cpus: "0".into(),
+            pids_limit: 100,
+            ..Default::default()
+        };
         let v1 = limit_files(&r, false);
         assert!(v1.contains(&("cpu.shares", "1024".into())) && v1.contains(&("cpu.cfs_quota_us", "50000".into())));
-        assert!(v1.contains(&("memory.limit_in_bytes", (1u64 << 30).to_string())) && v1.contains(&("cpuset.cpus", "0".into())));
+        assert!(
+            v1.contains(&("memory.limit_in_bytes", (1u64 << 30).to_string()))
+                && v1.contains(&("cpuset.cpus", "0".into()))
+        );
         let v2 = limit_files(&r, true);
         assert!(v2.contains(&("cpu.weight", "39".into())), "{v2:?}");
-        assert!(v2.contains(&("cpu.max", "50000 100000".into())) && v2.contains(&("memory.max", (1u64 << 30).to_string())));
+        assert!(
+            v2.contains(&("cpu.max", "50000 100000".into())) && v2.contains(&("memory.max", (1u64 << 30).to_string()))
+        );
         assert!(v2.contains(&("pids.max", "100".into())));
         // Unset fields leave the files alone.
         assert!(limit_files(&Resources::default(), false).is_empty());

@@ -19,11 +19,14 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-pub use self::container::{ContainerFilter, ContainerRecord, ContainerState, ContainerView, CreateContainer, ImageMount, MountRecord, MountRequest, Profile};
+pub use self::container::{
+    ContainerFilter, ContainerRecord, ContainerState, ContainerView, CreateContainer, ImageMount, MountRecord,
+    MountRequest, Profile,
+};
 pub use self::pod::{NsMode, PodDns, PodFilter, PodPhase, PodRecord, RunPod};
-pub use self::user::GroupsPolicy;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use self::resolve::resolve_detached;
+pub use self::user::GroupsPolicy;
 
 /// The OCI-level types a CreateContainer request carries.
 pub mod spec_types {
@@ -134,7 +137,8 @@ impl Runtime {
         }
         // Bundles hold the containers' env (passwords, tokens) in config.json: root only.
         let bundles = cfg.state.join("containers");
-        std::fs::set_permissions(&bundles, std::fs::Permissions::from_mode(0o700)).map_err(io_err(format!("setting the mode of {}", bundles.display())))?;
+        std::fs::set_permissions(&bundles, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("setting the mode of {}", bundles.display())))?;
         let cgroups = match cgroup::Hierarchies::detect() {
             Ok(h) => Some(h),
             Err(e) => {
@@ -261,10 +265,7 @@ pub fn new_id() -> String {
 }
 
 pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// Whether every key=value of `selector` is in `labels`.

@@ -68,8 +68,9 @@ fn create_in_thread(dir: &Path, wanted: Wanted, hostname: &str, sysctls: &BTreeM
             let target = ns_path(dir, kind);
             std::fs::File::create(&target)?;
             let source = format!("/proc/thread-self/ns/{kind}");
-            sys::mount(&source, &target, "", libc::MS_BIND, "")
-                .map_err(|e| io::Error::new(e.kind(), format!("pinning {kind} namespace at {}: {e}", target.display())))?;
+            sys::mount(&source, &target, "", libc::MS_BIND, "").map_err(|e| {
+                io::Error::new(e.kind(), format!("pinning {kind} namespace at {}: {e}", target.display()))
+            })?;
         }
     }
     Ok(())
@@ -101,7 +102,8 @@ pub fn remove(dir: &Path) -> io::Result<()> {
 
 /// Which namespace a sysctl belongs to, or None when it is not namespaced.
 pub fn sysctl_namespace(key: &str) -> Option<&'static str> {
-    const IPC: [&str; 6] = ["kernel.shmmax", "kernel.shmall", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmnb"];
+    const IPC: [&str; 6] =
+        ["kernel.shmmax", "kernel.shmall", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmnb"];
     if key.starts_with("net.") {
         Some("net")
     } else if IPC.contains(&key) || key == "kernel.msgmni" || key == "kernel.sem" || key.starts_with("fs.mqueue.") {

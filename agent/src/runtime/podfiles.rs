@@ -44,7 +44,11 @@ pub fn resolv_conf(dns: &Dns) -> String {
 /// /etc/hosts with the pod's IPs, or the host's for a host-network pod.
 pub fn write(dir: &Path, hostname: &str, dns: Option<&Dns>, host_network: bool, ips: &[String]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let hosts_content = if host_network { std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname, ips)) } else { hosts(hostname, ips) };
+    let hosts_content = if host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname, ips))
+    } else {
+        hosts(hostname, ips)
+    };
     std::fs::write(dir.join(HOSTS), hosts_content)?;
     let resolv = match dns {
         Some(d) => resolv_conf(d),
@@ -60,8 +64,15 @@ mod tests {
 
     #[test]
     fn resolv_conf_from_dns_config() {
-        let dns = Dns { servers: vec!["10.0.0.10".into()], searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()], options: vec!["ndots:5".into()] };
-        assert_eq!(resolv_conf(&dns), "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n");
+        let dns = Dns {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(&dns),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
     }
 
     #[test]

@@ -113,7 +113,8 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         supplemental_groups: req.supplemental_groups.clone(),
         policy: req.supplemental_groups_policy,
     };
-    let user = user::resolve(i.users, &user_req, i.image.user.as_deref().unwrap_or("")).map_err(|e| format!("security context: {e}"))?;
+    let user = user::resolve(i.users, &user_req, i.image.user.as_deref().unwrap_or(""))
+        .map_err(|e| format!("security context: {e}"))?;
     let mut env = env(req, i.image, &i.pod.hostname);
     // runc's default: HOME of the user's passwd entry, unless the image or request sets one.
     if !env.iter().any(|e| e.starts_with("HOME=")) {
@@ -126,13 +127,22 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
     if req.privileged {
         // All of the host's devices, as containerd gives privileged containers.
         let host = i.host.host_devices().map_err(|e| format!("privileged: listing the host's devices: {e}"))?;
-        devices.extend(host.into_iter().map(|(path, node)| Device { container_path: path, node, permissions: "rwm".into() }));
+        devices.extend(host.into_iter().map(|(path, node)| Device {
+            container_path: path,
+            node,
+            permissions: "rwm".into(),
+        }));
     }
     for (n, d) in req.devices.iter().enumerate() {
         devices.push(device(i.host, n, d)?);
     }
-    let caps = spec::capabilities(req.privileged, &req.caps_add, &req.caps_drop).map_err(|e| format!("capabilities: {e}"))?;
-    let ambient = req.caps_ambient.iter().map(|c| common::caps::normalize(c).ok_or_else(|| format!("capabilities: unknown ambient capability {c:?}"))).collect::<Result<Vec<_>>>()?;
+    let caps =
+        spec::capabilities(req.privileged, &req.caps_add, &req.caps_drop).map_err(|e| format!("capabilities: {e}"))?;
+    let ambient = req
+        .caps_ambient
+        .iter()
+        .map(|c| common::caps::normalize(c).ok_or_else(|| format!("capabilities: unknown ambient capability {c:?}")))
+        .collect::<Result<Vec<_>>>()?;
     let namespaces = namespaces(i)?;
     let mut annotations = req.annotations.clone();
     if !i.log_path.is_empty() {
@@ -215,7 +225,9 @@ fn args(req: &CreateContainer, image: &ImageDefaults) -> Result<Vec<String>> {
     }
     let all: Vec<String> = command.into_iter().chain(args).collect();
     if all.is_empty() {
-        return Err("no command specified: the image has no Entrypoint or Cmd and the container config sets no command".into());
+        return Err(
+            "no command specified: the image has no Entrypoint or Cmd and the container config sets no command".into(),
+        );
     }
     Ok(all)
 }
@@ -246,7 +258,11 @@ fn env(req: &CreateContainer, image: &ImageDefaults, hostname: &str) -> Vec<Stri
 }
 
 fn working_dir(req: &CreateContainer, image: &ImageDefaults) -> Result<String> {
-    let cwd = if !req.working_dir.is_empty() { req.working_dir.clone() } else { image.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()) };
+    let cwd = if !req.working_dir.is_empty() {
+        req.working_dir.clone()
+    } else {
+        image.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into())
+    };
     if !cwd.starts_with('/') {
         return Err(format!("working_dir {cwd:?} must be an absolute path"));
     }
@@ -307,13 +323,29 @@ fn mounts(i: &Inputs) -> Result<(Vec<BindMount>, Vec<MountRecord>, Vec<ImageVolu
                     return Err(format!("{field}: an image mount must be readonly"));
                 }
                 if !is_contained(&img.sub_path) {
-                    return Err(format!("{field}.image_sub_path {:?} must be a relative path without '..'", img.sub_path));
+                    return Err(format!(
+                        "{field}.image_sub_path {:?} must be a relative path without '..'",
+                        img.sub_path
+                    ));
                 }
-                let source = i.image_volumes.get(&n).ok_or_else(|| format!("{field}.image: image {:?} is not resolved", img.image))?;
+                let source = i
+                    .image_volumes
+                    .get(&n)
+                    .ok_or_else(|| format!("{field}.image: image {:?} is not resolved", img.image))?;
                 let target = i.paths.volumes.join(n.to_string());
                 let host_path = if img.sub_path.is_empty() { target.clone() } else { target.join(&img.sub_path) };
-                volumes.push(ImageVolumePlan { mount: binds.len(), target, layers: source.layers.clone(), sub_path: img.sub_path.clone() });
-                let record = ImageMountRecord { image: img.image.clone(), user_specified_image: img.user_specified_image.clone(), image_ref: source.id.clone(), sub_path: img.sub_path.clone() };
+                volumes.push(ImageVolumePlan {
+                    mount: binds.len(),
+                    target,
+                    layers: source.layers.clone(),
+                    sub_path: img.sub_path.clone(),
+                });
+                let record = ImageMountRecord {
+                    image: img.image.clone(),
+                    user_specified_image: img.user_specified_image.clone(),
+                    image_ref: source.id.clone(),
+                    sub_path: img.sub_path.clone(),
+                };
                 (host_path.display().to_string(), Some(record))
             }
             None => {
@@ -326,8 +358,21 @@ fn mounts(i: &Inputs) -> Result<(Vec<BindMount>, Vec<MountRecord>, Vec<ImageVolu
                 (m.host_path.clone(), None)
             }
         };
-        binds.push(BindMount { container_path: m.container_path.clone(), host_path: host_path.clone(), readonly: m.readonly, recursive_readonly: m.recursive_readonly, propagation: m.propagation });
-        records.push(MountRecord { container_path: m.container_path.clone(), host_path, readonly: m.readonly, recursive_readonly: m.recursive_readonly, propagation: m.propagation.code(), image });
+        binds.push(BindMount {
+            container_path: m.container_path.clone(),
+            host_path: host_path.clone(),
+            readonly: m.readonly,
+            recursive_readonly: m.recursive_readonly,
+            propagation: m.propagation,
+        });
+        records.push(MountRecord {
+            container_path: m.container_path.clone(),
+            host_path,
+            readonly: m.readonly,
+            recursive_readonly: m.recursive_readonly,
+            propagation: m.propagation.code(),
+            image,
+        });
     }
     Ok((binds, records, volumes))
 }
@@ -359,7 +404,9 @@ fn namespaces(i: &Inputs) -> Result<Namespaces> {
         NsMode::Pod if pod.pid == NsMode::Pod => Some(Some(ns.join("pid"))),
         NsMode::Pod | NsMode::Container => Some(None),
         NsMode::Target => {
-            let pid = i.target_pid.ok_or_else(|| format!("namespace_options.target_id {:?}: no running target container", i.req.target_id))?;
+            let pid = i.target_pid.ok_or_else(|| {
+                format!("namespace_options.target_id {:?}: no running target container", i.req.target_id)
+            })?;
             Some(Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))))
         }
     };
@@ -384,13 +431,50 @@ pub fn resolve_detached(req: &CreateContainer) -> Result<()> {
             Ok(vec![("/dev/null".into(), DeviceNode { kind: 'c', major: 1, minor: 3, mode: 0o666, uid: 0, gid: 0 })])
         }
     }
-    let users = UserDb::parse("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n", "root:x:0:\napp:x:1000:\nextra:x:50000:app\n");
-    let image = ImageDefaults { entrypoint: Some(vec!["/bin/sh".into()]), cmd: Some(vec!["-c".into(), "true".into()]), ..Default::default() };
-    let pod = PodRecord { id: "p".into(), hostname: "h".into(), cgroup: "/corral/p".into(), privileged: true, ..Default::default() };
-    let paths = Paths { rootfs: "/b/rootfs".into(), ns_dir: "/s/ns".into(), pod_files: "/s/files".into(), pod_shm: "/s/shm".into(), volumes: "/b/volumes".into() };
-    let volumes: HashMap<usize, ImageVolumeSource> =
-        req.mounts.iter().enumerate().filter(|(_, m)| m.image.is_some()).map(|(n, _)| (n, ImageVolumeSource { id: "sha256:0".into(), layers: vec!["/l/1".into()] })).collect();
-    let inputs = Inputs { id: "c", req, image: &image, pod: &pod, users: &users, host: &NoHost, paths: &paths, image_volumes: &volumes, target_pid: Some(1), log_path: "", rro_supported: true, cgroup_version: None };
+    let users = UserDb::parse(
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        "root:x:0:\napp:x:1000:\nextra:x:50000:app\n",
+    );
+    let image = ImageDefaults {
+        entrypoint: Some(vec!["/bin/sh".into()]),
+        cmd: Some(vec!["-c".into(), "true".into()]),
+        ..Default::default()
+    };
+    let pod = PodRecord {
+        id: "p".into(),
+        hostname: "h".into(),
+        cgroup: "/corral/p".into(),
+        privileged: true,
+        ..Default::default()
+    };
+    let paths = Paths {
+        rootfs: "/b/rootfs".into(),
+        ns_dir: "/s/ns".into(),
+        pod_files: "/s/files".into(),
+        pod_shm: "/s/shm".into(),
+        volumes: "/b/volumes".into(),
+    };
+    let volumes: HashMap<usize, ImageVolumeSource> = req
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.image.is_some())
+        .map(|(n, _)| (n, ImageVolumeSource { id: "sha256:0".into(), layers: vec!["/l/1".into()] }))
+        .collect();
+    let inputs = Inputs {
+        id: "c",
+        req,
+        image: &image,
+        pod: &pod,
+        users: &users,
+        host: &NoHost,
+        paths: &paths,
+        image_volumes: &volumes,
+        target_pid: Some(1),
+        log_path: "",
+        rro_supported: true,
+        cgroup_version: None,
+    };
     let resolved = resolve(&inputs)?;
     spec::container_spec(&resolved.spec).map_err(|e| e.to_string())?;
     Ok(())
@@ -427,15 +511,34 @@ mod tests {
     }
 
     fn image() -> ImageDefaults {
-        ImageDefaults { cmd: Some(vec!["sh".into()]), env: Some(vec!["PATH=/bin".into(), "IMG=1".into()]), ..Default::default() }
+        ImageDefaults {
+            cmd: Some(vec!["sh".into()]),
+            env: Some(vec!["PATH=/bin".into(), "IMG=1".into()]),
+            ..Default::default()
+        }
     }
 
     fn pod() -> PodRecord {
-        PodRecord { id: "p".into(), name: "pod".into(), hostname: "node-1".into(), cgroup: "/corral/pod-p".into(), network: NsMode::Pod, pid: NsMode::Container, ipc: NsMode::Pod, ..Default::default() }
+        PodRecord {
+            id: "p".into(),
+            name: "pod".into(),
+            hostname: "node-1".into(),
+            cgroup: "/corral/pod-p".into(),
+            network: NsMode::Pod,
+            pid: NsMode::Container,
+            ipc: NsMode::Pod,
+            ..Default::default()
+        }
     }
 
     fn paths() -> Paths {
-        Paths { rootfs: "/b/rootfs".into(), ns_dir: "/s/ns".into(), pod_files: "/s/files".into(), pod_shm: "/s/shm".into(), volumes: "/b/volumes".into() }
+        Paths {
+            rootfs: "/b/rootfs".into(),
+            ns_dir: "/s/ns".into(),
+            pod_files: "/s/files".into(),
+            pod_shm: "/s/shm".into(),
+            volumes: "/b/volumes".into(),
+        }
     }
 
     /// Resolves `req` against `image` and `pod` with the test's users and host.
@@ -443,10 +546,29 @@ mod tests {
         run_with(req, image, pod, &HashMap::new(), None)
     }
 
-    fn run_with(req: &CreateContainer, image: &ImageDefaults, pod: &PodRecord, volumes: &HashMap<usize, ImageVolumeSource>, target_pid: Option<u32>) -> Result<Resolved> {
+    fn run_with(
+        req: &CreateContainer,
+        image: &ImageDefaults,
+        pod: &PodRecord,
+        volumes: &HashMap<usize, ImageVolumeSource>,
+        target_pid: Option<u32>,
+    ) -> Result<Resolved> {
         let users = UserDb::parse(PASSWD, GROUP);
         let paths = paths();
-        let inputs = Inputs { id: "cid", req, image, pod, users: &users, host: &FakeHost, paths: &paths, image_volumes: volumes, target_pid, log_path: "", rro_supported: true, cgroup_version: Some(common::cgroup::Version::V1) };
+        let inputs = Inputs {
+            id: "cid",
+            req,
+            image,
+            pod,
+            users: &users,
+            host: &FakeHost,
+            paths: &paths,
+            image_volumes: volumes,
+            target_pid,
+            log_path: "",
+            rro_supported: true,
+            cgroup_version: Some(common::cgroup::Version::V1),
+        };
         resolve(&inputs)
     }
 
@@ -481,16 +603,22 @@ mod tests {
 
     #[test]
     fn command_and_args_merge_with_entrypoint_and_cmd() {
-        let img = ImageDefaults { entrypoint: Some(vec!["/ep".into()]), cmd: Some(vec!["c1".into()]), ..Default::default() };
+        let img =
+            ImageDefaults { entrypoint: Some(vec!["/ep".into()]), cmd: Some(vec!["c1".into()]), ..Default::default() };
         let with = |command: &[&str], args: &[&str]| {
-            let req = CreateContainer { command: command.iter().map(|s| s.to_string()).collect(), args: args.iter().map(|s| s.to_string()).collect(), ..minimal() };
+            let req = CreateContainer {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+                ..minimal()
+            };
             run(&req, &img, &pod()).map(|r| r.spec.args)
         };
         assert_eq!(with(&[], &[]).unwrap(), ["/ep", "c1"]);
         assert_eq!(with(&[], &["a"]).unwrap(), ["/ep", "a"]);
         assert_eq!(with(&["x"], &[]).unwrap(), ["x"]);
         assert_eq!(with(&["x"], &["a"]).unwrap(), ["x", "a"]);
-        let reset = ImageDefaults { entrypoint: Some(vec![String::new()]), cmd: Some(vec!["c1".into()]), ..Default::default() };
+        let reset =
+            ImageDefaults { entrypoint: Some(vec![String::new()]), cmd: Some(vec!["c1".into()]), ..Default::default() };
         assert_eq!(run(&minimal(), &reset, &pod()).unwrap().spec.args, ["c1"]);
         let e = run(&minimal(), &ImageDefaults::default(), &pod()).unwrap_err();
         assert!(e.contains("no command"), "{e}");
@@ -498,17 +626,24 @@ mod tests {
 
     #[test]
     fn env_order_and_overrides() {
-        let req = CreateContainer { tty: true, envs: vec![("IMG".into(), "2".into()), ("NEW".into(), "x".into())], ..minimal() };
+        let req = CreateContainer {
+            tty: true,
+            envs: vec![("IMG".into(), "2".into()), ("NEW".into(), "x".into())],
+            ..minimal()
+        };
         let r = run(&req, &image(), &pod()).unwrap();
         assert_eq!(r.spec.env, ["PATH=/bin", "TERM=xterm", "HOSTNAME=node-1", "IMG=2", "NEW=x", "HOME=/root"]);
-        let bare = run(&minimal(), &ImageDefaults { cmd: Some(vec!["sh".into()]), ..Default::default() }, &pod()).unwrap();
+        let bare =
+            run(&minimal(), &ImageDefaults { cmd: Some(vec!["sh".into()]), ..Default::default() }, &pod()).unwrap();
         assert_eq!(bare.spec.env, [DEFAULT_PATH.to_string(), "HOSTNAME=node-1".into(), "HOME=/root".into()]);
         // HOME follows the user, and a given HOME wins.
         let app = run(&CreateContainer { run_as_user: Some(1000), ..minimal() }, &image(), &pod()).unwrap();
         assert_eq!(app.spec.env.last().map(String::as_str), Some("HOME=/home/app"));
         let unknown = run(&CreateContainer { run_as_user: Some(4242), ..minimal() }, &image(), &pod()).unwrap();
         assert_eq!(unknown.spec.env.last().map(String::as_str), Some("HOME=/"));
-        let given = run(&CreateContainer { envs: vec![("HOME".into(), "/data".into())], ..minimal() }, &image(), &pod()).unwrap();
+        let given =
+            run(&CreateContainer { envs: vec![("HOME".into(), "/data".into())], ..minimal() }, &image(), &pod())
+                .unwrap();
         assert_eq!(given.spec.env.iter().filter(|e| e.starts_with("HOME=")).collect::<Vec<_>>(), ["HOME=/data"]);
     }
 
@@ -552,14 +687,31 @@ mod tests {
     fn host_mounts_and_recursive_read_only() {
         let ro = MountRequest { readonly: true, recursive_readonly: true, ..mount("/data", "/srv/data") };
         let r = run(&CreateContainer { mounts: vec![ro.clone()], ..minimal() }, &image(), &pod()).unwrap();
-        assert_eq!(r.spec.mounts, vec![BindMount { container_path: "/data".into(), host_path: "/srv/data".into(), readonly: true, recursive_readonly: true, propagation: Propagation::Private }]);
+        assert_eq!(
+            r.spec.mounts,
+            vec![BindMount {
+                container_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                readonly: true,
+                recursive_readonly: true,
+                propagation: Propagation::Private
+            }]
+        );
         assert_eq!(r.mounts[0].host_path, "/srv/data");
         assert!(r.mounts[0].recursive_readonly && r.mounts[0].image.is_none());
         let cases = [
             (mount("rel", "/h"), "mounts[0].container_path"),
             (mount("/c", "rel"), "mounts[0].host_path"),
             (MountRequest { recursive_readonly: true, ..mount("/c", "/h") }, "needs readonly"),
-            (MountRequest { readonly: true, recursive_readonly: true, propagation: Propagation::HostToContainer, ..mount("/c", "/h") }, "private propagation"),
+            (
+                MountRequest {
+                    readonly: true,
+                    recursive_readonly: true,
+                    propagation: Propagation::HostToContainer,
+                    ..mount("/c", "/h")
+                },
+                "private propagation",
+            ),
             (MountRequest { idmapped: true, ..mount("/c", "/h") }, "idmapped"),
             (MountRequest { image_sub_path: "x".into(), ..mount("/c", "/h") }, "without an image"),
         ];
@@ -571,7 +723,20 @@ mod tests {
         let users = UserDb::parse(PASSWD, GROUP);
         let (img, pod, paths, none) = (image(), pod(), paths(), HashMap::new());
         let req = CreateContainer { mounts: vec![ro], ..minimal() };
-        let inputs = Inputs { id: "cid", req: &req, image: &img, pod: &pod, users: &users, host: &FakeHost, paths: &paths, image_volumes: &none, target_pid: None, log_path: "", rro_supported: false, cgroup_version: None };
+        let inputs = Inputs {
+            id: "cid",
+            req: &req,
+            image: &img,
+            pod: &pod,
+            users: &users,
+            host: &FakeHost,
+            paths: &paths,
+            image_volumes: &none,
+            target_pid: None,
+            log_path: "",
+            rro_supported: false,
+            cgroup_version: None,
+        };
         assert!(resolve(&inputs).unwrap_err().contains("RROUnsupported"));
     }
 
@@ -582,16 +747,26 @@ mod tests {
         let image_mount = |sub: &str| MountRequest {
             container_path: "/vol".into(),
             readonly: true,
-            image: Some(ImageMount { image: "reg/img:1".into(), user_specified_image: "img:1".into(), sub_path: sub.into() }),
+            image: Some(ImageMount {
+                image: "reg/img:1".into(),
+                user_specified_image: "img:1".into(),
+                sub_path: sub.into(),
+            }),
             ..Default::default()
         };
         let req = CreateContainer { mounts: vec![mount("/data", "/srv"), image_mount("etc")], ..minimal() };
         let r = run_with(&req, &image(), &pod(), &volumes, None).unwrap();
-        assert_eq!(r.image_volumes, vec![ImageVolumePlan { mount: 1, target: "/b/volumes/1".into(), layers, sub_path: "etc".into() }]);
+        assert_eq!(
+            r.image_volumes,
+            vec![ImageVolumePlan { mount: 1, target: "/b/volumes/1".into(), layers, sub_path: "etc".into() }]
+        );
         assert_eq!(r.spec.mounts[1].host_path, "/b/volumes/1/etc");
         assert!(r.spec.mounts[1].readonly);
         let rec = r.mounts[1].image.as_ref().unwrap();
-        assert_eq!((rec.image.as_str(), rec.image_ref.as_str(), rec.sub_path.as_str()), ("reg/img:1", "sha256:abc", "etc"));
+        assert_eq!(
+            (rec.image.as_str(), rec.image_ref.as_str(), rec.sub_path.as_str()),
+            ("reg/img:1", "sha256:abc", "etc")
+        );
         let refused = [
             (MountRequest { readonly: false, ..image_mount("") }, "must be readonly"),
             (MountRequest { host_path: "/h".into(), ..image_mount("") }, "no host_path"),
@@ -607,11 +782,24 @@ mod tests {
 
     #[test]
     fn devices() {
-        let req = CreateContainer { devices: vec![("".into(), "/dev/fuse".into(), "".into()), ("/dev/xvda".into(), "/dev/loop0".into(), "r".into())], ..minimal() };
+        let req = CreateContainer {
+            devices: vec![
+                ("".into(), "/dev/fuse".into(), "".into()),
+                ("/dev/xvda".into(), "/dev/loop0".into(), "r".into()),
+            ],
+            ..minimal()
+        };
         let d = run(&req, &image(), &pod()).unwrap().spec.devices;
-        assert_eq!((d[0].container_path.as_str(), d[0].node.kind, d[0].node.major, d[0].node.minor, d[0].permissions.as_str()), ("/dev/fuse", 'c', 10, 229, "rwm"));
+        assert_eq!(
+            (d[0].container_path.as_str(), d[0].node.kind, d[0].node.major, d[0].node.minor, d[0].permissions.as_str()),
+            ("/dev/fuse", 'c', 10, 229, "rwm")
+        );
         assert_eq!((d[1].container_path.as_str(), d[1].node.kind, d[1].permissions.as_str()), ("/dev/xvda", 'b', "r"));
-        for (dev, want) in [(("", "", ""), "devices[0].host_path is required"), (("", "/dev/nope", ""), "devices[0].host_path"), (("", "/dev/fuse", "x"), "devices[0].permissions")] {
+        for (dev, want) in [
+            (("", "", ""), "devices[0].host_path is required"),
+            (("", "/dev/nope", ""), "devices[0].host_path"),
+            (("", "/dev/fuse", "x"), "devices[0].permissions"),
+        ] {
             let req = CreateContainer { devices: vec![(dev.0.into(), dev.1.into(), dev.2.into())], ..minimal() };
             assert!(err(&req).contains(want), "{dev:?}");
         }
@@ -622,7 +810,9 @@ mod tests {
         assert!(err(&CreateContainer { seccomp: Profile::RuntimeDefault, ..minimal() }).contains("seccomp"));
         assert!(err(&CreateContainer { apparmor: Profile::Localhost, ..minimal() }).contains("AppArmor"));
         assert!(err(&CreateContainer { privileged: true, ..minimal() }).contains("privileged pod"));
-        assert!(err(&CreateContainer { cdi_devices: vec!["vendor.com/gpu=0".into()], ..minimal() }).contains("cdi_devices"));
+        assert!(
+            err(&CreateContainer { cdi_devices: vec!["vendor.com/gpu=0".into()], ..minimal() }).contains("cdi_devices")
+        );
         let privileged_pod = PodRecord { privileged: true, ..pod() };
         let r = run(&CreateContainer { privileged: true, ..minimal() }, &image(), &privileged_pod).unwrap();
         assert!(r.spec.privileged && r.spec.caps.contains(&"CAP_SYS_ADMIN".to_string()));
@@ -631,30 +821,57 @@ mod tests {
         assert_eq!(paths, ["/dev/fuse", "/dev/loop0"]);
         assert_eq!((r.spec.devices[1].node.kind, r.spec.devices[1].node.gid), ('b', 6));
         assert!(run(&minimal(), &image(), &privileged_pod).unwrap().spec.devices.is_empty());
-        let caps = run(&CreateContainer { caps_add: vec!["NET_ADMIN".into()], caps_drop: vec!["ALL".into()], ..minimal() }, &image(), &pod()).unwrap().spec.caps;
+        let caps = run(
+            &CreateContainer { caps_add: vec!["NET_ADMIN".into()], caps_drop: vec!["ALL".into()], ..minimal() },
+            &image(),
+            &pod(),
+        )
+        .unwrap()
+        .spec
+        .caps;
         assert_eq!(caps, ["CAP_NET_ADMIN"]);
         assert!(err(&CreateContainer { caps_add: vec!["CAP_NOPE".into()], ..minimal() }).contains("capabilities"));
-        assert!(err(&CreateContainer { resources: spec::Resources { memory_limit: -1, ..Default::default() }, ..minimal() }).contains("linux.resources.memory_limit_in_bytes"));
+        assert!(err(&CreateContainer {
+            resources: spec::Resources { memory_limit: -1, ..Default::default() },
+            ..minimal()
+        })
+        .contains("linux.resources.memory_limit_in_bytes"));
     }
 
     #[test]
     fn masked_paths_and_memory_swap() {
-        let kubelet = CreateContainer { masked_paths: vec!["/proc/kcore".into()], readonly_paths: vec!["/proc/sys".into()], ..minimal() };
+        let kubelet = CreateContainer {
+            masked_paths: vec!["/proc/kcore".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            ..minimal()
+        };
         let s = run(&kubelet, &image(), &pod()).unwrap().spec;
-        assert_eq!((s.masked_paths.as_slice(), s.readonly_paths.as_slice()), (&["/proc/kcore".to_string()][..], &["/proc/sys".to_string()][..]));
-        let limited = CreateContainer { resources: spec::Resources { memory_limit: 1 << 20, ..Default::default() }, ..minimal() };
+        assert_eq!(
+            (s.masked_paths.as_slice(), s.readonly_paths.as_slice()),
+            (&["/proc/kcore".to_string()][..], &["/proc/sys".to_string()][..])
+        );
+        let limited =
+            CreateContainer { resources: spec::Resources { memory_limit: 1 << 20, ..Default::default() }, ..minimal() };
         let r = run(&limited, &image(), &pod()).unwrap().spec.resources;
         assert_eq!((r.memory_limit, r.memory_swap_limit), (1 << 20, 1 << 20), "no swap beyond the limit by default");
-        let swap = CreateContainer { resources: spec::Resources { memory_limit: 1 << 20, memory_swap_limit: 4 << 20, ..Default::default() }, ..minimal() };
+        let swap = CreateContainer {
+            resources: spec::Resources { memory_limit: 1 << 20, memory_swap_limit: 4 << 20, ..Default::default() },
+            ..minimal()
+        };
         assert_eq!(run(&swap, &image(), &pod()).unwrap().spec.resources.memory_swap_limit, 4 << 20);
     }
 
     #[test]
     fn pid_namespace_modes() {
         let shared = PodRecord { pid: NsMode::Pod, ..pod() };
-        let pid_of = |req: &CreateContainer, pod: &PodRecord, target: Option<u32>| run_with(req, &image(), pod, &HashMap::new(), target).map(|r| r.spec.namespaces.pid);
+        let pid_of = |req: &CreateContainer, pod: &PodRecord, target: Option<u32>| {
+            run_with(req, &image(), pod, &HashMap::new(), target).map(|r| r.spec.namespaces.pid)
+        };
         assert_eq!(pid_of(&minimal(), &shared, None).unwrap(), Some(Some(PathBuf::from("/s/ns/pid"))));
-        assert_eq!(pid_of(&CreateContainer { pid: NsMode::Container, ..minimal() }, &shared, None).unwrap(), Some(None));
+        assert_eq!(
+            pid_of(&CreateContainer { pid: NsMode::Container, ..minimal() }, &shared, None).unwrap(),
+            Some(None)
+        );
         assert_eq!(pid_of(&CreateContainer { pid: NsMode::Node, ..minimal() }, &shared, None).unwrap(), None);
         let target = CreateContainer { pid: NsMode::Target, target_id: "t".into(), ..minimal() };
         assert_eq!(pid_of(&target, &shared, Some(42)).unwrap(), Some(Some(PathBuf::from("/proc/42/ns/pid"))));

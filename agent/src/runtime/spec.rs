@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
     MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
@@ -31,7 +32,10 @@ pub struct DeviceNode {
 
 /// Capabilities supported by the running kernel (from cap_last_cap).
 fn kernel_caps() -> Vec<String> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(40);
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
     caps::all_up_to(last)
 }
 
@@ -42,11 +46,24 @@ pub fn capabilities(privileged: bool, add: &[String], drop: &[String]) -> Result
         return Ok(kernel_caps());
     }
     let check = |names: &[String]| -> Result<Vec<String>, String> {
-        names.iter().map(|n| if n.eq_ignore_ascii_case("ALL") { Ok("ALL".into()) } else { caps::normalize(n).ok_or_else(|| format!("unknown capability {n:?}")) }).collect()
+        names
+            .iter()
+            .map(|n| {
+                if n.eq_ignore_ascii_case("ALL") {
+                    Ok("ALL".into())
+                } else {
+                    caps::normalize(n).ok_or_else(|| format!("unknown capability {n:?}"))
+                }
+            })
+            .collect()
     };
     let add = check(add)?;
     let drop = check(drop)?;
-    let mut caps: Vec<String> = if drop.iter().any(|c| c == "ALL") { vec![] } else { caps::DEFAULT.iter().map(|c| c.to_string()).filter(|c| !drop.contains(c)).collect() };
+    let mut caps: Vec<String> = if drop.iter().any(|c| c == "ALL") {
+        vec![]
+    } else {
+        caps::DEFAULT.iter().map(|c| c.to_string()).filter(|c| !drop.contains(c)).collect()
+    };
     if add.iter().any(|c| c == "ALL") {
         caps = kernel_caps().into_iter().filter(|c| !drop.contains(c) || drop.iter().any(|d| d == "ALL")).collect();
     } else {
@@ -186,7 +203,12 @@ pub enum SpecError {
 type SpecResult<T> = Result<T, SpecError>;
 
 fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> SpecResult<Mount> {
-    Ok(MountBuilder::default().destination(dest).typ(kind).source(source).options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>()).build()?)
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(kind)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
 }
 
 fn namespace(kind: LinuxNamespaceType, path: &Option<PathBuf>) -> SpecResult<LinuxNamespace> {
@@ -215,7 +237,13 @@ fn device_type(kind: char) -> LinuxDeviceType {
     }
 }
 
-fn device_rule(allow: bool, kind: Option<char>, major: Option<i64>, minor: Option<i64>, access: &str) -> SpecResult<LinuxDeviceCgroup> {
+fn device_rule(
+    allow: bool,
+    kind: Option<char>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> SpecResult<LinuxDeviceCgroup> {
     let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).access(access);
     if let Some(k) = kind {
         b = b.typ(device_type(k));
@@ -235,24 +263,41 @@ fn device_rule(allow: bool, kind: Option<char>, major: Option<i64>, minor: Optio
     Ok(rule)
 }
 
-const DEFAULT_DEVICES: [(&str, i64, i64); 6] = [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
+const DEFAULT_DEVICES: [(&str, i64, i64); 6] = [
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
 
 /// The mounts of a container: the kernel filesystems, the container's cgroup, the pod's files
 /// and /dev/shm (unless the request mounts something there), then the request's bind mounts by
 /// depth. Returns them with the rootfs propagation they need.
 fn mounts(s: &ContainerSpec) -> SpecResult<(Vec<Mount>, &'static str)> {
-    let sys_opts: &[&str] = if s.privileged { &["nosuid", "noexec", "nodev", "rw"] } else { &["nosuid", "noexec", "nodev", "ro"] };
+    let sys_opts: &[&str] =
+        if s.privileged { &["nosuid", "noexec", "nodev", "rw"] } else { &["nosuid", "noexec", "nodev", "ro"] };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", sys_opts)?,
     ];
     let user_paths: Vec<&str> = s.mounts.iter().map(|m| m.container_path.as_str()).collect();
     if !user_paths.contains(&"/sys/fs/cgroup") {
         // The container's own cgroup, read-only unless privileged (containerd's default).
-        let cgroup_opts: &[&str] = if s.privileged { &["nosuid", "noexec", "nodev", "relatime", "rw"] } else { &["nosuid", "noexec", "nodev", "relatime", "ro"] };
+        let cgroup_opts: &[&str] = if s.privileged {
+            &["nosuid", "noexec", "nodev", "relatime", "rw"]
+        } else {
+            &["nosuid", "noexec", "nodev", "relatime", "ro"]
+        };
         mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_opts)?);
     }
     let file_ro = if s.readonly_rootfs { "ro" } else { "rw" };
@@ -264,7 +309,12 @@ fn mounts(s: &ContainerSpec) -> SpecResult<(Vec<Mount>, &'static str)> {
     ];
     for (dest, source, ro) in pod_mounts {
         if !user_paths.contains(&dest) {
-            mounts.push(mount(dest, "bind", &source.display().to_string(), &["rbind", "rprivate", ro, "nosuid", "nodev"])?);
+            mounts.push(mount(
+                dest,
+                "bind",
+                &source.display().to_string(),
+                &["rbind", "rprivate", ro, "nosuid", "nodev"],
+            )?);
         }
     }
     let mut user_mounts = s.mounts.clone();
@@ -299,14 +349,30 @@ fn mounts(s: &ContainerSpec) -> SpecResult<(Vec<Mount>, &'static str)> {
 /// The device nodes and the device cgroup rules: the default nodes, the pty and tty devices,
 /// and the request's devices; every device for a privileged container.
 fn devices(s: &ContainerSpec) -> SpecResult<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>)> {
-    let node = |path: &str, kind: char, major: i64, minor: i64, mode: u32, uid: u32, gid: u32| -> SpecResult<LinuxDevice> {
-        Ok(LinuxDeviceBuilder::default().path(path).typ(device_type(kind)).major(major).minor(minor).file_mode(mode).uid(uid).gid(gid).build()?)
-    };
-    let mut nodes = DEFAULT_DEVICES.iter().map(|(path, major, minor)| node(path, 'c', *major, *minor, 0o666, 0, 0)).collect::<SpecResult<Vec<_>>>()?;
+    let node =
+        |path: &str, kind: char, major: i64, minor: i64, mode: u32, uid: u32, gid: u32| -> SpecResult<LinuxDevice> {
+            Ok(LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(device_type(kind))
+                .major(major)
+                .minor(minor)
+                .file_mode(mode)
+                .uid(uid)
+                .gid(gid)
+                .build()?)
+        };
+    let mut nodes = DEFAULT_DEVICES
+        .iter()
+        .map(|(path, major, minor)| node(path, 'c', *major, *minor, 0o666, 0, 0))
+        .collect::<SpecResult<Vec<_>>>()?;
     let mut rules = if s.privileged {
         vec![device_rule(true, None, None, None, "rwm")?]
     } else {
-        let mut rules = vec![device_rule(false, None, None, None, "rwm")?, device_rule(true, Some('c'), None, None, "m")?, device_rule(true, Some('b'), None, None, "m")?];
+        let mut rules = vec![
+            device_rule(false, None, None, None, "rwm")?,
+            device_rule(true, Some('c'), None, None, "m")?,
+            device_rule(true, Some('b'), None, None, "m")?,
+        ];
         for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200)] {
             rules.push(device_rule(true, Some('c'), Some(major), Some(minor), "rwm")?);
         }
@@ -336,7 +402,12 @@ fn resources(s: &ContainerSpec, device_rules: Vec<LinuxDeviceCgroup>) -> SpecRes
         }
         b = b.memory(m.build()?);
     }
-    if r.cpu_shares > 0 || r.cpu_quota != 0 || r.cpu_period > 0 || !r.cpuset_cpus.is_empty() || !r.cpuset_mems.is_empty() {
+    if r.cpu_shares > 0
+        || r.cpu_quota != 0
+        || r.cpu_period > 0
+        || !r.cpuset_cpus.is_empty()
+        || !r.cpuset_mems.is_empty()
+    {
         let mut c = LinuxCpuBuilder::default();
         if r.cpu_shares > 0 {
             c = c.shares(r.cpu_shares as u64);
@@ -410,7 +481,14 @@ pub fn container_spec(s: &ContainerSpec) -> SpecResult<Spec> {
         .readonly_paths(readonly)
         .build()?;
     let root = RootBuilder::default().path(s.rootfs.clone()).readonly(s.readonly_rootfs).build()?;
-    let mut spec = SpecBuilder::default().version("1.1.0").process(process).root(root).mounts(mounts).linux(linux).annotations(s.annotations.clone()).build()?;
+    let mut spec = SpecBuilder::default()
+        .version("1.1.0")
+        .process(process)
+        .root(root)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(s.annotations.clone())
+        .build()?;
     // A hostname only for a UTS namespace of the container's own; a joined one has the pod's.
     spec.set_hostname(s.namespaces.uts.as_ref().is_some_and(|p| p.is_none()).then(|| s.hostname.clone()));
     spec.set_domainname(None);
@@ -419,9 +497,18 @@ pub fn container_spec(s: &ContainerSpec) -> SpecResult<Spec> {
 
 /// config.json of the pause process: the pod's namespaces to join, a new PID namespace, and
 /// its cgroup. No root and no process: the pause shim does not exec anything.
-pub fn pause_spec(ns_dir: &Path, wanted: Wanted, cgroup: &str, cgroup_version: Option<common::cgroup::Version>) -> SpecResult<Spec> {
+pub fn pause_spec(
+    ns_dir: &Path,
+    wanted: Wanted,
+    cgroup: &str,
+    cgroup_version: Option<common::cgroup::Version>,
+) -> SpecResult<Spec> {
     let mut namespaces = vec![namespace(LinuxNamespaceType::Pid, &None)?];
-    for (kind, file, on) in [(LinuxNamespaceType::Network, "net", wanted.net), (LinuxNamespaceType::Ipc, "ipc", wanted.ipc), (LinuxNamespaceType::Uts, "uts", wanted.uts)] {
+    for (kind, file, on) in [
+        (LinuxNamespaceType::Network, "net", wanted.net),
+        (LinuxNamespaceType::Ipc, "ipc", wanted.ipc),
+        (LinuxNamespaceType::Uts, "uts", wanted.uts),
+    ] {
         if on {
             namespaces.push(namespace(kind, &Some(ns_dir.join(file)))?);
         }
@@ -435,7 +522,10 @@ pub fn pause_spec(ns_dir: &Path, wanted: Wanted, cgroup: &str, cgroup_version: O
     spec.set_root(None);
     spec.set_mounts(None);
     spec.set_hostname(None);
-    spec.set_annotations(cgroup_version.map(|v| HashMap::from([(common::cgroup::VERSION_ANNOTATION.to_string(), v.as_str().to_string())])));
+    spec.set_annotations(
+        cgroup_version
+            .map(|v| HashMap::from([(common::cgroup::VERSION_ANNOTATION.to_string(), v.as_str().to_string())])),
+    );
     Ok(spec)
 }
 
@@ -466,12 +556,19 @@ mod tests {
         let s = ContainerSpec {
             readonly_rootfs: true,
             namespaces: Namespaces { uts: Some(Some("/ns/uts".into())), ..Default::default() },
-            mounts: vec![BindMount { container_path: "/etc/hosts".into(), host_path: "/tmp/h".into(), readonly: true, recursive_readonly: false, propagation: Propagation::Bidirectional }],
+            mounts: vec![BindMount {
+                container_path: "/etc/hosts".into(),
+                host_path: "/tmp/h".into(),
+                readonly: true,
+                recursive_readonly: false,
+                propagation: Propagation::Bidirectional,
+            }],
             masked_paths: vec!["/proc/kcore".into()],
             ..spec_for_test()
         };
         let v = container_spec(&s);
-        let hosts: Vec<&Value> = v["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/etc/hosts").collect();
+        let hosts: Vec<&Value> =
+            v["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/etc/hosts").collect();
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0]["source"], "/tmp/h");
         assert_eq!(v["linux"]["rootfsPropagation"], "rshared");
@@ -487,7 +584,13 @@ mod tests {
 
     #[test]
     fn recursive_read_only_mounts_get_rro() {
-        let mount = |readonly, recursive_readonly| BindMount { container_path: "/m".into(), host_path: "/h".into(), readonly, recursive_readonly, propagation: Propagation::Private };
+        let mount = |readonly, recursive_readonly| BindMount {
+            container_path: "/m".into(),
+            host_path: "/h".into(),
+            readonly,
+            recursive_readonly,
+            propagation: Propagation::Private,
+        };
         for (m, want) in [(mount(true, true), "rro"), (mount(true, false), "ro"), (mount(false, false), "rw")] {
             let s = ContainerSpec { mounts: vec![m], ..spec_for_test() };
             let v = container_spec(&s);
@@ -502,7 +605,11 @@ mod tests {
         assert_eq!(v["ociVersion"], "1.1.0");
         assert!(v.get("hostname").is_none(), "no UTS namespace of its own: no hostname ({})", v["hostname"]);
         let p = &v["process"];
-        assert!(p.get("rlimits").is_none_or(|r| r.as_array().is_some_and(|a| a.is_empty())), "rlimits: {}", p["rlimits"]);
+        assert!(
+            p.get("rlimits").is_none_or(|r| r.as_array().is_some_and(|a| a.is_empty())),
+            "rlimits: {}",
+            p["rlimits"]
+        );
         assert_eq!(p["noNewPrivileges"], false);
         assert_eq!(p["env"], json!([]));
         assert_eq!(p["args"], json!(["sh"]));
@@ -522,7 +629,10 @@ mod tests {
     #[test]
     fn pause_spec_is_namespaces_and_cgroup_only() {
         let wanted = Wanted { net: true, ipc: true, uts: false };
-        let v = serde_json::to_value(pause_spec(Path::new("/ns"), wanted, "/corral/pod/pause", Some(common::cgroup::Version::V2)).unwrap()).unwrap();
+        let v = serde_json::to_value(
+            pause_spec(Path::new("/ns"), wanted, "/corral/pod/pause", Some(common::cgroup::Version::V2)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             v,
             json!({

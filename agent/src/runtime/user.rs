@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub uid: u32,
@@ -70,14 +69,22 @@ impl UserDb {
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
                 let home = f.get(5).filter(|h| !h.is_empty()).unwrap_or(&"/").to_string();
-                Some(PasswdEntry { name: f.first()?.to_string(), uid: f.get(2)?.parse().ok()?, gid: f.get(3)?.parse().ok()?, home })
+                Some(PasswdEntry {
+                    name: f.first()?.to_string(),
+                    uid: f.get(2)?.parse().ok()?,
+                    gid: f.get(3)?.parse().ok()?,
+                    home,
+                })
             })
             .collect();
         let groups = group
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                let members = f.get(3).map(|m| m.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default();
+                let members = f
+                    .get(3)
+                    .map(|m| m.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+                    .unwrap_or_default();
                 Some(GroupEntry { name: f.first()?.to_string(), gid: f.get(2)?.parse().ok()?, members })
             })
             .collect();
@@ -118,7 +125,10 @@ fn read_in_root(rootfs: &Path, file: &str) -> String {
 
 fn id_of(what: &str, v: i64) -> Result<u32, String> {
     // Ids above 2^31-1 are refused by the kernel's setgroups/setuid users and by containerd.
-    u32::try_from(v).ok().filter(|v| *v <= i32::MAX as u32).ok_or_else(|| format!("{what} {v} is out of range (0 to {})", i32::MAX))
+    u32::try_from(v)
+        .ok()
+        .filter(|v| *v <= i32::MAX as u32)
+        .ok_or_else(|| format!("{what} {v} is out of range (0 to {})", i32::MAX))
 }
 
 /// The user string the container runs as (containerd's rules): `run_as_username` wins over
@@ -135,7 +145,9 @@ pub fn user_string(req: &UserRequest, image_user: &str) -> Result<String, String
     let group = req.run_as_group.map(|g| id_of("run_as_group", g)).transpose()?;
     if user.is_empty() {
         if let Some(g) = group {
-            return Err(format!("run_as_group {g} is set without run_as_user or run_as_username: a group needs a user"));
+            return Err(format!(
+                "run_as_group {g} is set without run_as_user or run_as_username: a group needs a user"
+            ));
         }
         return Ok(image_user.to_string());
     }
@@ -148,7 +160,11 @@ pub fn user_string(req: &UserRequest, image_user: &str) -> Result<String, String
 /// Resolves the container's uid, gid and supplementary groups.
 pub fn resolve(db: &UserDb, req: &UserRequest, image_user: &str) -> Result<User, String> {
     let spec = user_string(req, image_user)?;
-    let extra = req.supplemental_groups.iter().map(|g| id_of("supplemental group", *g)).collect::<Result<Vec<u32>, String>>()?;
+    let extra = req
+        .supplemental_groups
+        .iter()
+        .map(|g| id_of("supplemental group", *g))
+        .collect::<Result<Vec<u32>, String>>()?;
     let parts: Vec<&str> = spec.split(':').collect();
     if parts.len() > 2 {
         return Err(format!("invalid user {spec:?}: at most one ':'"));
@@ -174,7 +190,10 @@ pub fn resolve(db: &UserDb, req: &UserRequest, image_user: &str) -> Result<User,
     if let Some(g) = group_part {
         gid = match g.parse::<i64>() {
             Ok(n) => id_of("gid", n)?,
-            Err(_) => db.group_by_name(g).map(|e| e.gid).ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
+            Err(_) => db
+                .group_by_name(g)
+                .map(|e| e.gid)
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
         };
     }
     let mut groups = vec![gid];
@@ -194,15 +213,23 @@ pub fn resolve(db: &UserDb, req: &UserRequest, image_user: &str) -> Result<User,
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0::/root:/bin/sh\ncorral:x:1000:1000::/home/corral:/bin/sh\ndefault-user:x:1000:1000::/:/bin/sh\n";
-    const GROUP: &str = "root:x:0:\ncorral:x:1000:corral\nwheel:x:10:corral,other\ngroup-defined-in-image:x:50000:default-user\n";
+    const PASSWD: &str =
+        "root:x:0:0::/root:/bin/sh\ncorral:x:1000:1000::/home/corral:/bin/sh\ndefault-user:x:1000:1000::/:/bin/sh\n";
+    const GROUP: &str =
+        "root:x:0:\ncorral:x:1000:corral\nwheel:x:10:corral,other\ngroup-defined-in-image:x:50000:default-user\n";
 
     fn db() -> UserDb {
         UserDb::parse(PASSWD, GROUP)
     }
 
     fn req(uid: Option<i64>, gid: Option<i64>, name: &str, extra: &[i64], policy: GroupsPolicy) -> UserRequest {
-        UserRequest { run_as_user: uid, run_as_group: gid, run_as_username: name.into(), supplemental_groups: extra.to_vec(), policy }
+        UserRequest {
+            run_as_user: uid,
+            run_as_group: gid,
+            run_as_username: name.into(),
+            supplemental_groups: extra.to_vec(),
+            policy,
+        }
     }
 
     fn user(uid: u32, gid: u32, groups: &[u32]) -> User {
@@ -226,14 +253,17 @@ mod tests {
         // A group without a user is refused, also when the image names a user.
         let err = user_string(&req(None, Some(6), "", &[], GroupsPolicy::Merge), "corral").unwrap_err();
         assert!(err.contains("run_as_group") && err.contains("run_as_user"), "{err}");
-        assert!(user_string(&req(Some(-1), None, "", &[], GroupsPolicy::Merge), "").unwrap_err().contains("out of range"));
+        assert!(user_string(&req(Some(-1), None, "", &[], GroupsPolicy::Merge), "")
+            .unwrap_err()
+            .contains("out of range"));
         assert!(user_string(&req(Some(1 << 31), None, "", &[], GroupsPolicy::Merge), "").is_err());
     }
 
     #[test]
     fn resolves_names_ids_and_groups() {
         let db = db();
-        let merge = |uid, gid, name: &str, image: &str| resolve(&db, &req(uid, gid, name, &[], GroupsPolicy::Merge), image);
+        let merge =
+            |uid, gid, name: &str, image: &str| resolve(&db, &req(uid, gid, name, &[], GroupsPolicy::Merge), image);
         assert_eq!(merge(None, None, "", "").unwrap(), user(0, 0, &[0]));
         assert_eq!(merge(None, None, "", "corral").unwrap(), user(1000, 1000, &[10, 1000]));
         assert_eq!(merge(Some(1000), None, "", "").unwrap(), user(1000, 1000, &[10, 1000]));
@@ -262,7 +292,10 @@ mod tests {
         let corral = resolve(&db, &req(None, None, "corral", &[], GroupsPolicy::Merge), "").unwrap();
         assert_eq!(corral, user(1000, 1000, &[10, 1000]));
         // Duplicates collapse; negative groups are refused.
-        assert_eq!(resolve(&db, &req(Some(0), None, "", &[0, 5, 5], GroupsPolicy::Strict), "").unwrap(), user(0, 0, &[0, 5]));
+        assert_eq!(
+            resolve(&db, &req(Some(0), None, "", &[0, 5, 5], GroupsPolicy::Strict), "").unwrap(),
+            user(0, 0, &[0, 5])
+        );
         assert!(resolve(&db, &req(Some(0), None, "", &[-3], GroupsPolicy::Merge), "").unwrap_err().contains("-3"));
     }
 

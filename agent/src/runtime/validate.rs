@@ -62,7 +62,9 @@ pub fn sysctl(key: &str, value: &str) -> Result<(), String> {
 /// Resource limits the kernel could take: no negative amounts, a CFS quota of at least 1 ms
 /// (or -1, unlimited) and a period between 1 ms and 1 s, cpusets as lists of ranges.
 pub fn resources(r: &Resources) -> Result<(), String> {
-    for (field, v) in [("cpu_shares", r.cpu_shares), ("memory_limit_in_bytes", r.memory_limit), ("cpu_period", r.cpu_period)] {
+    for (field, v) in
+        [("cpu_shares", r.cpu_shares), ("memory_limit_in_bytes", r.memory_limit), ("cpu_period", r.cpu_period)]
+    {
         if v < 0 {
             return Err(format!("resources.{field} {v} is negative"));
         }
@@ -167,7 +169,8 @@ mod tests {
 
     #[test]
     fn port_mappings_without_host_port_are_left_out() {
-        let kept = port_mappings(&[pm(0, 80, ""), pm(8080, 80, ""), pm(0, 443, ""), pm(9090, 90, "127.0.0.1")]).unwrap();
+        let kept =
+            port_mappings(&[pm(0, 80, ""), pm(8080, 80, ""), pm(0, 443, ""), pm(9090, 90, "127.0.0.1")]).unwrap();
         assert_eq!(kept, vec![pm(8080, 80, ""), pm(9090, 90, "127.0.0.1")]);
         assert!(port_mappings(&[pm(0, 80, ""), pm(0, 0, "")]).unwrap().is_empty());
     }
@@ -193,7 +196,15 @@ mod tests {
     #[test]
     fn resource_limits() {
         assert!(resources(&Resources::default()).is_ok());
-        let ok = Resources { cpu_shares: 2, cpu_quota: 50_000, cpu_period: 100_000, memory_limit: 1 << 20, cpuset_cpus: "0-1,3".into(), oom_score_adj: -998, ..Default::default() };
+        let ok = Resources {
+            cpu_shares: 2,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit: 1 << 20,
+            cpuset_cpus: "0-1,3".into(),
+            oom_score_adj: -998,
+            ..Default::default()
+        };
         assert!(resources(&ok).is_ok());
         assert!(resources(&Resources { cpu_quota: -1, ..Default::default() }).is_ok());
         for (bad, field) in [

@@ -89,7 +89,12 @@ pub fn run_pod_request(config: cri::PodSandboxConfig, runtime_handler: String) -
         port_mappings: config
             .port_mappings
             .into_iter()
-            .map(|p| crate::cni::PortMapping { host_port: p.host_port, container_port: p.container_port, protocol: protocol(p.protocol).into(), host_ip: p.host_ip })
+            .map(|p| crate::cni::PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: protocol(p.protocol).into(),
+                host_ip: p.host_ip,
+            })
             .collect(),
         resources: linux.resources.as_ref().map(|r| resources(Some(r))),
         overhead: linux.overhead.as_ref().map(|r| resources(Some(r))),
@@ -97,11 +102,17 @@ pub fn run_pod_request(config: cri::PodSandboxConfig, runtime_handler: String) -
 }
 
 pub fn pod_state(p: PodPhase) -> i32 {
-    (if p == PodPhase::Ready { cri::PodSandboxState::SandboxReady } else { cri::PodSandboxState::SandboxNotready }) as i32
+    (if p == PodPhase::Ready { cri::PodSandboxState::SandboxReady } else { cri::PodSandboxState::SandboxNotready })
+        as i32
 }
 
 pub fn pod_metadata(p: &rt::PodRecord) -> cri::PodSandboxMetadata {
-    cri::PodSandboxMetadata { name: p.name.clone(), uid: p.uid.clone(), namespace: p.namespace.clone(), attempt: p.attempt }
+    cri::PodSandboxMetadata {
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        namespace: p.namespace.clone(),
+        attempt: p.attempt,
+    }
 }
 
 pub fn to_cri_pod(p: &rt::PodRecord) -> cri::PodSandbox {
@@ -119,15 +130,26 @@ pub fn to_cri_pod(p: &rt::PodRecord) -> cri::PodSandbox {
 pub fn pod_filter(f: Option<cri::PodSandboxFilter>) -> rt::PodFilter {
     f.map(|f| rt::PodFilter {
         id: f.id,
-        state: f.state.map(|s| if s.state == cri::PodSandboxState::SandboxReady as i32 { PodPhase::Ready } else { PodPhase::NotReady }),
+        state: f.state.map(|s| {
+            if s.state == cri::PodSandboxState::SandboxReady as i32 {
+                PodPhase::Ready
+            } else {
+                PodPhase::NotReady
+            }
+        }),
         labels: f.label_selector,
     })
     .unwrap_or_default()
 }
 
 pub fn container_filter(f: Option<cri::ContainerFilter>) -> rt::ContainerFilter {
-    f.map(|f| rt::ContainerFilter { id: f.id, pod_id: f.pod_sandbox_id, state: f.state.map(|s| container_state_from(s.state)), labels: f.label_selector })
-        .unwrap_or_default()
+    f.map(|f| rt::ContainerFilter {
+        id: f.id,
+        pod_id: f.pod_sandbox_id,
+        state: f.state.map(|s| container_state_from(s.state)),
+        labels: f.label_selector,
+    })
+    .unwrap_or_default()
 }
 
 pub fn container_state(s: ContainerState) -> i32 {
@@ -158,7 +180,8 @@ fn propagation(v: i32) -> rt::spec_types::Propagation {
 
 /// A CRI `Signal` as a signal name ("SIGRTMINPLUS1" → "SIGRTMIN+1"); None for RUNTIME_DEFAULT.
 fn stop_signal(v: i32) -> Result<Option<String>, Status> {
-    let sig = cri::Signal::try_from(v).map_err(|_| Status::invalid_argument(format!("container config: stop_signal {v} is not a CRI signal")))?;
+    let sig = cri::Signal::try_from(v)
+        .map_err(|_| Status::invalid_argument(format!("container config: stop_signal {v} is not a CRI signal")))?;
     if sig == cri::Signal::RuntimeDefault {
         return Ok(None);
     }
@@ -228,7 +251,8 @@ pub fn create_container_request(pod_id: String, config: cri::ContainerConfig) ->
     let meta = config.metadata.ok_or_else(|| Status::invalid_argument("container config: metadata is required"))?;
     let spec = config.image.unwrap_or_default();
     let user_specified_image = spec.user_specified_image.clone();
-    let image = Some(if spec.image.is_empty() { spec.user_specified_image } else { spec.image }).filter(|i| !i.is_empty());
+    let image =
+        Some(if spec.image.is_empty() { spec.user_specified_image } else { spec.image }).filter(|i| !i.is_empty());
     let image = image.ok_or_else(|| Status::invalid_argument("container config: image is required"))?;
     let linux = config.linux.unwrap_or_default();
     let sec = linux.security_context.unwrap_or_default();
@@ -305,7 +329,11 @@ pub fn to_cri_container(v: &rt::ContainerView) -> cri::Container {
 
 /// The container's image as the request named it.
 fn image_spec(r: &rt::ContainerRecord) -> cri::ImageSpec {
-    cri::ImageSpec { image: r.image.clone(), user_specified_image: r.user_specified_image.clone(), ..Default::default() }
+    cri::ImageSpec {
+        image: r.image.clone(),
+        user_specified_image: r.user_specified_image.clone(),
+        ..Default::default()
+    }
 }
 
 fn mount_cri(m: &rt::MountRecord) -> cri::Mount {
@@ -360,7 +388,11 @@ pub fn container_status(v: &rt::ContainerView, image_names: (Option<String>, Opt
                 supplemental_groups: u.additional_gids.iter().map(|g| i64::from(*g)).collect(),
             }),
         }),
-        stop_signal: if r.stop_signal_name.is_empty() { cri::Signal::Sigterm as i32 } else { signal_cri(&r.stop_signal_name) },
+        stop_signal: if r.stop_signal_name.is_empty() {
+            cri::Signal::Sigterm as i32
+        } else {
+            signal_cri(&r.stop_signal_name)
+        },
     }
 }
 
@@ -386,11 +418,18 @@ mod tests {
 
     #[test]
     fn image_by_user_specified_name_and_required_fields() {
-        let mut config = cri::ContainerConfig { metadata: Some(cri::ContainerMetadata::default()), ..Default::default() };
-        assert_eq!(create_container_request("p".into(), config.clone()).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let mut config =
+            cri::ContainerConfig { metadata: Some(cri::ContainerMetadata::default()), ..Default::default() };
+        assert_eq!(
+            create_container_request("p".into(), config.clone()).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         config.image = Some(cri::ImageSpec { user_specified_image: "busybox".into(), ..Default::default() });
         assert_eq!(create_container_request("p".into(), config).unwrap().image, "busybox");
-        assert_eq!(create_container_request("p".into(), cri::ContainerConfig::default()).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            create_container_request("p".into(), cri::ContainerConfig::default()).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]
@@ -407,10 +446,16 @@ mod tests {
 
     #[test]
     fn user_namespaces_are_refused_unless_node() {
-        let mut config = cri::PodSandboxConfig { metadata: Some(cri::PodSandboxMetadata { name: "p".into(), ..Default::default() }), ..Default::default() };
+        let mut config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata { name: "p".into(), ..Default::default() }),
+            ..Default::default()
+        };
         let with_userns = |mode: cri::NamespaceMode| cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption { userns_options: Some(cri::UserNamespace { mode: mode as i32, ..Default::default() }), ..Default::default() }),
+                namespace_options: Some(cri::NamespaceOption {
+                    userns_options: Some(cri::UserNamespace { mode: mode as i32, ..Default::default() }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -428,14 +473,30 @@ mod tests {
         let m = cri::Mount {
             container_path: "/mnt".into(),
             readonly: true,
-            image: Some(cri::ImageSpec { image: "sha256:abc".into(), user_specified_image: "busybox".into(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: "sha256:abc".into(),
+                user_specified_image: "busybox".into(),
+                ..Default::default()
+            }),
             image_sub_path: "etc".into(),
             ..Default::default()
         };
         let req = mount_request(m);
-        assert_eq!(req.image, Some(rt::ImageMount { image: "sha256:abc".into(), user_specified_image: "busybox".into(), sub_path: "etc".into() }));
+        assert_eq!(
+            req.image,
+            Some(rt::ImageMount {
+                image: "sha256:abc".into(),
+                user_specified_image: "busybox".into(),
+                sub_path: "etc".into()
+            })
+        );
         assert_eq!(req.image_sub_path, "");
-        let plain = mount_request(cri::Mount { container_path: "/x".into(), host_path: "/h".into(), image_sub_path: "y".into(), ..Default::default() });
+        let plain = mount_request(cri::Mount {
+            container_path: "/x".into(),
+            host_path: "/h".into(),
+            image_sub_path: "y".into(),
+            ..Default::default()
+        });
         assert!(plain.image.is_none());
         assert_eq!(plain.image_sub_path, "y");
     }

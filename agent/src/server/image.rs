@@ -106,8 +106,8 @@ impl CriImageService for Images {
         let mut info = HashMap::new();
         if req.verbose {
             let config = self.images.config(&img).map_err(|e| status_of(&e))?;
-            let config: serde_json::Value =
-                serde_json::from_slice(&config).map_err(|e| Status::internal(format!("image config of {}: {e}", img.id)))?;
+            let config: serde_json::Value = serde_json::from_slice(&config)
+                .map_err(|e| Status::internal(format!("image config of {}: {e}", img.id)))?;
             let layers = self.images.layer_paths(&img).map_err(|e| status_of(&e))?;
             let verbose = serde_json::json!({
                 "id": img.id,

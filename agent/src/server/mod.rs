@@ -27,8 +27,16 @@ pub fn router(images: Arc<ImageService>, rt: Arc<Runtime>) -> Router {
     let runtime = runtime::CriRuntime::new(rt);
     let image = image::Images::new(images);
     Server::builder()
-        .add_service(RuntimeServiceServer::new(runtime).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
-        .add_service(ImageServiceServer::new(image).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+        .add_service(
+            RuntimeServiceServer::new(runtime)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(image)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
 }
 
 fn unimplemented<T>(rpc: &str) -> Result<tonic::Response<T>, tonic::Status> {
@@ -56,7 +64,11 @@ pub type ItemStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Sta
 
 /// `items` as a stream of messages of at most `size` items each (the Stream* list RPCs): every
 /// item in exactly one message, and no message at all when there is no item.
-pub fn batches<I: Send + 'static, T: Send + 'static>(items: Vec<I>, size: usize, wrap: impl Fn(Vec<I>) -> T) -> ItemStream<T> {
+pub fn batches<I: Send + 'static, T: Send + 'static>(
+    items: Vec<I>,
+    size: usize,
+    wrap: impl Fn(Vec<I>) -> T,
+) -> ItemStream<T> {
     let mut messages = Vec::new();
     let mut rest = items.into_iter().peekable();
     while rest.peek().is_some() {

@@ -42,11 +42,17 @@ pub fn status_of(err: RuntimeError) -> Status {
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Image(e) => return super::image::status_of(e),
         // No network config, or a plugin binary that is not installed: the network is not ready.
-        RuntimeError::Network(CniError::Config(ConfigError::Missing(_) | ConfigError::Invalid { .. }) | CniError::Exec(ExecError::NotFound { .. })) => {
-            Code::FailedPrecondition
-        }
-        RuntimeError::Network(CniError::Exec(ExecError::Timeout { .. })) | RuntimeError::Shim(ShimError::Timeout { .. }) => Code::DeadlineExceeded,
-        RuntimeError::Network(_) | RuntimeError::Shim(_) | RuntimeError::Store(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
+        RuntimeError::Network(
+            CniError::Config(ConfigError::Missing(_) | ConfigError::Invalid { .. })
+            | CniError::Exec(ExecError::NotFound { .. }),
+        ) => Code::FailedPrecondition,
+        RuntimeError::Network(CniError::Exec(ExecError::Timeout { .. }))
+        | RuntimeError::Shim(ShimError::Timeout { .. }) => Code::DeadlineExceeded,
+        RuntimeError::Network(_)
+        | RuntimeError::Shim(_)
+        | RuntimeError::Store(_)
+        | RuntimeError::Io { .. }
+        | RuntimeError::Internal(_) => Code::Internal,
     };
     super::status(code, err.to_string())
 }
@@ -54,7 +60,9 @@ pub fn status_of(err: RuntimeError) -> Status {
 /// Runs a request that changes state to its end in a task of its own: a client that gives up
 /// (its deadline passed, it was cancelled) must not leave a pod or container half made, with its
 /// name reserved. A retry then finds the finished object (AlreadyExists) or does the work.
-async fn detached<T: Send + 'static>(work: impl std::future::Future<Output = std::result::Result<T, RuntimeError>> + Send + 'static) -> std::result::Result<T, Status> {
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = std::result::Result<T, RuntimeError>> + Send + 'static,
+) -> std::result::Result<T, Status> {
     match tokio::spawn(work).await {
         Ok(result) => result.map_err(status_of),
         Err(e) => Err(Status::internal(format!("request task failed: {e}"))),
@@ -77,9 +85,19 @@ impl RuntimeService for CriRuntime {
 
     async fn status(&self, _req: Request<cri::StatusRequest>) -> Result<cri::StatusResponse> {
         let conditions = vec![
-            cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() },
+            cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
             match self.rt.network_status() {
-                Ok(_) => cri::RuntimeCondition { r#type: "NetworkReady".into(), status: true, reason: String::new(), message: String::new() },
+                Ok(_) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
                 Err(why) => cri::RuntimeCondition {
                     r#type: "NetworkReady".into(),
                     status: false,
@@ -95,9 +113,15 @@ impl RuntimeService for CriRuntime {
             // The default handler "" is the only one.
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: features.recursive_read_only_mounts, user_namespaces: false }),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: features.recursive_read_only_mounts,
+                    user_namespaces: false,
+                }),
             }],
-            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true, user_namespaces_host_network: false }),
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+            }),
         }))
     }
 
@@ -121,13 +145,19 @@ impl RuntimeService for CriRuntime {
         detached(async move { rt.stop_pod(&id).await }).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
-    async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Result<cri::RemovePodSandboxResponse> {
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<cri::RemovePodSandboxResponse> {
         let rt = Arc::clone(&self.rt);
         let id = req.into_inner().pod_sandbox_id;
         detached(async move { rt.remove_pod(&id).await }).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
-    async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> Result<cri::PodSandboxStatusResponse> {
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<cri::PodSandboxStatusResponse> {
         let req = req.into_inner();
         let p = self.rt.pod_status(&req.pod_sandbox_id).map_err(status_of)?;
         let mut info = HashMap::new();
@@ -180,13 +210,21 @@ impl RuntimeService for CriRuntime {
 
     type StreamPodSandboxesStream = ItemStream<cri::StreamPodSandboxesResponse>;
 
-    async fn stream_pod_sandboxes(&self, req: Request<cri::StreamPodSandboxesRequest>) -> Result<Self::StreamPodSandboxesStream> {
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Self::StreamPodSandboxesStream> {
         let filter = convert::pod_filter(req.into_inner().filter);
         let items: Vec<cri::PodSandbox> = self.rt.list_pods(&filter).iter().map(convert::to_cri_pod).collect();
-        Ok(Response::new(batches(items, STREAM_BATCH, |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes })))
+        Ok(Response::new(batches(items, STREAM_BATCH, |pod_sandboxes| cri::StreamPodSandboxesResponse {
+            pod_sandboxes,
+        })))
     }
 
-    async fn create_container(&self, req: Request<cri::CreateContainerRequest>) -> Result<cri::CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        req: Request<cri::CreateContainerRequest>,
+    ) -> Result<cri::CreateContainerResponse> {
         let req = req.into_inner();
         let config = req.config.ok_or_else(|| Status::invalid_argument("container config is required"))?;
         let create = convert::create_container_request(req.pod_sandbox_id, config)?;
@@ -206,7 +244,10 @@ impl RuntimeService for CriRuntime {
         detached(async move { rt.stop_container(&req.container_id, req.timeout).await }).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
-    async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> Result<cri::RemoveContainerResponse> {
+    async fn remove_container(
+        &self,
+        req: Request<cri::RemoveContainerRequest>,
+    ) -> Result<cri::RemoveContainerResponse> {
         let rt = Arc::clone(&self.rt);
         let id = req.into_inner().container_id;
         detached(async move { rt.remove_container(&id).await }).await?;
@@ -220,13 +261,20 @@ impl RuntimeService for CriRuntime {
 
     type StreamContainersStream = ItemStream<cri::StreamContainersResponse>;
 
-    async fn stream_containers(&self, req: Request<cri::StreamContainersRequest>) -> Result<Self::StreamContainersStream> {
+    async fn stream_containers(
+        &self,
+        req: Request<cri::StreamContainersRequest>,
+    ) -> Result<Self::StreamContainersStream> {
         let filter = convert::container_filter(req.into_inner().filter);
-        let items: Vec<cri::Container> = self.rt.list_containers(&filter).iter().map(convert::to_cri_container).collect();
+        let items: Vec<cri::Container> =
+            self.rt.list_containers(&filter).iter().map(convert::to_cri_container).collect();
         Ok(Response::new(batches(items, STREAM_BATCH, |containers| cri::StreamContainersResponse { containers })))
     }
 
-    async fn container_status(&self, req: Request<cri::ContainerStatusRequest>) -> Result<cri::ContainerStatusResponse> {
+    async fn container_status(
+        &self,
+        req: Request<cri::ContainerStatusRequest>,
+    ) -> Result<cri::ContainerStatusResponse> {
         let req = req.into_inner();
         let v = self.rt.container_status(&req.container_id).map_err(status_of)?;
         let r = &v.record;
@@ -238,10 +286,16 @@ impl RuntimeService for CriRuntime {
         let names = self.rt.image_names(&r.image_id);
         Ok(Response::new(cri::ContainerStatusResponse { status: Some(convert::container_status(&v, names)), info }))
     }
-    async fn update_container_resources(&self, _req: Request<cri::UpdateContainerResourcesRequest>) -> Result<cri::UpdateContainerResourcesResponse> {
+    async fn update_container_resources(
+        &self,
+        _req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<cri::UpdateContainerResourcesResponse> {
         unimplemented("UpdateContainerResources")
     }
-    async fn reopen_container_log(&self, req: Request<cri::ReopenContainerLogRequest>) -> Result<cri::ReopenContainerLogResponse> {
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<cri::ReopenContainerLogResponse> {
         self.rt.reopen_log(&req.into_inner().container_id).await.map_err(status_of)?;
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
@@ -262,29 +316,48 @@ impl RuntimeService for CriRuntime {
     async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> Result<cri::ContainerStatsResponse> {
         unimplemented("ContainerStats")
     }
-    async fn list_container_stats(&self, _req: Request<cri::ListContainerStatsRequest>) -> Result<cri::ListContainerStatsResponse> {
+    async fn list_container_stats(
+        &self,
+        _req: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<cri::ListContainerStatsResponse> {
         unimplemented("ListContainerStats")
     }
 
     type StreamContainerStatsStream = ItemStream<cri::StreamContainerStatsResponse>;
 
-    async fn stream_container_stats(&self, _req: Request<cri::StreamContainerStatsRequest>) -> Result<Self::StreamContainerStatsStream> {
+    async fn stream_container_stats(
+        &self,
+        _req: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Self::StreamContainerStatsStream> {
         unimplemented("StreamContainerStats")
     }
-    async fn pod_sandbox_stats(&self, _req: Request<cri::PodSandboxStatsRequest>) -> Result<cri::PodSandboxStatsResponse> {
+    async fn pod_sandbox_stats(
+        &self,
+        _req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<cri::PodSandboxStatsResponse> {
         unimplemented("PodSandboxStats")
     }
-    async fn list_pod_sandbox_stats(&self, _req: Request<cri::ListPodSandboxStatsRequest>) -> Result<cri::ListPodSandboxStatsResponse> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        _req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<cri::ListPodSandboxStatsResponse> {
         unimplemented("ListPodSandboxStats")
     }
 
     type StreamPodSandboxStatsStream = ItemStream<cri::StreamPodSandboxStatsResponse>;
 
-    async fn stream_pod_sandbox_stats(&self, _req: Request<cri::StreamPodSandboxStatsRequest>) -> Result<Self::StreamPodSandboxStatsStream> {
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _req: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Self::StreamPodSandboxStatsStream> {
         unimplemented("StreamPodSandboxStats")
     }
-    async fn update_runtime_config(&self, req: Request<cri::UpdateRuntimeConfigRequest>) -> Result<cri::UpdateRuntimeConfigResponse> {
-        let cidr = req.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
+    async fn update_runtime_config(
+        &self,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<cri::UpdateRuntimeConfigResponse> {
+        let cidr =
+            req.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
         // Kept for the network plugin, which reads it once pod networking lands.
         if let Ok(mut current) = self.pod_cidr.lock() {
             if *current != cidr {
@@ -294,29 +367,47 @@ impl RuntimeService for CriRuntime {
         }
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
-    async fn checkpoint_container(&self, _req: Request<cri::CheckpointContainerRequest>) -> Result<cri::CheckpointContainerResponse> {
+    async fn checkpoint_container(
+        &self,
+        _req: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<cri::CheckpointContainerResponse> {
         unimplemented("CheckpointContainer")
     }
 
     type GetContainerEventsStream = ItemStream<cri::ContainerEventResponse>;
 
-    async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> Result<Self::GetContainerEventsStream> {
+    async fn get_container_events(
+        &self,
+        _req: Request<cri::GetEventsRequest>,
+    ) -> Result<Self::GetContainerEventsStream> {
         unimplemented("GetContainerEvents")
     }
-    async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> Result<cri::ListMetricDescriptorsResponse> {
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<cri::ListMetricDescriptorsResponse> {
         unimplemented("ListMetricDescriptors")
     }
-    async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> Result<cri::ListPodSandboxMetricsResponse> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<cri::ListPodSandboxMetricsResponse> {
         unimplemented("ListPodSandboxMetrics")
     }
 
     type StreamPodSandboxMetricsStream = ItemStream<cri::StreamPodSandboxMetricsResponse>;
 
-    async fn stream_pod_sandbox_metrics(&self, _req: Request<cri::StreamPodSandboxMetricsRequest>) -> Result<Self::StreamPodSandboxMetricsStream> {
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Self::StreamPodSandboxMetricsStream> {
         unimplemented("StreamPodSandboxMetrics")
     }
 
-    async fn update_pod_sandbox_resources(&self, req: Request<cri::UpdatePodSandboxResourcesRequest>) -> Result<cri::UpdatePodSandboxResourcesResponse> {
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<cri::UpdatePodSandboxResourcesResponse> {
         let req = req.into_inner();
         let resources = req.resources.as_ref().map(|r| convert::resources(Some(r)));
         let overhead = req.overhead.as_ref().map(|r| convert::resources(Some(r)));

@@ -82,16 +82,12 @@ pub fn from_u128(v: u128, v6: bool) -> IpAddr {
 }
 
 fn parse_ip(s: &str, what: &str) -> Result<IpAddr, CniError> {
-    s.parse()
-        .map_err(|_| invalid(format!("invalid {what} {s:?}")))
+    s.parse().map_err(|_| invalid(format!("invalid {what} {s:?}")))
 }
 
 impl Range {
     fn parse(r: &RawRange) -> Result<Range, CniError> {
-        let subnet: IpNet = r
-            .subnet
-            .parse()
-            .map_err(|_| invalid(format!("invalid subnet {:?}", r.subnet)))?;
+        let subnet: IpNet = r.subnet.parse().map_err(|_| invalid(format!("invalid subnet {:?}", r.subnet)))?;
         if subnet.addr() != subnet.network() {
             return Err(invalid(format!(
                 "network {} has host bits set; for a prefix of {} the network address is {}",
@@ -102,9 +98,7 @@ impl Range {
         }
         let v6 = subnet.addr().is_ipv6();
         if subnet.prefix_len() > subnet.max_prefix_len() - 2 {
-            return Err(invalid(format!(
-                "network {subnet} too small to allocate from"
-            )));
+            return Err(invalid(format!("network {subnet} too small to allocate from")));
         }
         let net = to_u128(subnet.network());
         let last = to_u128(subnet.broadcast());
@@ -141,12 +135,7 @@ impl Range {
                 Some(ip)
             }
         };
-        Ok(Range {
-            subnet,
-            start,
-            end,
-            gateway,
-        })
+        Ok(Range { subnet, start, end, gateway })
     }
 
     pub fn v6(&self) -> bool {
@@ -164,9 +153,8 @@ impl Range {
 
 impl HostLocal {
     pub fn parse(ipam: &Value) -> Result<HostLocal, CniError> {
-        let raw: RawConf = serde_json::from_value(ipam.clone()).map_err(|e| {
-            CniError::new(code::DECODE, format!("failed to decode ipam config: {e}"))
-        })?;
+        let raw: RawConf = serde_json::from_value(ipam.clone())
+            .map_err(|e| CniError::new(code::DECODE, format!("failed to decode ipam config: {e}")))?;
         let mut sets = Vec::new();
         if let Some(subnet) = &raw.subnet {
             sets.push(vec![Range::parse(&RawRange {
@@ -180,10 +168,7 @@ impl HostLocal {
             if set.is_empty() {
                 return Err(invalid("empty range set".into()));
             }
-            let set = set
-                .iter()
-                .map(Range::parse)
-                .collect::<Result<Vec<_>, _>>()?;
+            let set = set.iter().map(Range::parse).collect::<Result<Vec<_>, _>>()?;
             if set.iter().any(|r| r.v6() != set[0].v6()) {
                 return Err(invalid("a range set mixes IPv4 and IPv6".into()));
             }
@@ -196,10 +181,7 @@ impl HostLocal {
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 if a.overlaps(b) {
-                    return Err(invalid(format!(
-                        "range {} overlaps with range {}",
-                        a.subnet, b.subnet
-                    )));
+                    return Err(invalid(format!("range {} overlaps with range {}", a.subnet, b.subnet)));
                 }
             }
         }
@@ -207,36 +189,19 @@ impl HostLocal {
         for r in raw.routes.iter().flatten() {
             routes.push(spec::parse_route(r).ok_or_else(|| invalid(format!("invalid route {r}")))?);
         }
-        let data_dir = raw
-            .data_dir
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
-            .into();
-        Ok(HostLocal {
-            range_sets: sets,
-            routes,
-            data_dir,
-        })
+        let data_dir = raw.data_dir.filter(|d| !d.is_empty()).unwrap_or_else(|| DEFAULT_DATA_DIR.into()).into();
+        Ok(HostLocal { range_sets: sets, routes, data_dir })
     }
 
     /// `ip` with the prefix of the configured range holding it.
     pub fn with_prefix(&self, ip: IpAddr) -> Option<IpNet> {
-        let r = self
-            .range_sets
-            .iter()
-            .flatten()
-            .find(|r| r.subnet.contains(&ip))?;
+        let r = self.range_sets.iter().flatten().find(|r| r.subnet.contains(&ip))?;
         IpNet::new(ip, r.subnet.prefix_len()).ok()
     }
 
     /// Allocates one address per range set for (id, ifname), under the store's lock.
     /// On failure, what this call reserved is released again.
-    pub fn allocate(
-        &self,
-        store: &Store,
-        id: &str,
-        ifname: &str,
-    ) -> Result<Vec<IpConfig>, CniError> {
+    pub fn allocate(&self, store: &Store, id: &str, ifname: &str) -> Result<Vec<IpConfig>, CniError> {
         let existing = store.get_by_id(id, ifname).map_err(io)?;
         if let Some(ip) = existing.first() {
             return Err(CniError::new(
@@ -264,21 +229,12 @@ pub fn io(e: super::store::Error) -> CniError {
     CniError::new(code::IO, e.to_string())
 }
 
-fn allocate_in_set(
-    store: &Store,
-    idx: usize,
-    set: &[Range],
-    id: &str,
-    ifname: &str,
-) -> Result<IpConfig, CniError> {
+fn allocate_in_set(store: &Store, idx: usize, set: &[Range], id: &str, ifname: &str) -> Result<IpConfig, CniError> {
     // Start after the last reserved address if it is in this set, else at the first range's start.
     let (mut ri, mut cur) = (0usize, set[0].start);
     if let Some(last) = store.last_reserved(idx) {
         let v = to_u128(last);
-        if let Some(i) = set
-            .iter()
-            .position(|r| r.v6() == last.is_ipv6() && r.contains(v))
-        {
+        if let Some(i) = set.iter().position(|r| r.v6() == last.is_ipv6() && r.contains(v)) {
             (ri, cur) = next(set, i, v);
         }
     }
@@ -288,23 +244,15 @@ fn allocate_in_set(
         let ip = from_u128(cur, r.v6());
         if Some(ip) != r.gateway && store.reserve(id, ifname, ip, idx).map_err(io)? {
             let prefix = r.subnet.prefix_len();
-            let address =
-                IpNet::new(ip, prefix).map_err(|e| CniError::new(code::INTERNAL, e.to_string()))?;
-            return Ok(IpConfig {
-                address,
-                gateway: r.gateway,
-                interface: None,
-            });
+            let address = IpNet::new(ip, prefix).map_err(|e| CniError::new(code::INTERNAL, e.to_string()))?;
+            return Ok(IpConfig { address, gateway: r.gateway, interface: None });
         }
         (ri, cur) = next(set, ri, cur);
         if (ri, cur) == (start_ri, start_cur) {
             let subnets: Vec<String> = set.iter().map(|r| r.subnet.to_string()).collect();
             return Err(CniError::new(
                 code::NO_FREE_ADDRESS,
-                format!(
-                    "no IP addresses available in range set: {}",
-                    subnets.join(",")
-                ),
+                format!("no IP addresses available in range set: {}", subnets.join(",")),
             ));
         }
     }
@@ -327,17 +275,17 @@ mod tests {
 
     #[test]
     fn parse_ranges() {
-        let h = HostLocal::parse(&json!({"type":"host-local","ranges":[[{"subnet":"10.9.0.0/24"}],[{"subnet":"fd00:9::/64"}]]})).unwrap();
+        let h = HostLocal::parse(
+            &json!({"type":"host-local","ranges":[[{"subnet":"10.9.0.0/24"}],[{"subnet":"fd00:9::/64"}]]}),
+        )
+        .unwrap();
         assert_eq!(h.range_sets.len(), 2);
         let r = &h.range_sets[0][0];
         assert_eq!(from_u128(r.start, false).to_string(), "10.9.0.1");
         assert_eq!(from_u128(r.end, false).to_string(), "10.9.0.254");
         assert_eq!(r.gateway.unwrap().to_string(), "10.9.0.1");
         let r6 = &h.range_sets[1][0];
-        assert_eq!(
-            from_u128(r6.end, true).to_string(),
-            "fd00:9::ffff:ffff:ffff:ffff"
-        );
+        assert_eq!(from_u128(r6.end, true).to_string(), "fd00:9::ffff:ffff:ffff:ffff");
         for bad in [
             json!({"ranges":[[{"subnet":"10.9.0.1/24"}]]}),
             json!({"ranges":[[{"subnet":"10.9.0.0/31"}]]}),
@@ -347,11 +295,7 @@ mod tests {
             json!({"ranges":[[{"subnet":"10.9.0.0/24"}],[{"subnet":"10.9.0.0/25"}]]}),
             json!({"ranges":[]}),
         ] {
-            assert_eq!(
-                HostLocal::parse(&bad).unwrap_err().code,
-                code::INVALID_CONFIG,
-                "{bad}"
-            );
+            assert_eq!(HostLocal::parse(&bad).unwrap_err().code, code::INVALID_CONFIG, "{bad}");
         }
     }
 
@@ -365,30 +309,10 @@ mod tests {
             let r = h.allocate(&store, &format!("c{i}"), "eth0").unwrap();
             got.push(r[0].address.to_string());
         }
-        assert_eq!(
-            got,
-            [
-                "10.9.0.2/29",
-                "10.9.0.3/29",
-                "10.9.0.4/29",
-                "10.9.0.5/29",
-                "10.9.0.6/29"
-            ]
-        );
-        assert_eq!(
-            h.allocate(&store, "c9", "eth0").unwrap_err().code,
-            code::NO_FREE_ADDRESS
-        );
-        assert_eq!(
-            h.allocate(&store, "c1", "eth0").unwrap_err().code,
-            code::INVALID_CONFIG
-        );
+        assert_eq!(got, ["10.9.0.2/29", "10.9.0.3/29", "10.9.0.4/29", "10.9.0.5/29", "10.9.0.6/29"]);
+        assert_eq!(h.allocate(&store, "c9", "eth0").unwrap_err().code, code::NO_FREE_ADDRESS);
+        assert_eq!(h.allocate(&store, "c1", "eth0").unwrap_err().code, code::INVALID_CONFIG);
         store.release_by_id("c1", "eth0").unwrap();
-        assert_eq!(
-            h.allocate(&store, "c7", "eth0").unwrap()[0]
-                .address
-                .to_string(),
-            "10.9.0.3/29"
-        );
+        assert_eq!(h.allocate(&store, "c7", "eth0").unwrap()[0].address.to_string(), "10.9.0.3/29");
     }
 }

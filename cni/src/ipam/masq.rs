@@ -81,9 +81,7 @@ fn del_lines(net: &str, table: &NatTable) -> Vec<String> {
 
 /// Whether the saved table holds the whole set `want` (its `-A` lines).
 fn complete(table: &NatTable, want: &[String]) -> bool {
-    want.iter()
-        .filter(|l| l.starts_with("-A "))
-        .all(|l| table.rules.iter().any(|r| r == l))
+    want.iter().filter(|l| l.starts_with("-A ")).all(|l| table.rules.iter().any(|r| r == l))
 }
 
 /// The marker of the network `net` with host-local data dir `data_dir`.
@@ -97,11 +95,7 @@ fn ipt(e: iptables::Error) -> CniError {
 }
 
 fn want_text(net: &str, h: &HostLocal) -> String {
-    [Family::V4, Family::V6]
-        .iter()
-        .flat_map(|f| add_lines(net, h, *f))
-        .collect::<Vec<_>>()
-        .join("\n")
+    [Family::V4, Family::V6].iter().flat_map(|f| add_lines(net, h, *f)).collect::<Vec<_>>().join("\n")
 }
 
 /// Installs the network's set unless the marker says it is there. The caller holds the
@@ -192,8 +186,7 @@ mod tests {
     use super::*;
 
     fn hl(ranges: serde_json::Value) -> HostLocal {
-        HostLocal::parse(&serde_json::json!({"type": "host-local", "ranges": ranges, "dataDir": "/x"}))
-            .expect("config")
+        HostLocal::parse(&serde_json::json!({"type": "host-local", "ranges": ranges, "dataDir": "/x"})).expect("config")
     }
 
     #[test]

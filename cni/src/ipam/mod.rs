@@ -19,17 +19,11 @@ pub enum Ipam {
 
 impl Ipam {
     pub fn from_conf(conf: &NetConf) -> Result<Ipam, CniError> {
-        let ipam = conf
-            .ipam
-            .as_ref()
-            .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "missing ipam config"))?;
+        let ipam = conf.ipam.as_ref().ok_or_else(|| CniError::new(code::INVALID_CONFIG, "missing ipam config"))?;
         match conf.ipam_type() {
             Some("host-local") => Ok(Ipam::HostLocal(HostLocal::parse(ipam)?)),
             Some(t) if !t.is_empty() && !t.contains('/') => Ok(Ipam::Delegate(t.to_string())),
-            _ => Err(CniError::new(
-                code::INVALID_CONFIG,
-                "missing or invalid ipam type",
-            )),
+            _ => Err(CniError::new(code::INVALID_CONFIG, "missing or invalid ipam type")),
         }
     }
 
@@ -55,20 +49,12 @@ impl Ipam {
                         return Err(e);
                     }
                 }
-                Ok(CniResult {
-                    ips,
-                    routes: h.routes.clone(),
-                    ..Default::default()
-                })
+                Ok(CniResult { ips, routes: h.routes.clone(), ..Default::default() })
             }
             Ipam::Delegate(t) => {
                 let out = delegate::exec(t, "ADD", raw, env)?;
-                let v: Value = serde_json::from_slice(&out).map_err(|e| {
-                    CniError::new(
-                        code::DECODE,
-                        format!("ipam plugin {t}: invalid result: {e}"),
-                    )
-                })?;
+                let v: Value = serde_json::from_slice(&out)
+                    .map_err(|e| CniError::new(code::DECODE, format!("ipam plugin {t}: invalid result: {e}")))?;
                 CniResult::from_json(&v)
             }
         }
@@ -78,12 +64,8 @@ impl Ipam {
     pub fn del(&self, conf: &NetConf, raw: &Value, env: &Env) -> Result<(), CniError> {
         match self {
             Ipam::HostLocal(h) => {
-                if let Some(store) =
-                    Store::lock_existing(&h.data_dir, &conf.name).map_err(host_local::io)?
-                {
-                    store
-                        .release_by_id(&env.container_id, &env.ifname)
-                        .map_err(host_local::io)?;
+                if let Some(store) = Store::lock_existing(&h.data_dir, &conf.name).map_err(host_local::io)? {
+                    store.release_by_id(&env.container_id, &env.ifname).map_err(host_local::io)?;
                     // The network's masquerade goes with its last address.
                     if !store.holds_any().map_err(host_local::io)? {
                         masq::remove(&conf.name, h, false)?;

@@ -67,20 +67,9 @@ impl Store {
     }
 
     /// Reserves `ip` for (id, ifname); false when it is already taken.
-    pub fn reserve(
-        &self,
-        id: &str,
-        ifname: &str,
-        ip: IpAddr,
-        range_set: usize,
-    ) -> Result<bool, Error> {
+    pub fn reserve(&self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool, Error> {
         let path = self.path(ip);
-        let mut f = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
+        let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(Error::Io(path, e)),
@@ -96,11 +85,7 @@ impl Store {
     }
 
     pub fn last_reserved(&self, range_set: usize) -> Option<IpAddr> {
-        fs::read_to_string(self.dir.join(format!("{LAST_RESERVED}{range_set}")))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(self.dir.join(format!("{LAST_RESERVED}{range_set}"))).ok()?.trim().parse().ok()
     }
 
     pub fn release(&self, ip: IpAddr) -> Result<(), Error> {
@@ -114,9 +99,7 @@ impl Store {
     /// Whether any address is allocated (names only, no file is read).
     pub fn holds_any(&self) -> Result<bool, Error> {
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::Io(self.dir.clone(), e))?;
-        Ok(rd
-            .flatten()
-            .any(|e| e.file_name().to_str().is_some_and(|n| n.parse::<IpAddr>().is_ok())))
+        Ok(rd.flatten().any(|e| e.file_name().to_str().is_some_and(|n| n.parse::<IpAddr>().is_ok())))
     }
 
     /// Every allocation in the store.
@@ -173,10 +156,7 @@ mod tests {
         assert!(s.reserve("abc", "eth0", ip, 0).unwrap());
         assert!(s.holds_any().unwrap());
         assert!(!s.reserve("def", "eth0", ip, 0).unwrap());
-        assert_eq!(
-            fs::read_to_string(tmp.path().join("net/10.0.0.2")).unwrap(),
-            "abc\r\neth0"
-        );
+        assert_eq!(fs::read_to_string(tmp.path().join("net/10.0.0.2")).unwrap(), "abc\r\neth0");
         assert_eq!(s.last_reserved(0), Some(ip));
         assert_eq!(s.get_by_id("abc", "eth0").unwrap(), vec![ip]);
         assert!(s.get_by_id("abc", "eth1").unwrap().is_empty());

@@ -27,9 +27,7 @@ pub fn root_or_skip(test: &str) -> bool {
 
 pub fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("urandom");
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("urandom");
     u64::from_le_bytes(b)
 }
 
@@ -41,10 +39,7 @@ pub struct TestNetns {
 impl TestNetns {
     pub fn new() -> TestNetns {
         let name = format!("crl{:012x}", rand_u64() & 0xffff_ffff_ffff);
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add");
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
         assert!(st.success(), "ip netns add {name}");
         TestNetns { name }
     }
@@ -55,11 +50,7 @@ impl TestNetns {
 
     /// Runs a command inside the namespace.
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
+        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec")
     }
 
     /// Runs `f` on a thread inside the namespace.
@@ -85,9 +76,7 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -164,30 +153,16 @@ impl TestNet {
         let tag = format!("corral-cni {} ", self.name);
         let mut out = Vec::new();
         for bin in ["iptables-save", "ip6tables-save"] {
-            let o = Command::new(bin)
-                .args(["-t", "nat"])
-                .output()
-                .expect("iptables-save");
-            out.extend(
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| l.contains(&tag))
-                    .map(String::from),
-            );
+            let o = Command::new(bin).args(["-t", "nat"]).output().expect("iptables-save");
+            out.extend(String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains(&tag)).map(String::from));
         }
         out
     }
 
     /// Host veths attached to the bridge.
     pub fn bridge_ports(&self) -> Vec<String> {
-        let o = Command::new("ip")
-            .args(["-o", "link", "show", "master", &self.bridge])
-            .output()
-            .expect("ip link");
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
+        let o = Command::new("ip").args(["-o", "link", "show", "master", &self.bridge]).output().expect("ip link");
+        String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect()
     }
 
     pub fn gateway4(&self) -> String {
@@ -200,10 +175,7 @@ impl Drop for TestNet {
         // The marker of the network's masquerade set, left when a test fails half way.
         let _ = std::fs::remove_file(cni::ipam::masq::marker_path(&self.data_dir(), &self.name));
         let tag = format!("\"corral-cni {} ", self.name);
-        for (save, restore) in [
-            ("iptables-save", "iptables-restore"),
-            ("ip6tables-save", "ip6tables-restore"),
-        ] {
+        for (save, restore) in [("iptables-save", "iptables-restore"), ("ip6tables-save", "ip6tables-restore")] {
             let Ok(o) = Command::new(save).args(["-t", "nat"]).output() else {
                 continue;
             };
@@ -230,11 +202,7 @@ impl Drop for TestNet {
                 continue;
             }
             let batch = format!("*nat\n{}\nCOMMIT\n", lines.join("\n"));
-            if let Ok(mut child) = Command::new(restore)
-                .arg("--noflush")
-                .stdin(Stdio::piped())
-                .spawn()
-            {
+            if let Ok(mut child) = Command::new(restore).arg("--noflush").stdin(Stdio::piped()).spawn() {
                 if let Some(mut i) = child.stdin.take() {
                     let _ = i.write_all(batch.as_bytes());
                 }
@@ -243,18 +211,12 @@ impl Drop for TestNet {
         }
         // Veths on the bridge go with their netns; delete any left, then the bridge.
         for p in self.bridge_ports() {
-            if let Some(name) = p
-                .split(':')
-                .nth(1)
-                .map(|s| s.trim().split('@').next().unwrap_or_default().to_string())
+            if let Some(name) = p.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or_default().to_string())
             {
                 let _ = Command::new("ip").args(["link", "del", &name]).status();
             }
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
     }
 }
 
@@ -274,11 +236,7 @@ impl Outcome {
     pub fn ips(&self) -> Vec<String> {
         self.out["ips"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|i| i["address"].as_str().map(String::from))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|i| i["address"].as_str().map(String::from)).collect())
             .unwrap_or_default()
     }
 }
@@ -286,17 +244,12 @@ impl Outcome {
 /// Invokes `bin` as a runtime would.
 pub fn invoke_bin(bin: &str, env: &HashMap<&str, String>, stdin: &[u8]) -> Outcome {
     let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn plugin");
     if let Some(mut i) = child.stdin.take() {
         let _ = i.write_all(stdin);
     }
@@ -306,11 +259,7 @@ pub fn invoke_bin(bin: &str, env: &HashMap<&str, String>, stdin: &[u8]) -> Outco
     if !o.stderr.is_empty() {
         eprintln!("plugin stderr: {}", String::from_utf8_lossy(&o.stderr));
     }
-    Outcome {
-        ok: o.status.success(),
-        out,
-        raw,
-    }
+    Outcome { ok: o.status.success(), out, raw }
 }
 
 pub fn env_for(cmd: &str, id: &str, netns: &str, ifname: &str) -> HashMap<&'static str, String> {
@@ -331,23 +280,13 @@ pub fn env_for(cmd: &str, id: &str, netns: &str, ifname: &str) -> HashMap<&'stat
 
 /// Runs corral-cni.
 pub fn cni(cmd: &str, conf: &Value, id: &str, netns: &str, ifname: &str) -> Outcome {
-    invoke_bin(
-        PLUGIN,
-        &env_for(cmd, id, netns, ifname),
-        conf.to_string().as_bytes(),
-    )
+    invoke_bin(PLUGIN, &env_for(cmd, id, netns, ifname), conf.to_string().as_bytes())
 }
 
 /// Host veths (any) as `ip -o link show type veth` lists them.
 pub fn host_veths() -> Vec<String> {
-    let o = Command::new("ip")
-        .args(["-o", "link", "show", "type", "veth"])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(String::from)
-        .collect()
+    let o = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output().expect("ip link");
+    String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect()
 }
 
 pub fn path_exists(p: &str) -> bool {

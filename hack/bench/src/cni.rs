@@ -21,15 +21,11 @@ pub struct Chain {
 impl Chain {
     pub fn load(path: &Path, bin_dir: &Path) -> Result<Chain> {
         let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let conflist: Value =
-            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let conflist: Value = serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
         if !conflist["plugins"].is_array() {
             bail!("{}: no plugins list", path.display());
         }
-        Ok(Chain {
-            conflist,
-            bin_dir: bin_dir.to_path_buf(),
-        })
+        Ok(Chain { conflist, bin_dir: bin_dir.to_path_buf() })
     }
 
     /// One plugin's config as libcni builds it.
@@ -69,11 +65,7 @@ impl Chain {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(conf.to_string().as_bytes())?;
+        child.stdin.take().context("stdin")?.write_all(conf.to_string().as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
@@ -85,8 +77,7 @@ impl Chain {
         if out.stdout.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("{plugin} {command}: result is not JSON"))
+        serde_json::from_slice(&out.stdout).with_context(|| format!("{plugin} {command}: result is not JSON"))
     }
 
     pub fn add(&self, id: &str, netns: &str, runtime: &Value) -> Result<Value> {
@@ -98,19 +89,8 @@ impl Chain {
         Ok(prev.unwrap_or(Value::Null))
     }
 
-    pub fn del(
-        &self,
-        id: &str,
-        netns: &str,
-        runtime: &Value,
-        result: Option<&Value>,
-    ) -> Result<()> {
-        for p in self.conflist["plugins"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .rev()
-        {
+    pub fn del(&self, id: &str, netns: &str, runtime: &Value, result: Option<&Value>) -> Result<()> {
+        for p in self.conflist["plugins"].as_array().into_iter().flatten().rev() {
             let conf = self.plugin_conf(p, runtime, result.filter(|r| !r.is_null()));
             self.invoke("DEL", id, netns, &conf)?;
         }
@@ -119,11 +99,7 @@ impl Chain {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let st = Command::new("ip")
-        .args(args)
-        .stderr(Stdio::inherit())
-        .status()
-        .context("running ip")?;
+    let st = Command::new("ip").args(args).stderr(Stdio::inherit()).status().context("running ip")?;
     if !st.success() {
         bail!("ip {}: {st}", args.join(" "));
     }
@@ -139,7 +115,8 @@ pub fn bench(chain: &Chain, n: usize, tag: &str, port_base: u16) -> Result<Sampl
         ip(&["netns", "add", &ns])?;
         let path = format!("/var/run/netns/{ns}");
         let id = format!("bench{tag}{i}");
-        let runtime = json!({"portMappings": [{"hostPort": port_base + i as u16, "containerPort": 80, "protocol": "tcp"}]});
+        let runtime =
+            json!({"portMappings": [{"hostPort": port_base + i as u16, "containerPort": 80, "protocol": "tcp"}]});
         let round = (|| -> Result<(std::time::Duration, std::time::Duration)> {
             let t = Instant::now();
             let result = chain.add(&id, &path, &runtime);

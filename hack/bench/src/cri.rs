@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hyper_util::rt::TokioIo;
 use cri_api::v1 as cri;
 use cri_api::v1::image_service_client::ImageServiceClient;
 use cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::stats::Samples;
@@ -32,18 +32,11 @@ pub async fn connect(socket: &Path) -> Result<Cri> {
         .connect_timeout(Duration::from_secs(5))
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
+            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
         }))
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;
-    let c = Cri {
-        rt: RuntimeServiceClient::new(channel.clone()),
-        img: ImageServiceClient::new(channel),
-    };
+    let c = Cri { rt: RuntimeServiceClient::new(channel.clone()), img: ImageServiceClient::new(channel) };
     Ok(c)
 }
 
@@ -55,11 +48,7 @@ pub async fn connect_ready(socket: &Path, timeout: Duration) -> Result<Cri> {
         let last = match connect(socket).await {
             Ok(mut c) => match c.rt.status(cri::StatusRequest { verbose: false }).await {
                 Ok(st) => {
-                    let conds = st
-                        .into_inner()
-                        .status
-                        .map(|s| s.conditions)
-                        .unwrap_or_default();
+                    let conds = st.into_inner().status.map(|s| s.conditions).unwrap_or_default();
                     let ok = |t: &str| conds.iter().any(|c| c.r#type == t && c.status);
                     if ok("RuntimeReady") && ok("NetworkReady") {
                         return Ok(c);
@@ -109,14 +98,10 @@ pub struct Opts {
 impl Opts {
     fn pod_config(&self, name: &str) -> Result<cri::PodSandboxConfig> {
         let log_dir = self.log_dir.join(name);
-        std::fs::create_dir_all(&log_dir)
-            .with_context(|| format!("creating {}", log_dir.display()))?;
+        std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         // As kubelet sends it for a pod without shareProcessNamespace: own PID namespace per
         // container, pod network and IPC.
-        let ns = cri::NamespaceOption {
-            pid: cri::NamespaceMode::Container as i32,
-            ..Default::default()
-        };
+        let ns = cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() };
         Ok(cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
@@ -143,19 +128,10 @@ impl Opts {
     }
 
     fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
-        let ns = cri::NamespaceOption {
-            pid: cri::NamespaceMode::Container as i32,
-            ..Default::default()
-        };
+        let ns = cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() };
         cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: self.image.clone(), ..Default::default() }),
             command: command.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}.log"),
             linux: Some(cri::LinuxContainerConfig {
@@ -178,56 +154,33 @@ pub struct Pod {
 
 impl Cri {
     pub async fn pull(&mut self, image: &str) -> Result<String> {
-        let req = cri::PullImageRequest {
-            image: Some(spec(image)),
-            ..Default::default()
-        };
-        Ok(rpc(&format!("PullImage {image}"), self.img.pull_image(req))
-            .await?
-            .image_ref)
+        let req = cri::PullImageRequest { image: Some(spec(image)), ..Default::default() };
+        Ok(rpc(&format!("PullImage {image}"), self.img.pull_image(req)).await?.image_ref)
     }
 
     pub async fn remove_image(&mut self, image: &str) -> Result<()> {
         rpc(
             &format!("RemoveImage {image}"),
-            self.img.remove_image(cri::RemoveImageRequest {
-                image: Some(spec(image)),
-            }),
+            self.img.remove_image(cri::RemoveImageRequest { image: Some(spec(image)) }),
         )
         .await
         .map(|_| ())
     }
 
     async fn run_pod(&mut self, config: cri::PodSandboxConfig) -> Result<Pod> {
-        let req = cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        };
-        let id = rpc("RunPodSandbox", self.rt.run_pod_sandbox(req))
-            .await?
-            .pod_sandbox_id;
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+        let id = rpc("RunPodSandbox", self.rt.run_pod_sandbox(req)).await?.pod_sandbox_id;
         Ok(Pod { id, config })
     }
 
     async fn pod_status(&mut self, id: &str) -> Result<()> {
         let st = rpc(
             "PodSandboxStatus",
-            self.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: false,
-            }),
+            self.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false }),
         )
         .await?;
-        let ready = st
-            .status
-            .as_ref()
-            .map(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
-            .unwrap_or(false);
-        let ip = st
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default();
+        let ready = st.status.as_ref().map(|s| s.state == cri::PodSandboxState::SandboxReady as i32).unwrap_or(false);
+        let ip = st.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
         if !ready || ip.is_empty() {
             bail!("pod {id} is not ready with an IP (ready {ready}, ip {ip:?})");
         }
@@ -235,25 +188,15 @@ impl Cri {
     }
 
     async fn stop_pod(&mut self, id: &str) -> Result<()> {
-        rpc(
-            "StopPodSandbox",
-            self.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            }),
-        )
-        .await
-        .map(|_| ())
+        rpc("StopPodSandbox", self.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }))
+            .await
+            .map(|_| ())
     }
 
     async fn remove_pod(&mut self, id: &str) -> Result<()> {
-        rpc(
-            "RemovePodSandbox",
-            self.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            }),
-        )
-        .await
-        .map(|_| ())
+        rpc("RemovePodSandbox", self.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }))
+            .await
+            .map(|_| ())
     }
 
     async fn create(&mut self, pod: &Pod, config: cri::ContainerConfig) -> Result<String> {
@@ -262,29 +205,19 @@ impl Cri {
             config: Some(config),
             sandbox_config: Some(pod.config.clone()),
         };
-        Ok(rpc("CreateContainer", self.rt.create_container(req))
-            .await?
-            .container_id)
+        Ok(rpc("CreateContainer", self.rt.create_container(req)).await?.container_id)
     }
 
     async fn start(&mut self, id: &str) -> Result<()> {
-        rpc(
-            "StartContainer",
-            self.rt.start_container(cri::StartContainerRequest {
-                container_id: id.into(),
-            }),
-        )
-        .await
-        .map(|_| ())
+        rpc("StartContainer", self.rt.start_container(cri::StartContainerRequest { container_id: id.into() }))
+            .await
+            .map(|_| ())
     }
 
     async fn container_status(&mut self, id: &str) -> Result<()> {
         let st = rpc(
             "ContainerStatus",
-            self.rt.container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            }),
+            self.rt.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false }),
         )
         .await?;
         let state = st.status.map(|s| s.state).unwrap_or(-1);
@@ -295,53 +228,28 @@ impl Cri {
     }
 
     async fn exec_true(&mut self, id: &str) -> Result<()> {
-        let req = cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["true".into()],
-            timeout: 10,
-        };
+        let req = cri::ExecSyncRequest { container_id: id.into(), cmd: vec!["true".into()], timeout: 10 };
         let r = rpc("ExecSync", self.rt.exec_sync(req)).await?;
         if r.exit_code != 0 {
-            bail!(
-                "ExecSync true in {id}: exit code {} ({})",
-                r.exit_code,
-                String::from_utf8_lossy(&r.stderr)
-            );
+            bail!("ExecSync true in {id}: exit code {} ({})", r.exit_code, String::from_utf8_lossy(&r.stderr));
         }
         Ok(())
     }
 
     async fn stop(&mut self, id: &str, timeout: i64) -> Result<()> {
-        rpc(
-            "StopContainer",
-            self.rt.stop_container(cri::StopContainerRequest {
-                container_id: id.into(),
-                timeout,
-            }),
-        )
-        .await
-        .map(|_| ())
+        rpc("StopContainer", self.rt.stop_container(cri::StopContainerRequest { container_id: id.into(), timeout }))
+            .await
+            .map(|_| ())
     }
 
     async fn remove(&mut self, id: &str) -> Result<()> {
-        rpc(
-            "RemoveContainer",
-            self.rt.remove_container(cri::RemoveContainerRequest {
-                container_id: id.into(),
-            }),
-        )
-        .await
-        .map(|_| ())
+        rpc("RemoveContainer", self.rt.remove_container(cri::RemoveContainerRequest { container_id: id.into() }))
+            .await
+            .map(|_| ())
     }
 
     pub async fn list_pods(&mut self) -> Result<Vec<cri::PodSandbox>> {
-        Ok(rpc(
-            "ListPodSandbox",
-            self.rt
-                .list_pod_sandbox(cri::ListPodSandboxRequest::default()),
-        )
-        .await?
-        .items)
+        Ok(rpc("ListPodSandbox", self.rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())).await?.items)
     }
 
     /// Stops and removes every pod of this runtime (the runtimes are private to the bench).
@@ -356,10 +264,7 @@ impl Cri {
 }
 
 fn spec(image: &str) -> cri::ImageSpec {
-    cri::ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    }
+    cri::ImageSpec { image: image.into(), ..Default::default() }
 }
 
 /// Runs `iteration(client, i)` for i in 0..n on `parallelism` workers sharing the channel,
@@ -386,13 +291,8 @@ where
     let (setup, iteration, teardown) = (Arc::new(setup), Arc::new(iteration), Arc::new(teardown));
     let mut tasks = Vec::new();
     for w in 0..parallelism.max(1) {
-        let (c, next, setup, iteration, teardown) = (
-            c.clone(),
-            next.clone(),
-            setup.clone(),
-            iteration.clone(),
-            teardown.clone(),
-        );
+        let (c, next, setup, iteration, teardown) =
+            (c.clone(), next.clone(), setup.clone(), iteration.clone(), teardown.clone());
         tasks.push(tokio::spawn(async move {
             let state = Arc::new(setup(c.clone(), w).await?);
             let mut samples = Samples::default();
@@ -460,12 +360,7 @@ pub async fn pod_lifecycle(c: &Cri, o: &Opts, parallelism: usize, label: &str) -
 
 /// In one ready pod per worker: CreateContainer, StartContainer, ContainerStatus, ExecSync of
 /// `true`, StopContainer (the process exits on SIGTERM), RemoveContainer, `n` times.
-pub async fn container_lifecycle(
-    c: &Cri,
-    o: &Opts,
-    parallelism: usize,
-    label: &str,
-) -> Result<Samples> {
+pub async fn container_lifecycle(c: &Cri, o: &Opts, parallelism: usize, label: &str) -> Result<Samples> {
     let o = Arc::new(o.clone());
     let label = label.to_string();
     let o2 = o.clone();
@@ -483,10 +378,7 @@ pub async fn container_lifecycle(
             async move {
                 let mut s = Samples::default();
                 // A PID 1 shell that exits at once on SIGTERM.
-                let config = o.container_config(
-                    &name,
-                    &["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
-                );
+                let config = o.container_config(&name, &["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]);
                 let t = Instant::now();
                 let id = c.create(&pod, config).await?;
                 let create = t.elapsed();
@@ -550,16 +442,10 @@ pub async fn start_pods(c: &Cri, o: &Opts, parallelism: usize) -> Result<(Vec<Po
         parallelism,
         |_, _| async { Ok(()) },
         move |mut c, i, _| {
-            let (o, st, name) = (
-                o.clone(),
-                st.clone(),
-                format!("bench-{}-density-{i}", o.tag),
-            );
+            let (o, st, name) = (o.clone(), st.clone(), format!("bench-{}-density-{i}", o.tag));
             async move {
                 let pod = c.run_pod(o.pod_config(&name)?).await?;
-                let id = c
-                    .create(&pod, o.container_config("sleep", &["sleep", "3600"]))
-                    .await;
+                let id = c.create(&pod, o.container_config("sleep", &["sleep", "3600"])).await;
                 st.lock().await.push(pod);
                 c.start(&id?).await?;
                 Ok(Samples::default())

@@ -22,9 +22,7 @@ pub fn netns_names() -> BTreeSet<String> {
     let Ok(rd) = std::fs::read_dir("/var/run/netns") else {
         return BTreeSet::new();
     };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str().map(String::from))
-        .collect()
+    rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect()
 }
 
 fn mounts_under(dirs: &[PathBuf]) -> Vec<String> {
@@ -40,9 +38,7 @@ fn bridge_ports(bridge: &str) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")) else {
         return Vec::new();
     };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str().map(String::from))
-        .collect()
+    rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect()
 }
 
 fn ip_allocations(data_dir: &Path) -> Vec<String> {
@@ -72,13 +68,7 @@ fn sub_cgroups(cgroup: &str) -> Vec<String> {
         };
         for e in rd.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                out.insert(
-                    e.path()
-                        .strip_prefix(base)
-                        .unwrap_or(&e.path())
-                        .display()
-                        .to_string(),
-                );
+                out.insert(e.path().strip_prefix(base).unwrap_or(&e.path()).display().to_string());
                 walk(&e.path(), base, out);
             }
         }
@@ -111,10 +101,7 @@ pub fn check(w: &Watch, netns_before: &BTreeSet<String>, shims: &[u32]) -> Vec<S
         }
     };
     report("mounts", mounts_under(&w.dirs));
-    report(
-        "new netns",
-        netns_names().difference(netns_before).cloned().collect(),
-    );
+    report("new netns", netns_names().difference(netns_before).cloned().collect());
     if let Some(b) = &w.bridge {
         report(&format!("veths on {b}"), bridge_ports(b));
     }
@@ -124,9 +111,6 @@ pub fn check(w: &Watch, netns_before: &BTreeSet<String>, shims: &[u32]) -> Vec<S
     if let Some(c) = &w.cgroup {
         report(&format!("cgroups under {c}"), sub_cgroups(c));
     }
-    report(
-        "shim processes",
-        shims.iter().map(|p| p.to_string()).collect(),
-    );
+    report("shim processes", shims.iter().map(|p| p.to_string()).collect());
     out
 }

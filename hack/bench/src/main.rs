@@ -26,10 +26,7 @@ use crate::procmem::mib;
 use crate::stats::{Results, Row};
 
 #[derive(Parser)]
-#[command(
-    name = "corral-bench",
-    about = "Time the same CRI and CNI sequences against any runtime"
-)]
+#[command(name = "corral-bench", about = "Time the same CRI and CNI sequences against any runtime")]
 struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -58,11 +55,7 @@ struct CriArgs {
     json: Option<PathBuf>,
     /// Comma-separated, run in this order: idle, pod, container, pull, density, leftovers
     /// (removes all pods, then checks), cleanup (only removes all pods).
-    #[arg(
-        long,
-        default_value = "idle,pod,container,pull,density,leftovers",
-        value_delimiter = ','
-    )]
+    #[arg(long, default_value = "idle,pod,container,pull,density,leftovers", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Iterations of each lifecycle scenario.
     #[arg(short, long, default_value_t = 50)]
@@ -154,10 +147,7 @@ async fn main() -> Result<()> {
         Cmd::Cri(a) => run_cri(*a).await,
         Cmd::Cni(a) => run_cni(a),
         Cmd::Report { a, b } => {
-            let (a, b) = (
-                Results::load_or_new(&a, "a")?,
-                Results::load_or_new(&b, "b")?,
-            );
+            let (a, b) = (Results::load_or_new(&a, "a")?, Results::load_or_new(&b, "b")?);
             stats::print_comparison(&a, &b);
             Ok(())
         }
@@ -196,12 +186,7 @@ async fn run_cri(a: CriArgs) -> Result<()> {
         log_dir: a.log_dir.clone(),
         tag: random_tag(),
     };
-    let shims = || {
-        a.shim_name
-            .as_deref()
-            .map(|n| procmem::find(n, a.shim_match.as_deref()))
-            .unwrap_or_default()
-    };
+    let shims = || a.shim_name.as_deref().map(|n| procmem::find(n, a.shim_match.as_deref())).unwrap_or_default();
     let daemon = || a.daemon_pid.and_then(procmem::mem);
     for image in &a.pre_pull {
         c.clone().pull(image).await?;
@@ -244,7 +229,12 @@ async fn run_cri(a: CriArgs) -> Result<()> {
                 c.clone().pull(&a.image).await?;
                 let section = format!("density, {} pods", a.pods);
                 let (pods, started) = cri::start_pods(&c, &o, par).await?;
-                rows.push(Row::single(&section, &format!("start {} pods with a container (wall)", a.pods), "s", started.as_secs_f64()));
+                rows.push(Row::single(
+                    &section,
+                    &format!("start {} pods with a container (wall)", a.pods),
+                    "s",
+                    started.as_secs_f64(),
+                ));
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 if let Some(m) = daemon() {
                     rows.push(Row::single(&section, "daemon RSS", "MiB", mib(m.rss_kib)));
@@ -261,14 +251,24 @@ async fn run_cri(a: CriArgs) -> Result<()> {
                     rows.push(Row::single(&section, "RSS per shim process", "MiB", mib(m.rss_kib) / n as f64));
                 }
                 let removed = cri::remove_pods(&c, pods, par).await?;
-                rows.push(Row::single(&section, &format!("stop + remove {} pods (wall)", a.pods), "s", removed.as_secs_f64()));
+                rows.push(Row::single(
+                    &section,
+                    &format!("stop + remove {} pods (wall)", a.pods),
+                    "s",
+                    removed.as_secs_f64(),
+                ));
             }
             "leftovers" => {
                 let pods = c.clone().remove_all_pods().await?;
                 if pods > 0 {
                     notes.push(format!("{pods} pods were still there and removed before the check"));
                 }
-                let watch = leftovers::Watch { dirs: a.watch_dir.clone(), bridge: a.bridge.clone(), cni_data_dir: a.cni_data_dir.clone(), cgroup: a.watch_cgroup.clone() };
+                let watch = leftovers::Watch {
+                    dirs: a.watch_dir.clone(),
+                    bridge: a.bridge.clone(),
+                    cni_data_dir: a.cni_data_dir.clone(),
+                    cgroup: a.watch_cgroup.clone(),
+                };
                 // Shims may take a moment to exit after their container is removed.
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let found = loop {
@@ -278,7 +278,12 @@ async fn run_cri(a: CriArgs) -> Result<()> {
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 };
-                rows.push(Row::single("leftovers", "kinds of leftovers after removing all pods", "count", found.len() as f64));
+                rows.push(Row::single(
+                    "leftovers",
+                    "kinds of leftovers after removing all pods",
+                    "count",
+                    found.len() as f64,
+                ));
                 if found.is_empty() {
                     notes.push("leftovers: none (mounts, netns, veths, IP allocations, shims)".into());
                 }
@@ -303,15 +308,7 @@ fn run_cni(a: CniArgs) -> Result<()> {
     let chain = cni::Chain::load(&a.conflist, &a.bin_dir)?;
     let res = cni::bench(&chain, a.n, &random_tag(), a.port_base);
     if let Some(b) = &a.bridge {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", b])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = std::process::Command::new("ip").args(["link", "del", b]).stderr(std::process::Stdio::null()).status();
     }
-    save(
-        &a.json,
-        &a.label,
-        res?.rows("CNI chain ADD then DEL (1 hostPort)"),
-        Vec::new(),
-    )
+    save(&a.json, &a.label, res?.rows("CNI chain ADD then DEL (1 hostPort)"), Vec::new())
 }

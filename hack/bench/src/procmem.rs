@@ -25,10 +25,7 @@ pub fn mem(pid: u32) -> Option<Mem> {
         let line = text.lines().find(|l| l.starts_with(key))?;
         line[key.len()..].split_whitespace().next()?.parse().ok()
     };
-    Some(Mem {
-        rss_kib: field("Rss:")?,
-        pss_kib: field("Pss:")?,
-    })
+    Some(Mem { rss_kib: field("Rss:")?, pss_kib: field("Pss:")? })
 }
 
 /// The arguments of `pid`, or `None` when it is gone or a kernel thread.
@@ -37,21 +34,14 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     if raw.is_empty() {
         return None;
     }
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
+    Some(raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
 }
 
 fn pids() -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
+    rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
 }
 
 /// Processes whose program (argv[0]'s file name) is `name` and whose command line contains
@@ -63,10 +53,7 @@ pub fn find(name: &str, needle: Option<&str>) -> Vec<u32> {
             let Some(args) = cmdline(*pid) else {
                 return false;
             };
-            let prog = Path::new(&args[0])
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or_default();
+            let prog = Path::new(&args[0]).file_name().and_then(|f| f.to_str()).unwrap_or_default();
             prog == name && needle.is_none_or(|n| args.iter().any(|a| a.contains(n)))
         })
         .collect();
@@ -99,12 +86,7 @@ mod tests {
         let m = mem(me).expect("smaps_rollup of self");
         assert!(m.rss_kib > 0 && m.pss_kib > 0 && m.pss_kib <= m.rss_kib);
         let args = cmdline(me).unwrap();
-        let prog = Path::new(&args[0])
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+        let prog = Path::new(&args[0]).file_name().unwrap().to_str().unwrap().to_string();
         assert!(find(&prog, None).contains(&me));
         assert!(!find(&prog, Some("no-such-argument-anywhere-\u{1}")).contains(&me));
     }

@@ -35,12 +35,7 @@ impl Samples {
     pub fn rows(self, section: &str) -> Vec<Row> {
         self.0
             .into_iter()
-            .map(|(name, values)| Row {
-                section: section.to_string(),
-                name,
-                unit: "ms".into(),
-                values,
-            })
+            .map(|(name, values)| Row { section: section.to_string(), name, unit: "ms".into(), values })
             .collect()
     }
 }
@@ -67,12 +62,7 @@ pub struct Row {
 
 impl Row {
     pub fn single(section: &str, name: &str, unit: &str, value: f64) -> Row {
-        Row {
-            section: section.into(),
-            name: name.into(),
-            unit: unit.into(),
-            values: vec![value],
-        }
+        Row { section: section.into(), name: name.into(), unit: unit.into(), values: vec![value] }
     }
 
     /// The figure compared across runtimes: the median (of one value, that value).
@@ -97,33 +87,22 @@ pub struct Results {
 impl Results {
     pub fn load_or_new(path: &Path, label: &str) -> Result<Results> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Results {
-                label: label.into(),
-                ..Default::default()
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Results { label: label.into(), ..Default::default() })
+            }
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
+        std::fs::write(path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
     }
 }
 
 /// One runtime's rows: min, median, p90, max for timings, the value for the rest.
 pub fn print_rows(label: &str, rows: &[Row]) {
-    println!(
-        "{:<44} {:>5} {:>9} {:>9} {:>9} {:>9}",
-        format!("[{label}]"),
-        "n",
-        "min",
-        "median",
-        "p90",
-        "max"
-    );
+    println!("{:<44} {:>5} {:>9} {:>9} {:>9} {:>9}", format!("[{label}]"), "n", "min", "median", "p90", "max");
     let mut section = "";
     for r in rows {
         if r.section != section {
@@ -142,16 +121,7 @@ pub fn print_rows(label: &str, rows: &[Row]) {
                 percentile(v, 1.0)
             );
         } else {
-            println!(
-                "  {:<42} {:>5} {:>9} {:>9} {:>9} {:>9}  {}",
-                r.name,
-                1,
-                "",
-                num(r.median()),
-                "",
-                "",
-                r.unit
-            );
+            println!("  {:<42} {:>5} {:>9} {:>9} {:>9} {:>9}  {}", r.name, 1, "", num(r.median()), "", "", r.unit);
         }
     }
 }
@@ -168,11 +138,7 @@ pub fn print_comparison(a: &Results, b: &Results) {
         "p90",
         "ratio"
     );
-    let mut names: Vec<(&str, &str)> = a
-        .rows
-        .iter()
-        .map(|r| (r.section.as_str(), r.name.as_str()))
-        .collect();
+    let mut names: Vec<(&str, &str)> = a.rows.iter().map(|r| (r.section.as_str(), r.name.as_str())).collect();
     for r in &b.rows {
         if !names.contains(&(r.section.as_str(), r.name.as_str())) {
             names.push((&r.section, &r.name));
@@ -185,26 +151,13 @@ pub fn print_comparison(a: &Results, b: &Results) {
             sections.push(s);
         }
     }
-    let find = |res: &'_ Results, s: &str, n: &str| {
-        res.rows
-            .iter()
-            .find(|r| r.section == s && r.name == n)
-            .cloned()
-    };
-    let fmt = |v: Option<f64>| {
-        v.filter(|x| x.is_finite())
-            .map(num)
-            .unwrap_or_else(|| "-".into())
-    };
+    let find = |res: &'_ Results, s: &str, n: &str| res.rows.iter().find(|r| r.section == s && r.name == n).cloned();
+    let fmt = |v: Option<f64>| v.filter(|x| x.is_finite()).map(num).unwrap_or_else(|| "-".into());
     for section in sections {
         println!("{section}");
         for (s, n) in names.iter().filter(|(s, _)| *s == section) {
             let (ra, rb) = (find(a, s, n), find(b, s, n));
-            let unit = ra
-                .as_ref()
-                .or(rb.as_ref())
-                .map(|r| r.unit.clone())
-                .unwrap_or_default();
+            let unit = ra.as_ref().or(rb.as_ref()).map(|r| r.unit.clone()).unwrap_or_default();
             let timing = unit == "ms";
             let p90 = |r: &Option<Row>| {
                 if timing {
@@ -215,9 +168,7 @@ pub fn print_comparison(a: &Results, b: &Results) {
             };
             let (ma, mb) = (ra.as_ref().map(Row::median), rb.as_ref().map(Row::median));
             let ratio = match (ma, mb) {
-                (Some(x), Some(y))
-                    if y > 0.0 && x.is_finite() && y.is_finite() && unit != "count" =>
-                {
+                (Some(x), Some(y)) if y > 0.0 && x.is_finite() && y.is_finite() && unit != "count" => {
                     format!("{:.3}", x / y)
                 }
                 _ => "-".into(),

@@ -25,14 +25,8 @@ pub struct CgDir {
 
 #[derive(Clone, Debug)]
 pub enum Cgroup {
-    V1 {
-        dirs: Vec<CgDir>,
-        created: Vec<PathBuf>,
-    },
-    V2 {
-        path: PathBuf,
-        created: Vec<PathBuf>,
-    },
+    V1 { dirs: Vec<CgDir>, created: Vec<PathBuf> },
+    V2 { path: PathBuf, created: Vec<PathBuf> },
 }
 
 /// The v1 controller hierarchies from a mountinfo text: (mount point, controllers).
@@ -55,10 +49,8 @@ pub fn v1_hierarchies(mountinfo: &str) -> Vec<(PathBuf, Vec<String>)> {
         let controllers: Vec<String> = opts
             .split(',')
             .filter(|o| {
-                !matches!(
-                    *o,
-                    "rw" | "ro" | "" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode"
-                ) && !o.contains('=')
+                !matches!(*o, "rw" | "ro" | "" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode")
+                    && !o.contains('=')
             })
             .map(str::to_string)
             .collect();
@@ -80,10 +72,7 @@ fn write(path: &Path, value: &str) -> Result<()> {
 /// Creates `dir` and its missing ancestors below `top`, recording the created ones.
 fn create_dirs(top: &Path, dir: &Path, cpuset: bool, created: &mut Vec<PathBuf>) -> Result<()> {
     let mut cur = top.to_path_buf();
-    for (depth, c) in rel(dir.strip_prefix(top).unwrap_or(dir))
-        .components()
-        .enumerate()
-    {
+    for (depth, c) in rel(dir.strip_prefix(top).unwrap_or(dir)).components().enumerate() {
         let parent = cur.clone();
         cur.push(c);
         match fs::create_dir(&cur) {
@@ -114,9 +103,7 @@ fn create_dirs(top: &Path, dir: &Path, cpuset: bool, created: &mut Vec<PathBuf>)
 /// said, else the same rule (common::cgroup) applied to our own mount table. No hierarchy at
 /// all counts as v1, whose creation then says that none is mounted.
 pub fn version(planned: Option<Version>) -> Version {
-    planned
-        .or_else(common::cgroup::detect_host)
-        .unwrap_or(Version::V1)
+    planned.or_else(common::cgroup::detect_host).unwrap_or(Version::V1)
 }
 
 impl Cgroup {
@@ -138,48 +125,27 @@ impl Cgroup {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => {
-                        Cgroup::V2 {
-                            path: full.clone(),
-                            created,
-                        }
-                        .remove();
+                        Cgroup::V2 { path: full.clone(), created }.remove();
                         return Err(e).ctx(|| format!("creating cgroup {}", cur.display()));
                     }
                 }
             }
-            Cgroup::V2 {
-                path: full,
-                created,
-            }
+            Cgroup::V2 { path: full, created }
         } else {
-            let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-                .ctx(|| "reading /proc/self/mountinfo".into())?;
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
             let mut dirs = Vec::new();
             for (mnt, controllers) in v1_hierarchies(&mountinfo) {
                 let full = mnt.join(rel(path));
                 let cpuset = controllers.iter().any(|c| c == "cpuset");
                 if let Err(e) = create_dirs(&mnt, &full, cpuset, &mut created) {
-                    Cgroup::V1 {
-                        dirs: vec![],
-                        created,
-                    }
-                    .remove();
+                    Cgroup::V1 { dirs: vec![], created }.remove();
                     return Err(e);
                 }
-                let name = mnt
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                dirs.push(CgDir {
-                    name,
-                    controllers,
-                    path: full,
-                });
+                let name = mnt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                dirs.push(CgDir { name, controllers, path: full });
             }
             if dirs.is_empty() {
-                return Err(Error::Msg(
-                    "no cgroup v1 controller hierarchy is mounted".into(),
-                ));
+                return Err(Error::Msg("no cgroup v1 controller hierarchy is mounted".into()));
             }
             Cgroup::V1 { dirs, created }
         };
@@ -188,10 +154,9 @@ impl Cgroup {
 
     fn v1_dir(&self, controller: &str) -> Option<&Path> {
         match self {
-            Cgroup::V1 { dirs, .. } => dirs
-                .iter()
-                .find(|d| d.controllers.iter().any(|c| c == controller))
-                .map(|d| d.path.as_path()),
+            Cgroup::V1 { dirs, .. } => {
+                dirs.iter().find(|d| d.controllers.iter().any(|c| c == controller)).map(|d| d.path.as_path())
+            }
             Cgroup::V2 { .. } => None,
         }
     }
@@ -203,22 +168,11 @@ impl Cgroup {
             Cgroup::V1 { .. } => {
                 if let (Some(rules), Some(dir)) = (r.devices(), self.v1_dir("devices")) {
                     for rule in rules {
-                        let typ = rule
-                            .typ()
-                            .map(|t| t.as_str().to_string())
-                            .unwrap_or_else(|| "a".into());
-                        let num = |n: Option<i64>| {
-                            n.filter(|n| *n >= 0)
-                                .map_or("*".to_string(), |n| n.to_string())
-                        };
+                        let typ = rule.typ().map(|t| t.as_str().to_string()).unwrap_or_else(|| "a".into());
+                        let num = |n: Option<i64>| n.filter(|n| *n >= 0).map_or("*".to_string(), |n| n.to_string());
                         let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
-                        let line =
-                            format!("{typ} {}:{} {access}", num(rule.major()), num(rule.minor()));
-                        let file = if rule.allow() {
-                            "devices.allow"
-                        } else {
-                            "devices.deny"
-                        };
+                        let line = format!("{typ} {}:{} {access}", num(rule.major()), num(rule.minor()));
+                        let file = if rule.allow() { "devices.allow" } else { "devices.deny" };
                         write(&dir.join(file), &line)?;
                     }
                 }
@@ -257,11 +211,7 @@ impl Cgroup {
                     }
                 }
                 if let (Some(p), Some(dir)) = (r.pids(), self.v1_dir("pids")) {
-                    let v = if p.limit() > 0 {
-                        p.limit().to_string()
-                    } else {
-                        "max".into()
-                    };
+                    let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
                     write(&dir.join("pids.max"), &v)?;
                 }
             }
@@ -290,22 +240,12 @@ impl Cgroup {
                 }
                 if let Some(c) = r.cpu() {
                     if let Some(s) = c.shares() {
-                        let w = if s == 0 {
-                            100
-                        } else {
-                            1 + ((s.clamp(2, 262_144) - 2) * 9999) / 262_142
-                        };
+                        let w = if s == 0 { 100 } else { 1 + ((s.clamp(2, 262_144) - 2) * 9999) / 262_142 };
                         write(&path.join("cpu.weight"), &w.to_string())?;
                     }
                     if c.quota().is_some() || c.period().is_some() {
-                        let q = c
-                            .quota()
-                            .filter(|q| *q > 0)
-                            .map_or("max".to_string(), |q| q.to_string());
-                        write(
-                            &path.join("cpu.max"),
-                            &format!("{q} {}", c.period().unwrap_or(100_000)),
-                        )?;
+                        let q = c.quota().filter(|q| *q > 0).map_or("max".to_string(), |q| q.to_string());
+                        write(&path.join("cpu.max"), &format!("{q} {}", c.period().unwrap_or(100_000)))?;
                     }
                     if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
                         write(&path.join("cpuset.cpus"), cpus)?;
@@ -315,11 +255,7 @@ impl Cgroup {
                     }
                 }
                 if let Some(p) = r.pids() {
-                    let v = if p.limit() > 0 {
-                        p.limit().to_string()
-                    } else {
-                        "max".into()
-                    };
+                    let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
                     write(&path.join("pids.max"), &v)?;
                 }
             }
@@ -348,20 +284,13 @@ impl Cgroup {
         let Some(f) = self.procs_files().into_iter().next() else {
             return vec![];
         };
-        fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        fs::read_to_string(f).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     /// The kernel's count of OOM kills in this cgroup.
     pub fn oom_kills(&self) -> Option<u64> {
         let (file, key) = match self {
-            Cgroup::V1 { .. } => (
-                self.v1_dir("memory")?.join("memory.oom_control"),
-                "oom_kill",
-            ),
+            Cgroup::V1 { .. } => (self.v1_dir("memory")?.join("memory.oom_control"), "oom_kill"),
             Cgroup::V2 { path, .. } => (path.join("memory.events"), "oom_kill"),
         };
         let text = fs::read_to_string(file).ok()?;
@@ -384,9 +313,7 @@ impl Cgroup {
                 match fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e)
-                        if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) =>
-                    {
+                    Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     Err(e) => {

@@ -106,11 +106,8 @@ pub struct Created {
 }
 
 fn devnull(write: bool) -> Result<OwnedFd> {
-    let f = std::fs::OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .open("/dev/null")
-        .ctx(|| "opening /dev/null".into())?;
+    let f =
+        std::fs::OpenOptions::new().read(!write).write(write).open("/dev/null").ctx(|| "opening /dev/null".into())?;
     Ok(f.into())
 }
 
@@ -152,10 +149,7 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
     let flags = namespaces::new_flags(&plan.namespaces);
     let last_cap = process::last_cap();
     // The container process's identity and command, built before forking.
-    let exec = plan
-        .process
-        .as_ref()
-        .map(|p| (Identity::new(p, last_cap), Command::new(&p.args, &p.env)));
+    let exec = plan.process.as_ref().map(|p| (Identity::new(p, last_cap), Command::new(&p.args, &p.env)));
     let (child_stdio, stdio, tty) = make_stdio(plan, capture)?;
     let (sync_r, sync_w) = io::pipe().ctx(|| "creating the sync pipe".into())?;
     let (start_r, start_w) = io::pipe().ctx(|| "creating the start pipe".into())?;
@@ -165,18 +159,7 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
             drop(sync_r);
             drop(start_w);
             let mut w = sync_w;
-            let r = stage1(
-                &Linux,
-                plan,
-                cgroup,
-                &joins,
-                flags,
-                &mut w,
-                start_r,
-                child_stdio,
-                tty,
-                exec.as_ref(),
-            );
+            let r = stage1(&Linux, plan, cgroup, &joins, flags, &mut w, start_r, child_stdio, tty, exec.as_ref());
             if let Err(e) = r {
                 send(&mut w, &ChildMsg::Error(e.to_string()));
             }
@@ -206,32 +189,20 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Cre
             Some(ChildMsg::Ready) if pid.is_some() => break Ok(()),
             Some(ChildMsg::Ready) => ready = true,
             Some(ChildMsg::Error(e)) => break Err(Error::Msg(e)),
-            None => {
-                break Err(Error::Msg(
-                    "container process exited during setup without a message".into(),
-                ))
-            }
+            None => break Err(Error::Msg("container process exited during setup without a message".into())),
         }
     };
     // The first child exits right after forking; the container process is then ours
     // (we are its subreaper).
     let _ = sys::waitpid(c1, false);
     match (result, pid) {
-        (Ok(()), Some(pid)) => Ok(Created {
-            pid,
-            start: start_w,
-            sync,
-            stdio,
-            warnings,
-        }),
+        (Ok(()), Some(pid)) => Ok(Created { pid, start: start_w, sync, stdio, warnings }),
         (r, pid) => {
             if let Some(pid) = pid {
                 let _ = sys::kill(pid, libc::SIGKILL);
                 let _ = sys::waitpid(pid, false);
             }
-            Err(r
-                .err()
-                .unwrap_or_else(|| Error::Msg("container process pid never reported".into())))
+            Err(r.err().unwrap_or_else(|| Error::Msg("container process pid never reported".into())))
         }
     }
 }
@@ -314,9 +285,7 @@ fn stage2(
         // The shim went away or gave up on this container.
         sys::exit_now(1);
     }
-    identity
-        .apply(os)
-        .map_err(|f| Error::Msg(f.message(p)))?;
+    identity.apply(os).map_err(|f| Error::Msg(f.message(p)))?;
     let failure = command.exec();
     send(w, &ChildMsg::Error(failure.message(p)));
     sys::exit_now(127);
@@ -336,9 +305,6 @@ mod tests {
         ] {
             assert_eq!(ChildMsg::decode(&m.encode()), Some(m));
         }
-        assert_eq!(
-            ChildMsg::decode(&ChildMsg::Error("a\nb".into()).encode()),
-            Some(ChildMsg::Error("a b".into()))
-        );
+        assert_eq!(ChildMsg::decode(&ChildMsg::Error("a\nb".into()).encode()), Some(ChildMsg::Error("a b".into())));
     }
 }

@@ -15,8 +15,7 @@ pub fn open_joins(plans: &[NsPlan]) -> Result<Joins> {
     let mut out = Vec::new();
     for p in plans {
         if let Some(path) = &p.path {
-            let f = File::open(path)
-                .ctx(|| format!("opening {} namespace {}", p.ns.proc_name(), path.display()))?;
+            let f = File::open(path).ctx(|| format!("opening {} namespace {}", p.ns.proc_name(), path.display()))?;
             out.push((p.ns, f, path.clone()));
         }
     }
@@ -39,10 +38,7 @@ impl Joins {
 
 /// The clone flags of the namespaces to create.
 pub fn new_flags(plans: &[NsPlan]) -> i32 {
-    plans
-        .iter()
-        .filter(|p| p.path.is_none())
-        .fold(0, |acc, p| acc | p.ns.flag())
+    plans.iter().filter(|p| p.path.is_none()).fold(0, |acc, p| acc | p.ns.flag())
 }
 
 /// Creates the namespaces of `flags` in one unshare (nothing when there are none).
@@ -105,10 +101,7 @@ mod tests {
         let rec = Recorder::under(dir.path());
         rec.fail("setns(T/ipc", libc::EINVAL);
         let err = enter(&rec, &joins, new_flags(&plans)).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!("joining ipc namespace {}: EINVAL", dir.path().join("ipc").display())
-        );
+        assert_eq!(err, format!("joining ipc namespace {}: EINVAL", dir.path().join("ipc").display()));
         assert_eq!(rec.calls(), vec!["setns(T/net, NEWNET)", "setns(T/ipc, NEWIPC)"]);
 
         // Nothing to create: no unshare at all.

@@ -18,25 +18,17 @@ use crate::syscall::Syscall;
 
 /// Names of the capabilities in a mask (for messages).
 pub fn cap_names(mask: u64) -> Vec<String> {
-    (0..64)
-        .filter(|i| mask & (1 << i) != 0)
-        .map(common::caps::name)
-        .collect()
+    (0..64).filter(|i| mask & (1 << i) != 0).map(common::caps::name).collect()
 }
 
 /// The highest capability number this kernel knows.
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
 }
 
 /// Our own bounding set.
 pub fn own_bounding(last: u32) -> u64 {
-    (0..=last)
-        .filter(|&c| sys::capbset_read(c).unwrap_or(false))
-        .fold(0, |m, c| m | (1u64 << c))
+    (0..=last).filter(|&c| sys::capbset_read(c).unwrap_or(false)).fold(0, |m, c| m | (1u64 << c))
 }
 
 /// Sets the rlimits of the calling process. A hard limit above ours cannot be raised
@@ -65,11 +57,7 @@ pub fn apply_oom_score_adj(p: &ProcessPlan) -> Option<String> {
         Ok(()) => None,
         Err(e) => {
             let cur = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
-            Some(format!(
-                "cannot set oom_score_adj to {adj} ({}), keeping {}",
-                errno_display(&e),
-                cur.trim()
-            ))
+            Some(format!("cannot set oom_score_adj to {adj} ({}), keeping {}", errno_display(&e), cur.trim()))
         }
     }
 }
@@ -159,10 +147,7 @@ const NUL_IN_PATH: &str = "file name contained an unexpected NUL byte";
 
 impl Failure {
     fn of(step: Step, e: io::Error) -> Failure {
-        Failure {
-            step,
-            errno: e.raw_os_error().unwrap_or(libc::EIO),
-        }
+        Failure { step, errno: e.raw_os_error().unwrap_or(libc::EIO) }
     }
 
     /// The message, worded for the process `p` the failure happened to.
@@ -179,10 +164,7 @@ impl Failure {
                     ctx(&what)
                 }
             }
-            Step::BoundingDrop(c) => ctx(&format!(
-                "dropping {} from the bounding set",
-                common::caps::name(c)
-            )),
+            Step::BoundingDrop(c) => ctx(&format!("dropping {} from the bounding set", common::caps::name(c))),
             Step::KeepCaps => ctx("prctl(PR_SET_KEEPCAPS)"),
             Step::SetGroups => ctx(&format!("setgroups({:?})", p.groups)),
             Step::SetGid => ctx(&format!("setgid({})", p.gid)),
@@ -266,8 +248,7 @@ impl Identity {
             self.chdir(sys).map_err(step(Step::Chdir))?;
         }
         let c = &self.caps;
-        sys.capset(c.effective, c.permitted, c.inheritable)
-            .map_err(step(Step::CapSet))?;
+        sys.capset(c.effective, c.permitted, c.inheritable).map_err(step(Step::CapSet))?;
         sys.ambient_clear().map_err(step(Step::AmbientClear))?;
         for cap in 0..=self.last_cap {
             if c.ambient & (1 << cap) != 0 {
@@ -288,10 +269,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// The PATH of an environment, or the default one.
 pub fn env_path(env: &[String]) -> &str {
-    env.iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
+    env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH)
 }
 
 /// Where the executable is looked for.
@@ -332,17 +310,11 @@ impl Command {
                 env_path(env)
                     .split(':')
                     .map(|dir| if dir.is_empty() { "." } else { dir })
-                    .filter_map(|dir| {
-                        CString::new(Path::new(dir).join(name).as_os_str().as_bytes()).ok()
-                    })
+                    .filter_map(|dir| CString::new(Path::new(dir).join(name).as_os_str().as_bytes()).ok())
                     .collect(),
             ),
         };
-        Command {
-            lookup,
-            argv: cstrings(args),
-            envp: cstrings(env),
-        }
+        Command { lookup, argv: cstrings(args), envp: cstrings(env) }
     }
 
     /// The executable, found as Go's exec.LookPath finds it. Async-signal-safe.
@@ -372,10 +344,7 @@ impl Command {
             Err(f) => return f,
         };
         let (Some(argv), Some(envp)) = (&self.argv, &self.envp) else {
-            return Failure {
-                step: Step::Nul,
-                errno: libc::EINVAL,
-            };
+            return Failure { step: Step::Nul, errno: libc::EINVAL };
         };
         sys::reset_signals();
         Failure::of(Step::Exec, sys::execve(path, argv, envp))
@@ -391,10 +360,7 @@ mod tests {
 
     #[test]
     fn cap_names_come_from_the_common_table() {
-        assert_eq!(
-            cap_names((1 << 5) | (1 << 7)),
-            vec!["CAP_KILL", "CAP_SETUID"]
-        );
+        assert_eq!(cap_names((1 << 5) | (1 << 7)), vec!["CAP_KILL", "CAP_SETUID"]);
         assert_eq!(cap_names(1 << 63), vec!["CAP_63"]);
     }
 
@@ -410,9 +376,7 @@ mod tests {
     fn resolve(args: &[&str], path: &str) -> std::result::Result<PathBuf, String> {
         let p = plan(args, path);
         let cmd = Command::new(&p.args, &p.env);
-        cmd.resolve()
-            .map(|c| PathBuf::from(c.to_str().unwrap()))
-            .map_err(|f| f.message(&p))
+        cmd.resolve().map(|c| PathBuf::from(c.to_str().unwrap())).map_err(|f| f.message(&p))
     }
 
     #[test]
@@ -428,28 +392,16 @@ mod tests {
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
         let path = format!("/nonexistent:{}", bin.display());
         assert_eq!(resolve(&["tool"], &path).unwrap(), tool);
-        assert_eq!(
-            resolve(&["nosuch"], &path).unwrap_err(),
-            r#"exec: "nosuch": executable file not found in $PATH"#
-        );
-        assert_eq!(
-            resolve(&["plain"], &path).unwrap_err(),
-            r#"exec: "plain": executable file not found in $PATH"#
-        );
+        assert_eq!(resolve(&["nosuch"], &path).unwrap_err(), r#"exec: "nosuch": executable file not found in $PATH"#);
+        assert_eq!(resolve(&["plain"], &path).unwrap_err(), r#"exec: "plain": executable file not found in $PATH"#);
         let p = plain.display().to_string();
-        assert_eq!(
-            resolve(&[&p], &path).unwrap_err(),
-            format!("exec: {p:?}: permission denied")
-        );
+        assert_eq!(resolve(&[&p], &path).unwrap_err(), format!("exec: {p:?}: permission denied"));
         let missing = bin.join("missing").display().to_string();
         assert_eq!(
             resolve(&[&missing], &path).unwrap_err(),
             format!("exec: {missing:?}: stat {missing}: no such file or directory")
         );
-        assert_eq!(
-            resolve(&["/a\0b"], &path).unwrap_err(),
-            format!("exec: \"/a\\0b\": stat /a\0b: {NUL_IN_PATH}")
-        );
+        assert_eq!(resolve(&["/a\0b"], &path).unwrap_err(), format!("exec: \"/a\\0b\": stat /a\0b: {NUL_IN_PATH}"));
         assert_eq!(env_path(&["A=1".into(), "PATH=/x".into()]), "/x");
         assert_eq!(env_path(&[]), DEFAULT_PATH);
 

@@ -30,8 +30,7 @@ pub fn secure_join(root: &Path, path: &Path) -> io::Result<PathBuf> {
 }
 
 fn mkdir_all(sys: &dyn Syscall, p: &Path) -> Result<()> {
-    sys.mkdir_all(p)
-        .ctx(|| format!("creating directory {}", p.display()))
+    sys.mkdir_all(p).ctx(|| format!("creating directory {}", p.display()))
 }
 
 /// Creates a mount target: a file when the source is a file, else a directory.
@@ -41,8 +40,7 @@ fn create_target(sys: &dyn Syscall, target: &Path, file: bool) -> Result<()> {
             mkdir_all(sys, parent)?;
         }
         if fs::symlink_metadata(target).is_err() {
-            sys.create_file(target)
-                .ctx(|| format!("creating mount target {}", target.display()))?;
+            sys.create_file(target).ctx(|| format!("creating mount target {}", target.display()))?;
         }
         Ok(())
     } else {
@@ -51,11 +49,7 @@ fn create_target(sys: &dyn Syscall, target: &Path, file: bool) -> Result<()> {
 }
 
 fn mount_ctx(typ: &str, what: &Path, dest: &Path) -> impl FnOnce() -> String {
-    let (t, w, d) = (
-        typ.to_string(),
-        what.display().to_string(),
-        dest.display().to_string(),
-    );
+    let (t, w, d) = (typ.to_string(), what.display().to_string(), dest.display().to_string());
     move || format!("mounting {t} {w} at {d}")
 }
 
@@ -92,19 +86,8 @@ pub fn prepare(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
         other => other.ctx(|| format!("making the rootfs {} private", plan.rootfs.display()))?,
     }
-    sys.mount(
-        Some(&plan.rootfs),
-        &plan.rootfs,
-        None,
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )
-    .ctx(|| {
-        format!(
-            "bind-mounting the rootfs {} onto itself",
-            plan.rootfs.display()
-        )
-    })?;
+    sys.mount(Some(&plan.rootfs), &plan.rootfs, None, libc::MS_BIND | libc::MS_REC, None)
+        .ctx(|| format!("bind-mounting the rootfs {} onto itself", plan.rootfs.display()))?;
     Ok(())
 }
 
@@ -116,13 +99,11 @@ pub fn mount_all(sys: &dyn Syscall, plan: &Plan, cgroup: Option<&Cgroup>) -> Res
         let shown = &m.destination;
         let source = m.source.clone().unwrap_or_else(|| PathBuf::from(&m.typ));
         if m.opts.bind {
-            let is_file = fs::metadata(&source)
-                .map(|md| !md.is_dir())
-                .ctx(|| format!("bind source {}", source.display()))?;
+            let is_file =
+                fs::metadata(&source).map(|md| !md.is_dir()).ctx(|| format!("bind source {}", source.display()))?;
             create_target(sys, &dest, is_file)?;
             let rec = if m.opts.recursive { libc::MS_REC } else { 0 };
-            sys.mount(Some(&source), &dest, None, libc::MS_BIND | rec, None)
-                .ctx(mount_ctx("bind", &source, shown))?;
+            sys.mount(Some(&source), &dest, None, libc::MS_BIND | rec, None).ctx(mount_ctx("bind", &source, shown))?;
             if m.opts.flags != 0 {
                 let keep = sys.mount_flags_of(&dest).unwrap_or(0);
                 let flags = libc::MS_BIND | libc::MS_REMOUNT | rec | m.opts.flags | keep;
@@ -130,9 +111,8 @@ pub fn mount_all(sys: &dyn Syscall, plan: &Plan, cgroup: Option<&Cgroup>) -> Res
                     .ctx(|| format!("remounting bind mount {}", shown.display()))?;
             }
             if m.opts.recursive_readonly {
-                sys.mount_setattr_recursive(&dest, MOUNT_ATTR_RDONLY).ctx(|| {
-                    format!("making {} read-only recursively", shown.display())
-                })?;
+                sys.mount_setattr_recursive(&dest, MOUNT_ATTR_RDONLY)
+                    .ctx(|| format!("making {} read-only recursively", shown.display()))?;
             }
         } else if m.typ == "cgroup" || m.typ == "cgroup2" {
             create_target(sys, &dest, false)?;
@@ -140,12 +120,10 @@ pub fn mount_all(sys: &dyn Syscall, plan: &Plan, cgroup: Option<&Cgroup>) -> Res
         } else {
             create_target(sys, &dest, false)?;
             let data = (!m.opts.data.is_empty()).then_some(m.opts.data.as_str());
-            sys.mount(Some(&source), &dest, Some(&m.typ), m.opts.flags, data)
-                .ctx(mount_ctx(&m.typ, &source, shown))?;
+            sys.mount(Some(&source), &dest, Some(&m.typ), m.opts.flags, data).ctx(mount_ctx(&m.typ, &source, shown))?;
         }
         for &p in &m.opts.propagation {
-            sys.mount(None, &dest, None, p, None)
-                .ctx(|| format!("setting propagation of {}", shown.display()))?;
+            sys.mount(None, &dest, None, p, None).ctx(|| format!("setting propagation of {}", shown.display()))?;
         }
     }
     Ok(())
@@ -153,60 +131,34 @@ pub fn mount_all(sys: &dyn Syscall, plan: &Plan, cgroup: Option<&Cgroup>) -> Res
 
 /// The cgroup filesystem: v2 mounts cgroup2; v1 a tmpfs holding a bind of the container's
 /// cgroup dir per hierarchy, then read-only.
-fn mount_cgroup(
-    sys: &dyn Syscall,
-    dest: &Path,
-    shown: &Path,
-    m: &MountPlan,
-    cgroup: Option<&Cgroup>,
-) -> Result<()> {
+fn mount_cgroup(sys: &dyn Syscall, dest: &Path, shown: &Path, m: &MountPlan, cgroup: Option<&Cgroup>) -> Result<()> {
     let ro = m.opts.flags & libc::MS_RDONLY;
     let base = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     match cgroup {
         Some(Cgroup::V1 { dirs, .. }) => {
-            sys.mount(
-                Some(Path::new("tmpfs")),
-                dest,
-                Some("tmpfs"),
-                base,
-                Some("mode=755"),
-            )
-            .ctx(mount_ctx("tmpfs", Path::new("tmpfs"), shown))?;
+            sys.mount(Some(Path::new("tmpfs")), dest, Some("tmpfs"), base, Some("mode=755")).ctx(mount_ctx(
+                "tmpfs",
+                Path::new("tmpfs"),
+                shown,
+            ))?;
             for d in dirs {
                 let sub = dest.join(&d.name);
                 mkdir_all(sys, &sub)?;
-                sys.mount(Some(&d.path), &sub, None, libc::MS_BIND, None)
-                    .ctx(mount_ctx("bind", &d.path, &sub))?;
-                sys.mount(
-                    None,
-                    &sub,
-                    None,
-                    libc::MS_BIND | libc::MS_REMOUNT | base | ro,
-                    None,
-                )
-                .ctx(|| format!("remounting {}", sub.display()))?;
+                sys.mount(Some(&d.path), &sub, None, libc::MS_BIND, None).ctx(mount_ctx("bind", &d.path, &sub))?;
+                sys.mount(None, &sub, None, libc::MS_BIND | libc::MS_REMOUNT | base | ro, None)
+                    .ctx(|| format!("remounting {}", sub.display()))?;
             }
             if ro != 0 {
-                sys.mount(
-                    None,
-                    dest,
-                    None,
-                    libc::MS_REMOUNT | base | ro,
-                    Some("mode=755"),
-                )
-                .ctx(|| format!("remounting {} read-only", shown.display()))?;
+                sys.mount(None, dest, None, libc::MS_REMOUNT | base | ro, Some("mode=755"))
+                    .ctx(|| format!("remounting {} read-only", shown.display()))?;
             }
             Ok(())
         }
-        _ => sys
-            .mount(
-                Some(Path::new("cgroup2")),
-                dest,
-                Some("cgroup2"),
-                base | ro,
-                None,
-            )
-            .ctx(mount_ctx("cgroup2", Path::new("cgroup2"), shown)),
+        _ => sys.mount(Some(Path::new("cgroup2")), dest, Some("cgroup2"), base | ro, None).ctx(mount_ctx(
+            "cgroup2",
+            Path::new("cgroup2"),
+            shown,
+        )),
     }
 }
 
@@ -226,8 +178,7 @@ pub fn create_devices(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
             ("ptmx", "pts/ptmx"),
         ] {
             let p = dev.join(link);
-            if link == "ptmx" && fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_symlink())
-            {
+            if link == "ptmx" && fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_symlink()) {
                 let _ = sys.remove_file(&p);
             }
             match sys.symlink(Path::new(target), &p) {
@@ -242,28 +193,22 @@ pub fn create_devices(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
 }
 
 fn create_device(sys: &dyn Syscall, rootfs: &Path, d: &DevicePlan) -> Result<()> {
-    let dest =
-        secure_join(rootfs, &d.path).ctx(|| format!("resolving device {}", d.path.display()))?;
+    let dest = secure_join(rootfs, &d.path).ctx(|| format!("resolving device {}", d.path.display()))?;
     if let Some(parent) = dest.parent() {
         mkdir_all(sys, parent)?;
     }
     if fs::symlink_metadata(&dest).is_ok() {
-        sys.remove_file(&dest)
-            .ctx(|| format!("replacing {}", d.path.display()))?;
+        sys.remove_file(&dest).ctx(|| format!("replacing {}", d.path.display()))?;
     }
     match sys.mknod(&dest, d.kind | d.mode, d.major, d.minor) {
         Ok(()) => {
             // mknod applies the umask: set the mode exactly.
-            sys.chmod(&dest, d.mode)
-                .ctx(|| format!("chmod {}", d.path.display()))?;
-            sys.lchown(&dest, d.uid, d.gid)
-                .ctx(|| format!("chown {}", d.path.display()))
+            sys.chmod(&dest, d.mode).ctx(|| format!("chmod {}", d.path.display()))?;
+            sys.lchown(&dest, d.uid, d.gid).ctx(|| format!("chown {}", d.path.display()))
         }
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            sys.create_file(&dest)
-                .ctx(|| format!("creating {}", d.path.display()))?;
-            sys.mount(Some(&d.path), &dest, None, libc::MS_BIND, None)
-                .ctx(mount_ctx("bind", &d.path, &d.path))
+            sys.create_file(&dest).ctx(|| format!("creating {}", d.path.display()))?;
+            sys.mount(Some(&d.path), &dest, None, libc::MS_BIND, None).ctx(mount_ctx("bind", &d.path, &d.path))
         }
         Err(e) => Err(e).ctx(|| format!("mknod {}", d.path.display())),
     }
@@ -272,8 +217,7 @@ fn create_device(sys: &dyn Syscall, rootfs: &Path, d: &DevicePlan) -> Result<()>
 /// Creates the process cwd inside the rootfs when it is missing (as runc).
 pub fn create_cwd(sys: &dyn Syscall, plan: &Plan) -> Result<()> {
     if let Some(p) = &plan.process {
-        let dir = secure_join(&plan.rootfs, &p.cwd)
-            .ctx(|| format!("resolving cwd {}", p.cwd.display()))?;
+        let dir = secure_join(&plan.rootfs, &p.cwd).ctx(|| format!("resolving cwd {}", p.cwd.display()))?;
         if fs::symlink_metadata(&dir).is_err() {
             mkdir_all(sys, &dir)?;
         }
@@ -287,22 +231,12 @@ const ROOT: &CStr = c"/";
 pub fn pivot_root(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
     let old = File::open("/").ctx(|| "opening /".into())?;
     let new = File::open(rootfs).ctx(|| format!("opening rootfs {}", rootfs.display()))?;
-    sys.fchdir(new.as_raw_fd())
-        .ctx(|| "chdir to the rootfs".into())?;
-    sys.pivot_root(Path::new("."), Path::new("."))
-        .ctx(|| format!("pivot_root to {}", rootfs.display()))?;
-    sys.fchdir(old.as_raw_fd())
-        .ctx(|| "chdir to the old root".into())?;
-    sys.mount(
-        None,
-        Path::new("."),
-        None,
-        libc::MS_SLAVE | libc::MS_REC,
-        None,
-    )
-    .ctx(|| "making the old root a slave".into())?;
-    sys.umount_detach(Path::new("."))
-        .ctx(|| "unmounting the old root".into())?;
+    sys.fchdir(new.as_raw_fd()).ctx(|| "chdir to the rootfs".into())?;
+    sys.pivot_root(Path::new("."), Path::new(".")).ctx(|| format!("pivot_root to {}", rootfs.display()))?;
+    sys.fchdir(old.as_raw_fd()).ctx(|| "chdir to the old root".into())?;
+    sys.mount(None, Path::new("."), None, libc::MS_SLAVE | libc::MS_REC, None)
+        .ctx(|| "making the old root a slave".into())?;
+    sys.umount_detach(Path::new(".")).ctx(|| "unmounting the old root".into())?;
     sys.chdir(ROOT).ctx(|| "chdir to /".into())
 }
 
@@ -315,13 +249,7 @@ pub fn mask_path(sys: &dyn Syscall, path: &str) -> Result<()> {
         Err(e) => return Err(e).ctx(|| format!("masking {path}")),
     };
     let r = if md.is_dir() {
-        sys.mount(
-            Some(Path::new("tmpfs")),
-            p,
-            Some("tmpfs"),
-            libc::MS_RDONLY,
-            None,
-        )
+        sys.mount(Some(Path::new("tmpfs")), p, Some("tmpfs"), libc::MS_RDONLY, None)
     } else {
         sys.mount(Some(Path::new("/dev/null")), p, None, libc::MS_BIND, None)
     };
@@ -339,27 +267,15 @@ pub fn readonly_path(sys: &dyn Syscall, path: &str) -> Result<()> {
         r => r.ctx(|| format!("bind-mounting {path} for read-only"))?,
     }
     let keep = sys.mount_flags_of(p).unwrap_or(0);
-    sys.mount(
-        None,
-        p,
-        None,
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | keep,
-        None,
-    )
-    .ctx(|| format!("remounting {path} read-only"))
+    sys.mount(None, p, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | keep, None)
+        .ctx(|| format!("remounting {path} read-only"))
 }
 
 /// Remounts / read-only.
 pub fn readonly_root(sys: &dyn Syscall) -> Result<()> {
     let keep = sys.mount_flags_of(Path::new("/")).unwrap_or(0);
-    sys.mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep,
-        None,
-    )
-    .ctx(|| "remounting the rootfs read-only".into())
+    sys.mount(None, Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep, None)
+        .ctx(|| "remounting the rootfs read-only".into())
 }
 
 /// Writes the sysctls through the container's /proc/sys.
@@ -390,45 +306,21 @@ mod tests {
         symlink("/etc", root.join("abs")).unwrap();
         symlink("../../..", root.join("a/b/up")).unwrap();
         symlink("b", root.join("a/rel")).unwrap();
-        assert_eq!(
-            secure_join(root, Path::new("/a/b/c")).unwrap(),
-            root.join("a/b/c")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/abs/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/a/b/up/x")).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/../../x")).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/a/rel/z")).unwrap(),
-            root.join("a/b/z")
-        );
+        assert_eq!(secure_join(root, Path::new("/a/b/c")).unwrap(), root.join("a/b/c"));
+        assert_eq!(secure_join(root, Path::new("/abs/passwd")).unwrap(), root.join("etc/passwd"));
+        assert_eq!(secure_join(root, Path::new("/a/b/up/x")).unwrap(), root.join("x"));
+        assert_eq!(secure_join(root, Path::new("/../../x")).unwrap(), root.join("x"));
+        assert_eq!(secure_join(root, Path::new("/a/rel/z")).unwrap(), root.join("a/b/z"));
         symlink("loop", root.join("loop")).unwrap();
         assert!(secure_join(root, Path::new("/loop/x")).is_err());
         // A `..` after a missing component climbs back into the tree: the symlinks met there
         // are resolved too (common's join alone would give root/abs/passwd, through /etc).
-        assert_eq!(
-            secure_join(root, Path::new("/nope/../abs/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            secure_join(root, Path::new("/nope/../a/rel/../x")).unwrap(),
-            root.join("a/x")
-        );
+        assert_eq!(secure_join(root, Path::new("/nope/../abs/passwd")).unwrap(), root.join("etc/passwd"));
+        assert_eq!(secure_join(root, Path::new("/nope/../a/rel/../x")).unwrap(), root.join("a/x"));
         // What changed with common's join: an existing file in the middle of the path is
         // ENOTDIR at once (before, the mount or mkdir on it failed).
         fs::write(root.join("file"), "").unwrap();
-        assert_eq!(
-            secure_join(root, Path::new("/file/x")).unwrap_err().raw_os_error(),
-            Some(libc::ENOTDIR)
-        );
+        assert_eq!(secure_join(root, Path::new("/file/x")).unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
     }
 
     /// A representative container: proc, a /dev tmpfs, devpts, a read-only sysfs, the cgroup

@@ -112,8 +112,7 @@ pub fn parse_options(options: &[String]) -> MountOpts {
                 o.recursive = true;
                 (0, 0)
             }
-            p @ ("private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared"
-            | "unbindable" | "runbindable") => {
+            p @ ("private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable") => {
                 let rec = if p.starts_with('r') { libc::MS_REC } else { 0 };
                 let kind = match p.trim_start_matches('r') {
                     "private" => libc::MS_PRIVATE,
@@ -147,10 +146,7 @@ pub struct MountPlan {
 /// The bit mask of a spec capability set (names the capability table does not know are
 /// left out).
 pub fn caps_mask(set: &Option<Capabilities>) -> u64 {
-    set.iter()
-        .flatten()
-        .filter_map(|c| common::caps::number(&c.to_string()))
-        .fold(0, |m, n| m | (1u64 << n))
+    set.iter().flatten().filter_map(|c| common::caps::number(&c.to_string())).fold(0, |m, n| m | (1u64 << n))
 }
 
 /// The five capability sets as masks.
@@ -167,13 +163,9 @@ impl CapSets {
     /// Removes what `allowed` (our own bounding set) lacks; returns what was removed.
     pub fn clamp(&mut self, allowed: u64) -> u64 {
         let all = self.bounding | self.effective | self.inheritable | self.permitted | self.ambient;
-        for set in [
-            &mut self.bounding,
-            &mut self.effective,
-            &mut self.inheritable,
-            &mut self.permitted,
-            &mut self.ambient,
-        ] {
+        for set in
+            [&mut self.bounding, &mut self.effective, &mut self.inheritable, &mut self.permitted, &mut self.ambient]
+        {
             *set &= allowed;
         }
         all & !allowed
@@ -290,9 +282,7 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
     let mut plan = Plan::default();
     let linux = spec.linux().clone().unwrap_or_default();
     if linux.seccomp().is_some() {
-        return Err(Error::Spec(
-            "linux.seccomp is not supported by corral-shim yet (send no seccomp section)".into(),
-        ));
+        return Err(Error::Spec("linux.seccomp is not supported by corral-shim yet (send no seccomp section)".into()));
     }
     if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
         return Err(Error::Spec("user namespaces are not supported".into()));
@@ -300,38 +290,25 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
     for ns in linux.namespaces().as_deref().unwrap_or_default() {
         let kind = ns_kind(ns.typ())?;
         if plan.namespaces.iter().any(|p: &NsPlan| p.ns == kind) {
-            return Err(Error::Spec(format!(
-                "namespace {} listed twice",
-                kind.proc_name()
-            )));
+            return Err(Error::Spec(format!("namespace {} listed twice", kind.proc_name())));
         }
-        plan.namespaces.push(NsPlan {
-            ns: kind,
-            path: ns.path().clone(),
-        });
+        plan.namespaces.push(NsPlan { ns: kind, path: ns.path().clone() });
     }
     if let Some(p) = linux.cgroups_path() {
         if !p.is_absolute() {
-            return Err(Error::Spec(format!(
-                "linux.cgroupsPath {} must be absolute",
-                p.display()
-            )));
+            return Err(Error::Spec(format!("linux.cgroupsPath {} must be absolute", p.display())));
         }
         plan.cgroups_path = Some(p.clone());
     }
     plan.resources = linux.resources().clone();
     if let Some(ann) = spec.annotations() {
-        plan.log_path = ann
-            .get(proto::annotations::LOG_PATH)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
-        plan.stdin = ann
-            .get(proto::annotations::STDIN)
-            .is_some_and(|v| v == "true");
+        plan.log_path = ann.get(proto::annotations::LOG_PATH).filter(|p| !p.is_empty()).map(PathBuf::from);
+        plan.stdin = ann.get(proto::annotations::STDIN).is_some_and(|v| v == "true");
         if let Some(v) = ann.get(VERSION_ANNOTATION) {
-            plan.cgroup_version = Some(Version::parse(v).ok_or_else(|| {
-                Error::Spec(format!("annotation {VERSION_ANNOTATION} is {v:?}, not 1 or 2"))
-            })?);
+            plan.cgroup_version = Some(
+                Version::parse(v)
+                    .ok_or_else(|| Error::Spec(format!("annotation {VERSION_ANNOTATION} is {v:?}, not 1 or 2")))?,
+            );
         }
     }
     if pause {
@@ -340,20 +317,11 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
 
     // The container always gets its own mount namespace.
     if !plan.namespaces.iter().any(|p| p.ns == Ns::Mount) {
-        plan.namespaces.push(NsPlan {
-            ns: Ns::Mount,
-            path: None,
-        });
+        plan.namespaces.push(NsPlan { ns: Ns::Mount, path: None });
     }
-    let root = spec
-        .root()
-        .as_ref()
-        .ok_or_else(|| Error::Spec("root is missing".into()))?;
+    let root = spec.root().as_ref().ok_or_else(|| Error::Spec("root is missing".into()))?;
     if !root.path().is_absolute() {
-        return Err(Error::Spec(format!(
-            "root.path {} must be absolute",
-            root.path().display()
-        )));
+        return Err(Error::Spec(format!("root.path {} must be absolute", root.path().display())));
     }
     plan.rootfs = root.path().clone();
     plan.root_readonly = root.readonly().unwrap_or(false);
@@ -361,41 +329,24 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
     plan.rootfs_propagation = propagation_flags(linux.rootfs_propagation().as_deref())?;
     plan.masked_paths = linux.masked_paths().clone().unwrap_or_default();
     plan.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();
-    let mut sysctl: Vec<_> = linux
-        .sysctl()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let mut sysctl: Vec<_> = linux.sysctl().clone().unwrap_or_default().into_iter().collect();
     sysctl.sort();
     plan.sysctl = sysctl;
 
     for m in spec.mounts().as_deref().unwrap_or_default() {
         if !m.destination().is_absolute() {
-            return Err(Error::Spec(format!(
-                "mount destination {} must be absolute",
-                m.destination().display()
-            )));
+            return Err(Error::Spec(format!("mount destination {} must be absolute", m.destination().display())));
         }
         let opts = parse_options(m.options().as_deref().unwrap_or_default());
         let typ = m.typ().clone().unwrap_or_default();
-        let typ = if typ.is_empty() && opts.bind {
-            "bind".to_string()
-        } else {
-            typ
-        };
+        let typ = if typ.is_empty() && opts.bind { "bind".to_string() } else { typ };
         if typ == "bind" && !opts.bind {
             return Err(Error::Spec(format!(
                 "bind mount at {} needs a bind or rbind option",
                 m.destination().display()
             )));
         }
-        plan.mounts.push(MountPlan {
-            destination: m.destination().clone(),
-            typ,
-            source: m.source().clone(),
-            opts,
-        });
+        plan.mounts.push(MountPlan { destination: m.destination().clone(), typ, source: m.source().clone(), opts });
     }
 
     for d in linux.devices().as_deref().unwrap_or_default() {
@@ -404,18 +355,10 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
             T::C | T::U => libc::S_IFCHR,
             T::B => libc::S_IFBLK,
             T::P => libc::S_IFIFO,
-            T::A => {
-                return Err(Error::Spec(format!(
-                    "device {} has type a",
-                    d.path().display()
-                )))
-            }
+            T::A => return Err(Error::Spec(format!("device {} has type a", d.path().display()))),
         };
         if !d.path().is_absolute() {
-            return Err(Error::Spec(format!(
-                "device path {} must be absolute",
-                d.path().display()
-            )));
+            return Err(Error::Spec(format!("device path {} must be absolute", d.path().display())));
         }
         plan.devices.push(DevicePlan {
             path: d.path().clone(),
@@ -428,24 +371,14 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
         });
     }
 
-    let p = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| Error::Spec("process is missing".into()))?;
+    let p = spec.process().as_ref().ok_or_else(|| Error::Spec("process is missing".into()))?;
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
         return Err(Error::Spec("process.args is empty".into()));
     }
-    let cwd = if p.cwd().as_os_str().is_empty() {
-        PathBuf::from("/")
-    } else {
-        p.cwd().clone()
-    };
+    let cwd = if p.cwd().as_os_str().is_empty() { PathBuf::from("/") } else { p.cwd().clone() };
     if !cwd.is_absolute() {
-        return Err(Error::Spec(format!(
-            "process.cwd {} must be absolute",
-            cwd.display()
-        )));
+        return Err(Error::Spec(format!("process.cwd {} must be absolute", cwd.display())));
     }
     let caps = p.capabilities().as_ref().map(|c| CapSets {
         bounding: caps_mask(c.bounding()),
@@ -481,11 +414,7 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
 pub fn merge_env(base: &[String], extra: &[String]) -> Vec<String> {
     let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
     let over: HashMap<String, &String> = extra.iter().map(|e| (key(e), e)).collect();
-    let mut out: Vec<String> = base
-        .iter()
-        .filter(|e| !over.contains_key(&key(e)))
-        .cloned()
-        .collect();
+    let mut out: Vec<String> = base.iter().filter(|e| !over.contains_key(&key(e))).cloned().collect();
     let mut seen = std::collections::HashSet::new();
     for e in extra.iter().rev() {
         if seen.insert(key(e)) {
@@ -513,10 +442,7 @@ mod tests {
         assert!(!o.bind);
         let o = opts(&["rbind", "ro", "nosuid", "nodev", "noexec", "rslave"]);
         assert!(o.bind && o.recursive);
-        assert_eq!(
-            o.flags,
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC
-        );
+        assert_eq!(o.flags, libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
         assert_eq!(o.propagation, vec![libc::MS_SLAVE | libc::MS_REC]);
         let o = opts(&["ro", "rw", "bind", "private"]);
         assert_eq!(o.flags, 0);
@@ -534,41 +460,23 @@ mod tests {
 
     #[test]
     fn capability_sets_parse() {
-        let set: Capabilities =
-            serde_json::from_str(r#"["CAP_KILL","CAP_SETUID","AUDIT_WRITE"]"#).unwrap();
+        let set: Capabilities = serde_json::from_str(r#"["CAP_KILL","CAP_SETUID","AUDIT_WRITE"]"#).unwrap();
         assert_eq!(caps_mask(&Some(set)), (1 << 5) | (1 << 7) | (1 << 29));
         assert_eq!(caps_mask(&None), 0);
     }
 
     #[test]
     fn clamp_removes_unavailable_caps() {
-        let mut c = CapSets {
-            bounding: 0b111,
-            effective: 0b101,
-            inheritable: 0,
-            permitted: 0b111,
-            ambient: 0b100,
-        };
+        let mut c = CapSets { bounding: 0b111, effective: 0b101, inheritable: 0, permitted: 0b111, ambient: 0b100 };
         assert_eq!(c.clamp(0b011), 0b100);
-        assert_eq!(
-            c,
-            CapSets {
-                bounding: 0b011,
-                effective: 0b001,
-                inheritable: 0,
-                permitted: 0b011,
-                ambient: 0
-            }
-        );
+        assert_eq!(c, CapSets { bounding: 0b011, effective: 0b001, inheritable: 0, permitted: 0b011, ambient: 0 });
     }
 
     #[test]
     fn cgroup_version_comes_from_the_annotation() {
         let with = |ann: &str| -> Result<Plan> {
-            let spec: Spec = serde_json::from_str(&format!(
-                r#"{{"ociVersion":"1.0.2","annotations":{{{ann}}}}}"#
-            ))
-            .unwrap();
+            let spec: Spec =
+                serde_json::from_str(&format!(r#"{{"ociVersion":"1.0.2","annotations":{{{ann}}}}}"#)).unwrap();
             plan(&spec, true)
         };
         assert_eq!(with("").unwrap().cgroup_version, None);
@@ -614,10 +522,7 @@ mod tests {
         let p = plan(&spec, false).unwrap();
         assert!(p.root_readonly);
         assert_eq!(p.namespaces.len(), 3);
-        assert_eq!(
-            p.namespaces[1].path.as_deref(),
-            Some(Path::new("/proc/1/ns/net"))
-        );
+        assert_eq!(p.namespaces[1].path.as_deref(), Some(Path::new("/proc/1/ns/net")));
         let pr = p.process.unwrap();
         assert_eq!(pr.caps.bounding, (1 << 0) | (1 << 5));
         assert_eq!(pr.caps.effective, 1 << 5);

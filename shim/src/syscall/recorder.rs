@@ -64,10 +64,7 @@ pub fn ns_flags(flags: i32) -> String {
     flag_names(bits(flags), NS_NAMES.iter().map(|&(f, n)| (bits(f), n)))
 }
 
-fn flag_names(
-    mut flags: libc::c_ulong,
-    names: impl Iterator<Item = (libc::c_ulong, &'static str)>,
-) -> String {
+fn flag_names(mut flags: libc::c_ulong, names: impl Iterator<Item = (libc::c_ulong, &'static str)>) -> String {
     let mut out: Vec<String> = Vec::new();
     for (f, n) in names {
         if flags & f == f && f != 0 {
@@ -88,10 +85,7 @@ fn flag_names(
 impl Recorder {
     /// A recorder showing paths under `root` (canonicalized) as `T/...`.
     pub fn under(root: &Path) -> Recorder {
-        Recorder {
-            root: Some(root.canonicalize().unwrap_or_else(|_| root.to_path_buf())),
-            ..Recorder::default()
-        }
+        Recorder { root: Some(root.canonicalize().unwrap_or_else(|_| root.to_path_buf())), ..Recorder::default() }
     }
 
     /// Makes the first call whose line starts with `prefix` fail with `errno` (once).
@@ -106,12 +100,7 @@ impl Recorder {
 
     /// The calls so far whose line starts with one of `prefixes`.
     pub fn calls_of(&self, prefixes: &[&str]) -> Vec<String> {
-        self.calls
-            .borrow()
-            .iter()
-            .filter(|c| prefixes.iter().any(|p| c.starts_with(p)))
-            .cloned()
-            .collect()
+        self.calls.borrow().iter().filter(|c| prefixes.iter().any(|p| c.starts_with(p))).cloned().collect()
     }
 
     fn path(&self, p: &Path) -> String {
@@ -172,11 +161,8 @@ impl Syscall for Recorder {
     }
 
     fn mount_setattr_recursive(&self, path: &Path, attr_set: u64) -> io::Result<()> {
-        let attr = if attr_set == crate::sys::MOUNT_ATTR_RDONLY {
-            "RDONLY".to_string()
-        } else {
-            format!("{attr_set:#x}")
-        };
+        let attr =
+            if attr_set == crate::sys::MOUNT_ATTR_RDONLY { "RDONLY".to_string() } else { format!("{attr_set:#x}") };
         self.record(format!("mount_setattr_recursive({}, {attr})", self.path(path)))
     }
 
@@ -257,9 +243,7 @@ impl Syscall for Recorder {
     }
 
     fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
-        self.record(format!(
-            "capset(e={effective:#x}, p={permitted:#x}, i={inheritable:#x})"
-        ))
+        self.record(format!("capset(e={effective:#x}, p={permitted:#x}, i={inheritable:#x})"))
     }
 
     fn ambient_clear(&self) -> io::Result<()> {
@@ -290,12 +274,8 @@ mod tests {
         assert!(r.setgid(5).is_ok());
         assert_eq!(r.setuid(7).unwrap_err().raw_os_error(), Some(libc::EPERM));
         assert!(r.setuid(7).is_ok(), "a failure is used once");
-        r.mount(None, Path::new("/x"), None, libc::MS_BIND | libc::MS_REC | 0x8000_0000, None)
-            .unwrap();
-        assert_eq!(
-            r.calls(),
-            vec!["setgid(5)", "setuid(7)", "setuid(7)", "mount(-, /x, -, BIND|REC|0x80000000, -)"]
-        );
+        r.mount(None, Path::new("/x"), None, libc::MS_BIND | libc::MS_REC | 0x8000_0000, None).unwrap();
+        assert_eq!(r.calls(), vec!["setgid(5)", "setuid(7)", "setuid(7)", "mount(-, /x, -, BIND|REC|0x80000000, -)"]);
         assert_eq!(ns_flags(libc::CLONE_NEWNS | libc::CLONE_NEWPID), "NEWNS|NEWPID");
         assert_eq!(ms_flags(0), "0");
     }

@@ -21,9 +21,7 @@ pub fn bin() -> String {
 /// True when running as root; otherwise prints why the test is skipped.
 pub fn is_root(test: &str) -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
     if !root {
         eprintln!("skipping {test}: needs root");
     }
@@ -66,16 +64,8 @@ pub const DEFAULT_CAPS_MASK: u64 = (1 << 0)
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst),
-        nanos % 100_000
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst), nanos % 100_000)
 }
 
 /// One test's world: a temp dir, a cgroup parent /corral/shimtest-<unique>, and the shim
@@ -88,15 +78,8 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("shimtest-")
-            .tempdir()
-            .expect("tempdir");
-        Fixture {
-            dir,
-            cg_parent: format!("/corral/shimtest-{}", unique()),
-            daemons: vec![],
-        }
+        let dir = tempfile::Builder::new().prefix("shimtest-").tempdir().expect("tempdir");
+        Fixture { dir, cg_parent: format!("/corral/shimtest-{}", unique()), daemons: vec![] }
     }
 
     pub fn path(&self) -> &Path {
@@ -110,13 +93,7 @@ impl Fixture {
         make_rootfs(&rootfs);
         let log = self.path().join("logs").join(format!("{name}.log"));
         fs::create_dir_all(log.parent().unwrap()).unwrap();
-        Bundle {
-            dir,
-            rootfs,
-            log,
-            id: format!("{name}-{}", unique()),
-            cgroup: format!("{}/{name}", self.cg_parent),
-        }
+        Bundle { dir, rootfs, log, id: format!("{name}-{}", unique()), cgroup: format!("{}/{name}", self.cg_parent) }
     }
 
     /// Runs the launcher; Ok(pid) or Err(message). Records the daemon for cleanup.
@@ -129,31 +106,19 @@ impl Fixture {
     }
 
     fn launch(&mut self, cmd: &str, b: &Bundle, spec: &Value) -> Result<i32, String> {
-        fs::write(
-            b.dir.join("config.json"),
-            serde_json::to_vec_pretty(spec).unwrap(),
-        )
-        .unwrap();
+        fs::write(b.dir.join("config.json"), serde_json::to_vec_pretty(spec).unwrap()).unwrap();
         let out = Command::new(bin())
             .args([cmd, "--bundle", b.dir.to_str().unwrap(), "--id", &b.id])
             .output()
             .expect("running corral-shim");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert_eq!(
-            stdout.lines().count(),
-            1,
-            "exactly one line expected: {stdout:?}"
-        );
+        assert_eq!(stdout.lines().count(), 1, "exactly one line expected: {stdout:?}");
         let v: Value = serde_json::from_str(stdout.trim()).expect("json line");
         if let Some(pid) = v.get("pid").and_then(Value::as_i64) {
             assert!(out.status.success());
             let pid = pid as i32;
             // The daemon: the pause itself, or the container process's parent.
-            let daemon = if cmd == "pause" {
-                pid
-            } else {
-                ppid(pid).expect("container ppid")
-            };
+            let daemon = if cmd == "pause" { pid } else { ppid(pid).expect("container ppid") };
             self.daemons.push(daemon);
             Ok(pid)
         } else {
@@ -168,8 +133,7 @@ impl Fixture {
         let mut out = vec![];
         for e in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
             let p = e.path();
-            if p.join("cgroup.procs").exists() && !p.ends_with("unified") && !p.ends_with("systemd")
-            {
+            if p.join("cgroup.procs").exists() && !p.ends_with("unified") && !p.ends_with("systemd") {
                 out.push(p.join(rel));
             }
         }
@@ -182,29 +146,19 @@ impl Fixture {
 
 pub fn ppid(pid: i32) -> Option<i32> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
+    s.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
 }
 
 pub fn alive(pid: i32) -> bool {
     // A zombie counts as gone.
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .map(|r| !r.trim_start().starts_with('Z'))
-                .unwrap_or(false)
-        })
+        .map(|s| s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')).unwrap_or(false))
         .unwrap_or(false)
 }
 
 fn kill_pid(pid: i32, sig: i32) {
     // Only pids this fixture started (daemons) or found in its own cgroups.
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
 fn subdirs_deepest_first(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -233,10 +187,7 @@ impl Drop for Fixture {
         for d in &dirs {
             loop {
                 let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect();
+                let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
                 if pids.is_empty() || Instant::now() > deadline {
                     break;
                 }
@@ -276,11 +227,7 @@ fn make_rootfs(rootfs: &Path) {
             let _ = symlink("busybox", rootfs.join("bin").join(applet));
         }
     }
-    fs::write(
-        rootfs.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
-    )
-    .unwrap();
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n").unwrap();
     fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
     let mut perms = fs::metadata(rootfs.join("tmp")).unwrap().permissions();
     use std::os::unix::fs::PermissionsExt;
@@ -357,17 +304,11 @@ pub fn state(b: &Bundle) -> proto::v1::State {
 }
 
 pub fn kill(b: &Bundle, signal: i32, all: bool) -> Response {
-    call(
-        b,
-        request::Kind::Kill(proto::v1::KillRequest { signal, all }),
-    )
+    call(b, request::Kind::Kill(proto::v1::KillRequest { signal, all }))
 }
 
 pub fn wait(b: &Bundle, timeout_ms: u64) -> Result<proto::v1::Exit, Response> {
-    let r = call(
-        b,
-        request::Kind::Wait(proto::v1::WaitRequest { timeout_ms }),
-    );
+    let r = call(b, request::Kind::Wait(proto::v1::WaitRequest { timeout_ms }));
     match r.kind {
         Some(response::Kind::Exit(e)) => Ok(e),
         _ => Err(r),
@@ -398,10 +339,7 @@ pub fn log_entries(path: &Path) -> Vec<(String, String, String)> {
             let mut it = l.splitn(4, ' ');
             let ts = it.next().unwrap();
             assert!(
-                ts.len() == 30
-                    && ts.ends_with('Z')
-                    && ts.as_bytes()[10] == b'T'
-                    && ts.as_bytes()[19] == b'.',
+                ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.',
                 "timestamp {ts:?}"
             );
             let stream = it.next().unwrap().to_string();
@@ -425,9 +363,7 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 pub fn vm_rss_kib(pid: i32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Live processes whose command line mentions `needle` (a bundle id).

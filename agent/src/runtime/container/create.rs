@@ -8,19 +8,19 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use super::host::HostFs;
+use super::volumes::{mount_image_volume, VOLUMES_DIR};
 use super::*;
-use crate::runtime::pod::{process_alive, NsMode, PodPhase, PodRecord};
-use crate::runtime::{fresh_id, io_err, now_nanos, Result, Runtime, RuntimeError};
 use crate::image::manifest::ImageConfig;
+use crate::runtime::pod::{process_alive, NsMode, PodPhase, PodRecord};
 use crate::runtime::resolve::{self, ImageVolumeSource, Inputs, Paths};
 use crate::runtime::spec;
 use crate::runtime::user::UserDb;
 use crate::runtime::validate::bounded;
+use crate::runtime::{fresh_id, io_err, now_nanos, Result, Runtime, RuntimeError};
 use crate::shim_client;
 use crate::store::Table;
 use crate::sys;
-use super::host::HostFs;
-use super::volumes::{mount_image_volume, VOLUMES_DIR};
 
 impl Runtime {
     pub async fn create_container(self: &Arc<Self>, req: CreateContainer) -> Result<String> {
@@ -32,14 +32,20 @@ impl Runtime {
         if !req.log_path.is_empty() {
             crate::runtime::validate::log_path(&req.log_path).map_err(invalid)?;
         }
-        let pod_id = self.find_pod_id(&req.pod_id)?.ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {:?} not found", req.pod_id)))?;
-        let pod = self.pod(&pod_id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_id:?} not found")))?;
+        let pod_id = self
+            .find_pod_id(&req.pod_id)?
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {:?} not found", req.pod_id)))?;
+        let pod =
+            self.pod(&pod_id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {pod_id:?} not found")))?;
         if pod.phase != PodPhase::Ready {
             let why = if pod.reason.is_empty() { String::new() } else { format!(": {}", pod.reason) };
             return Err(RuntimeError::FailedPrecondition(format!("pod sandbox {pod_id} is not ready{why}")));
         }
-        let image = self.images.find(&req.image).ok_or_else(|| RuntimeError::NotFound(format!("image {:?} not found: pull it first", bounded(&req.image))))?;
-        let config = ImageConfig::parse(&self.images.config(&image)?).map_err(|e| RuntimeError::Internal(format!("image {}: {e}", image.id)))?;
+        let image = self.images.find(&req.image).ok_or_else(|| {
+            RuntimeError::NotFound(format!("image {:?} not found: pull it first", bounded(&req.image)))
+        })?;
+        let config = ImageConfig::parse(&self.images.config(&image)?)
+            .map_err(|e| RuntimeError::Internal(format!("image {}: {e}", image.id)))?;
         // The images of image volumes: present already (never pulled here), as containerd.
         let mut volume_images = Vec::new();
         for (n, m) in req.mounts.iter().enumerate() {
@@ -47,7 +53,12 @@ impl Runtime {
                 if img.image.is_empty() {
                     return Err(RuntimeError::InvalidArgument(format!("mounts[{n}].image: the image is required")));
                 }
-                let found = self.images.find(&img.image).ok_or_else(|| RuntimeError::NotFound(format!("mounts[{n}].image: image {:?} not found: pull it first", bounded(&img.image))))?;
+                let found = self.images.find(&img.image).ok_or_else(|| {
+                    RuntimeError::NotFound(format!(
+                        "mounts[{n}].image: image {:?} not found: pull it first",
+                        bounded(&img.image)
+                    ))
+                })?;
                 volume_images.push((n, found));
             }
         }
@@ -89,12 +100,24 @@ impl Runtime {
         {
             let mut containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(holder) = containers.values().find(|c| c.record.reservation == reservation) {
-                return Err(RuntimeError::AlreadyExists(format!("container name {reservation:?} is reserved for {}", holder.record.id)));
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "container name {reservation:?} is reserved for {}",
+                    holder.record.id
+                )));
             }
             self.store.put(Table::Containers, &id, &record)?;
             containers.insert(
                 id.clone(),
-                ContainerView { record: record.clone(), state: ContainerState::Created, pid: 0, started_at: 0, finished_at: 0, exit_code: 0, reason: String::new(), message: String::new() },
+                ContainerView {
+                    record: record.clone(),
+                    state: ContainerState::Created,
+                    pid: 0,
+                    started_at: 0,
+                    finished_at: 0,
+                    exit_code: 0,
+                    reason: String::new(),
+                    message: String::new(),
+                },
             );
         }
         let mut record = record;
@@ -131,12 +154,17 @@ impl Runtime {
         if req.pid != NsMode::Target {
             return Ok(None);
         }
-        let target = self
-            .find_container_id(&req.target_id)?
-            .and_then(|t| self.view(&t))
-            .ok_or_else(|| RuntimeError::NotFound(format!("namespace_options.target_id: container {:?} not found", bounded(&req.target_id))))?;
+        let target = self.find_container_id(&req.target_id)?.and_then(|t| self.view(&t)).ok_or_else(|| {
+            RuntimeError::NotFound(format!(
+                "namespace_options.target_id: container {:?} not found",
+                bounded(&req.target_id)
+            ))
+        })?;
         if target.state != ContainerState::Running || !process_alive(target.pid) {
-            return Err(RuntimeError::FailedPrecondition(format!("namespace_options.target_id: container {} is not running", target.record.id)));
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "namespace_options.target_id: container {} is not running",
+                target.record.id
+            )));
         }
         Ok(Some(target.pid))
     }
@@ -157,15 +185,21 @@ impl Runtime {
         let bundle = self.bundle_dir(&id);
         let rootfs = self.rootfs_dir(&id);
         std::fs::create_dir_all(&rootfs).map_err(io_err(format!("creating {}", rootfs.display())))?;
-        std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o700)).map_err(io_err(format!("setting the mode of {}", bundle.display())))?;
+        std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("setting the mode of {}", bundle.display())))?;
         // Image volumes keep their layers from GC like the container's own image does.
         let volumes: Vec<&crate::image::ImageRecord> = volume_images.iter().map(|(_, i)| i).collect();
         let snap = self.images.prepare_container_snapshot(&id, image, &volumes).await?;
-        let image_volumes: HashMap<usize, ImageVolumeSource> =
-            volume_images.iter().zip(&snap.volume_layers).map(|((n, img), layers)| (*n, ImageVolumeSource { id: img.id.clone(), layers: layers.clone() })).collect();
+        let image_volumes: HashMap<usize, ImageVolumeSource> = volume_images
+            .iter()
+            .zip(&snap.volume_layers)
+            .map(|((n, img), layers)| (*n, ImageVolumeSource { id: img.id.clone(), layers: layers.clone() }))
+            .collect();
         let lowers: Vec<String> = snap.lowers.iter().map(|p| p.display().to_string()).collect();
-        let options = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), snap.upper.display(), snap.work.display());
-        sys::mount("overlay", &rootfs, "overlay", 0, &options).map_err(io_err(format!("mounting container rootfs at {}", rootfs.display())))?;
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), snap.upper.display(), snap.work.display());
+        sys::mount("overlay", &rootfs, "overlay", 0, &options)
+            .map_err(io_err(format!("mounting container rootfs at {}", rootfs.display())))?;
 
         let paths = Paths {
             rootfs: rootfs.clone(),
@@ -194,7 +228,11 @@ impl Runtime {
         record.mounts = resolved.mounts.clone();
         record.stop_signal = resolved.stop_signal;
         record.stop_signal_name = resolved.stop_signal_name.clone();
-        record.user = Some(UserRecord { uid: resolved.user.uid, gid: resolved.user.gid, additional_gids: resolved.user.additional_gids.clone() });
+        record.user = Some(UserRecord {
+            uid: resolved.user.uid,
+            gid: resolved.user.gid,
+            additional_gids: resolved.user.additional_gids.clone(),
+        });
 
         for v in &resolved.image_volumes {
             let source = mount_image_volume(v)?;
@@ -204,19 +242,23 @@ impl Runtime {
         for m in record.mounts.iter().filter(|m| m.image.is_none()) {
             let host = Path::new(&m.host_path);
             if std::fs::symlink_metadata(host).is_err() {
-                std::fs::create_dir_all(host).map_err(io_err(format!("creating mount host path {}", host.display())))?;
+                std::fs::create_dir_all(host)
+                    .map_err(io_err(format!("creating mount host path {}", host.display())))?;
             }
         }
-        let cwd_dir = crate::image::unpack::secure_join(&rootfs, Path::new(resolved.cwd.trim_start_matches('/')), true).map_err(io_err(format!("creating working directory {}", resolved.cwd)))?;
+        let cwd_dir = crate::image::unpack::secure_join(&rootfs, Path::new(resolved.cwd.trim_start_matches('/')), true)
+            .map_err(io_err(format!("creating working directory {}", resolved.cwd)))?;
         if resolved.cwd != "/" {
             let _ = std::os::unix::fs::lchown(&cwd_dir, Some(resolved.user.uid), Some(resolved.user.gid));
         }
         if !record.log_path.is_empty() {
             if let Some(parent) = Path::new(&record.log_path).parent() {
-                std::fs::create_dir_all(parent).map_err(io_err(format!("creating log directory {}", parent.display())))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(io_err(format!("creating log directory {}", parent.display())))?;
             }
         }
-        let config = spec::container_spec(&resolved.spec).map_err(|e| RuntimeError::Internal(format!("container {id}: {e}")))?;
+        let config =
+            spec::container_spec(&resolved.spec).map_err(|e| RuntimeError::Internal(format!("container {id}: {e}")))?;
         write_config(&bundle, &config)?;
         let pid = shim_client::launch(&self.cfg.shim, "create", &bundle, &id).await?;
         debug!(container = %id, pid, "shim created the container process");

@@ -13,7 +13,12 @@ impl Runtime {
         if cmd.is_empty() {
             return Err(RuntimeError::InvalidArgument("exec: cmd is required".into()));
         }
-        let req = proto::v1::ExecRequest { args: cmd, env: vec![], cwd: String::new(), timeout_ms: (timeout_secs.max(0) as u64) * 1000 };
+        let req = proto::v1::ExecRequest {
+            args: cmd,
+            env: vec![],
+            cwd: String::new(),
+            timeout_ms: (timeout_secs.max(0) as u64) * 1000,
+        };
         let out = self.shim(&id).exec(req).await.map_err(shim_err)?;
         if out.truncated {
             tracing::warn!(container = %id, stdout = out.stdout.len(), stderr = out.stderr.len(), "exec output over the cap was dropped");

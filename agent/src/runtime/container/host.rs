@@ -32,7 +32,14 @@ fn node_of(meta: &std::fs::Metadata) -> Option<DeviceNode> {
         return None;
     };
     let rdev = meta.rdev();
-    Some(DeviceNode { kind, major: libc::major(rdev) as i64, minor: libc::minor(rdev) as i64, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() })
+    Some(DeviceNode {
+        kind,
+        major: libc::major(rdev) as i64,
+        minor: libc::minor(rdev) as i64,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
 }
 
 /// Device nodes below `dir`, skipping what containerd and runc skip: the pseudo-filesystems

@@ -239,9 +239,15 @@ pub struct ExecOutput {
 
 fn shim_err(e: ShimError) -> RuntimeError {
     match e {
-        ShimError::Remote { kind: proto::v1::ErrorKind::DeadlineExceeded, message } => RuntimeError::DeadlineExceeded(message),
-        ShimError::Remote { kind: proto::v1::ErrorKind::FailedPrecondition, message } => RuntimeError::FailedPrecondition(message),
-        ShimError::Remote { kind: proto::v1::ErrorKind::InvalidArgument, message } => RuntimeError::InvalidArgument(message),
+        ShimError::Remote { kind: proto::v1::ErrorKind::DeadlineExceeded, message } => {
+            RuntimeError::DeadlineExceeded(message)
+        }
+        ShimError::Remote { kind: proto::v1::ErrorKind::FailedPrecondition, message } => {
+            RuntimeError::FailedPrecondition(message)
+        }
+        ShimError::Remote { kind: proto::v1::ErrorKind::InvalidArgument, message } => {
+            RuntimeError::InvalidArgument(message)
+        }
         ShimError::Remote { kind: proto::v1::ErrorKind::NotFound, message } => RuntimeError::NotFound(message),
         other => RuntimeError::Shim(other),
     }
@@ -259,7 +265,13 @@ impl Runtime {
     }
 
     pub(super) fn container_ids_of(&self, pod_id: &str) -> Vec<String> {
-        self.containers.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|c| c.record.pod_id == pod_id).map(|c| c.record.id.clone()).collect()
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.record.pod_id == pod_id)
+            .map(|c| c.record.id.clone())
+            .collect()
     }
 
     fn shim(&self, id: &str) -> Shim {
@@ -284,11 +296,17 @@ impl Runtime {
 /// Writes a bundle's config.json.
 pub(super) fn write_config(bundle: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
     let path = bundle.join("config.json");
-    let json = serde_json::to_vec(spec).map_err(|e| RuntimeError::Internal(format!("serializing {}: {e}", path.display())))?;
+    let json =
+        serde_json::to_vec(spec).map_err(|e| RuntimeError::Internal(format!("serializing {}: {e}", path.display())))?;
     // The container's env is in it: root only.
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(io_err(format!("writing {}", path.display())))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(format!("writing {}", path.display())))?;
     f.write_all(&json).map_err(io_err(format!("writing {}", path.display())))
 }
-

@@ -35,7 +35,11 @@ impl Runtime {
             (Some(c), Some(cg)) => c.pids(&cg),
             _ => Vec::new(),
         };
-        if record.pid != 0 && record.pid_start != 0 && start_time(record.pid) == Some(record.pid_start) && !pids.contains(&record.pid) {
+        if record.pid != 0
+            && record.pid_start != 0
+            && start_time(record.pid) == Some(record.pid_start)
+            && !pids.contains(&record.pid)
+        {
             pids.push(record.pid);
         }
         pids
@@ -77,7 +81,9 @@ impl Runtime {
                         v.exit_code = UNKNOWN_EXIT;
                         v.finished_at = now_nanos();
                         v.reason = "Unknown".into();
-                        v.message = "the container's processes ended while its shim was gone: their exit status is unknown".into();
+                        v.message =
+                            "the container's processes ended while its shim was gone: their exit status is unknown"
+                                .into();
                     });
                     rt.release_rootfs(&id);
                     info!(container = %id, "orphaned container ended");
@@ -110,7 +116,9 @@ impl Runtime {
         };
         let left: Vec<u32> = left.into_iter().chain(self.orphan_pids(record)).collect();
         if !left.is_empty() {
-            return Err(RuntimeError::Internal(format!("container {id}: its shim is gone and processes {left:?} did not end after SIGKILL")));
+            return Err(RuntimeError::Internal(format!(
+                "container {id}: its shim is gone and processes {left:?} did not end after SIGKILL"
+            )));
         }
         self.update_view(id, |v| {
             v.state = ContainerState::Exited;

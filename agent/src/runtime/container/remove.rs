@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use super::volumes::unmount_image_volumes;
 use super::*;
 use crate::runtime::{io_err, Result, Runtime};
 use crate::sys;
-use super::volumes::unmount_image_volumes;
 
 impl Runtime {
     /// Undoes a container's side effects: shim, rootfs mount, bundle, snapshot. Idempotent.
@@ -52,7 +52,9 @@ impl Runtime {
         sys::unmount(&rootfs).map_err(io_err(format!("unmounting {}", rootfs.display())))?;
         unmount_image_volumes(&bundle)?;
         // Nothing is mounted in it any more: move it aside and delete it in the background.
-        if let Some(aside) = crate::discard::move_aside(&bundle).map_err(io_err(format!("removing {}", bundle.display())))? {
+        if let Some(aside) =
+            crate::discard::move_aside(&bundle).map_err(io_err(format!("removing {}", bundle.display())))?
+        {
             crate::discard::remove_later(aside);
         }
         self.images.remove_container_snapshot(id).await?;

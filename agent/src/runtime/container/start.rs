@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
+use super::volumes::unmount_image_volumes;
 use super::*;
 use crate::runtime::{now_nanos, Result, Runtime, RuntimeError};
 use crate::shim_client::{self, ShimError};
 use crate::sys;
-use super::volumes::unmount_image_volumes;
 
 impl Runtime {
     pub async fn start_container(self: &Arc<Self>, wanted: &str) -> Result<()> {
@@ -33,8 +33,17 @@ impl Runtime {
                 Ok(())
             }
             Err(ShimError::Remote { message, .. }) => {
-                let exit = shim.wait(Some(Duration::from_secs(5))).await.ok().or_else(|| shim_client::read_exit_file(&self.bundle_dir(&id)));
-                let exit = exit.unwrap_or(proto::v1::Exit { exit_code: 128, start_error: message.clone(), finished_at: now_nanos(), ..Default::default() });
+                let exit = shim
+                    .wait(Some(Duration::from_secs(5)))
+                    .await
+                    .ok()
+                    .or_else(|| shim_client::read_exit_file(&self.bundle_dir(&id)));
+                let exit = exit.unwrap_or(proto::v1::Exit {
+                    exit_code: 128,
+                    start_error: message.clone(),
+                    finished_at: now_nanos(),
+                    ..Default::default()
+                });
                 self.update_view(&id, |v| v.apply_exit(&exit));
                 Err(RuntimeError::FailedPrecondition(format!("starting container {id}: {message}")))
             }

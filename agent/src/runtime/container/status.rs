@@ -1,8 +1,8 @@
 //! ContainerStatus and ListContainers.
 
 use super::*;
-use crate::runtime::{Result, Runtime, RuntimeError};
 use crate::runtime::labels_match;
+use crate::runtime::{Result, Runtime, RuntimeError};
 
 impl Runtime {
     /// The name and digest reference of a container's image as it is now (containerd reports
@@ -17,7 +17,9 @@ impl Runtime {
 
     pub fn container_status(&self, wanted: &str) -> Result<ContainerView> {
         let id = self.require_container(wanted)?;
-        self.view(&id).filter(|v| v.record.phase == ContainerPhase::Created).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))
+        self.view(&id)
+            .filter(|v| v.record.phase == ContainerPhase::Created)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))
     }
 
     pub fn list_containers(&self, filter: &ContainerFilter) -> Vec<ContainerView> {

@@ -32,7 +32,9 @@ impl Runtime {
     pub async fn stop_container(self: &Arc<Self>, wanted: &str, timeout_secs: i64) -> Result<()> {
         let Some(id) = self.find_container_id(wanted)? else { return Ok(()) };
         let Some(view) = self.view(&id) else { return Ok(()) };
-        if matches!(view.state, ContainerState::Exited | ContainerState::Unknown) || view.record.phase != ContainerPhase::Created {
+        if matches!(view.state, ContainerState::Exited | ContainerState::Unknown)
+            || view.record.phase != ContainerPhase::Created
+        {
             return Ok(());
         }
         let shim = self.shim(&id);

@@ -17,20 +17,33 @@ pub(super) fn mount_image_volume(v: &ImageVolumePlan) -> Result<PathBuf> {
     std::fs::create_dir_all(&v.target).map_err(io_err(format!("creating {}", v.target.display())))?;
     let flags = libc::MS_RDONLY | libc::MS_NODEV;
     match v.layers.as_slice() {
-        [] => return Err(RuntimeError::Internal(format!("image volume at {}: the image has no layers", v.target.display()))),
+        [] => {
+            return Err(RuntimeError::Internal(format!(
+                "image volume at {}: the image has no layers",
+                v.target.display()
+            )))
+        }
         [one] => {
-            sys::mount(&one.display().to_string(), &v.target, "", libc::MS_BIND, "").map_err(io_err(format!("mounting image volume at {}", v.target.display())))?;
-            sys::mount("", &v.target, "", libc::MS_BIND | libc::MS_REMOUNT | flags, "").map_err(io_err(format!("making image volume {} read-only", v.target.display())))?;
+            sys::mount(&one.display().to_string(), &v.target, "", libc::MS_BIND, "")
+                .map_err(io_err(format!("mounting image volume at {}", v.target.display())))?;
+            sys::mount("", &v.target, "", libc::MS_BIND | libc::MS_REMOUNT | flags, "")
+                .map_err(io_err(format!("making image volume {} read-only", v.target.display())))?;
         }
         many => {
             let lower: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
-            sys::mount("overlay", &v.target, "overlay", flags, &format!("lowerdir={}", lower.join(":"))).map_err(io_err(format!("mounting image volume at {}", v.target.display())))?;
+            sys::mount("overlay", &v.target, "overlay", flags, &format!("lowerdir={}", lower.join(":")))
+                .map_err(io_err(format!("mounting image volume at {}", v.target.display())))?;
         }
     }
     if v.sub_path.is_empty() {
         return Ok(v.target.clone());
     }
-    let missing = || RuntimeError::InvalidArgument(format!("image_sub_path {:?} is not a directory of the image", bounded(&v.sub_path)));
+    let missing = || {
+        RuntimeError::InvalidArgument(format!(
+            "image_sub_path {:?} is not a directory of the image",
+            bounded(&v.sub_path)
+        ))
+    };
     let dir = crate::image::unpack::secure_join(&v.target, Path::new(&v.sub_path), false).map_err(|_| missing())?;
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => Ok(dir),

@@ -148,7 +148,6 @@ impl Runtime {
     fn pause_bundle(&self, pod_id: &str) -> PathBuf {
         self.pod_state_dir(pod_id).join("pause")
     }
-
 }
 
 /// When a process started (field 22 of /proc/<pid>/stat, clock ticks since boot): with its pid,
@@ -173,14 +172,15 @@ pub(super) fn process_alive(pid: u32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
         Err(_) => false,
     }
 }
 
 /// Guards against pid reuse: the process is corral-shim serving this pod's pause bundle.
 fn is_pause_of(pid: u32, pod_id: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(pod_id))
-        .unwrap_or(false)
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains(pod_id)).unwrap_or(false)
 }

@@ -30,7 +30,8 @@ impl Runtime {
                 record.reason = "it lost its namespaces or its PID 1 (pause) while corrald was down".into();
                 self.store.put(Table::Pods, &record.id, &record)?;
             }
-            let watch = (record.phase == PodPhase::Ready && record.pause_pid != 0).then_some((record.id.clone(), record.pause_pid));
+            let watch = (record.phase == PodPhase::Ready && record.pause_pid != 0)
+                .then_some((record.id.clone(), record.pause_pid));
             self.pods.lock().unwrap_or_else(|p| p.into_inner()).insert(record.id.clone(), record);
             if let Some((id, pid)) = watch {
                 self.watch_pause(&id, pid);
@@ -44,7 +45,8 @@ impl Runtime {
     fn pod_alive(&self, record: &PodRecord) -> bool {
         let ns = self.ns_dir(&record.id);
         let net_ok = record.network == NsMode::Node || sys::is_mount_point(&ns.join("net"));
-        let pause_ok = record.pid != NsMode::Pod || (process_alive(record.pause_pid) && is_pause_of(record.pause_pid, &record.id));
+        let pause_ok =
+            record.pid != NsMode::Pod || (process_alive(record.pause_pid) && is_pause_of(record.pause_pid, &record.id));
         net_ok && pause_ok
     }
 }

@@ -20,7 +20,9 @@ impl Runtime {
             return Err(RuntimeError::InvalidArgument("pod sandbox config: metadata.name is required".into()));
         }
         let invalid = |e: String| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}"));
-        for (field, v) in [("metadata.name", &req.name), ("metadata.namespace", &req.namespace), ("metadata.uid", &req.uid)] {
+        for (field, v) in
+            [("metadata.name", &req.name), ("metadata.namespace", &req.namespace), ("metadata.uid", &req.uid)]
+        {
             validate::name(field, v).map_err(invalid)?;
         }
         if !req.hostname.is_empty() {
@@ -32,9 +34,11 @@ impl Runtime {
         if !req.cgroup_parent.is_empty() {
             validate::cgroup_parent(&req.cgroup_parent).map_err(invalid)?;
         }
-        let port_mappings = validate::port_mappings(&req.port_mappings).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
+        let port_mappings = validate::port_mappings(&req.port_mappings)
+            .map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
         for r in req.resources.iter().chain(req.overhead.iter()) {
-            validate::resources(r).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: linux.{e}")))?;
+            validate::resources(r)
+                .map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: linux.{e}")))?;
         }
         if !req.runtime_handler.is_empty() {
             return Err(RuntimeError::InvalidArgument(format!(
@@ -43,13 +47,18 @@ impl Runtime {
             )));
         }
         if req.network == NsMode::Target || req.ipc == NsMode::Target {
-            return Err(RuntimeError::InvalidArgument("TARGET namespace mode is only valid for the PID namespace".into()));
+            return Err(RuntimeError::InvalidArgument(
+                "TARGET namespace mode is only valid for the PID namespace".into(),
+            ));
         }
         if req.pid == NsMode::Target {
-            return Err(RuntimeError::InvalidArgument("pod sandbox PID namespace mode TARGET is not valid; set it per container".into()));
+            return Err(RuntimeError::InvalidArgument(
+                "pod sandbox PID namespace mode TARGET is not valid; set it per container".into(),
+            ));
         }
         for (key, value) in &req.sysctls {
-            validate::sysctl(key, value).map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
+            validate::sysctl(key, value)
+                .map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
             let owned = match namespaces::sysctl_namespace(key) {
                 Some("net") => req.network != NsMode::Node,
                 Some("ipc") => req.ipc != NsMode::Node,
@@ -87,7 +96,11 @@ impl Runtime {
         };
         // A host-network pod has the node's UTS namespace, so the node's name; any other pod
         // takes the requested hostname, or the node's when none is given (as containerd).
-        let hostname = if req.network == NsMode::Node || req.hostname.is_empty() { node_hostname()? } else { req.hostname.clone() };
+        let hostname = if req.network == NsMode::Node || req.hostname.is_empty() {
+            node_hostname()?
+        } else {
+            req.hostname.clone()
+        };
         let cgroup = if req.cgroup_parent.is_empty() {
             format!("{}/pod-{}", self.cfg.cgroup_parent.trim_end_matches('/'), &id[..16])
         } else {
@@ -130,7 +143,10 @@ impl Runtime {
             let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
             let key = record.reservation();
             if let Some(holder) = pods.values().find(|p| p.reservation() == key) {
-                return Err(RuntimeError::AlreadyExists(format!("pod sandbox name {key:?} is reserved for {}", holder.id)));
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "pod sandbox name {key:?} is reserved for {}",
+                    holder.id
+                )));
             }
             self.store.put(Table::Pods, &id, &record)?;
             pods.insert(id.clone(), record.clone());
@@ -193,7 +209,13 @@ impl Runtime {
         if record.pid == NsMode::Pod {
             let bundle = self.pause_bundle(&id);
             std::fs::create_dir_all(&bundle).map_err(io_err(format!("creating {}", bundle.display())))?;
-            let spec = crate::runtime::spec::pause_spec(&self.ns_dir(&id), wanted, &format!("{}/pause", record.cgroup), self.cgroups.as_ref().map(|c| c.version())).map_err(|e| RuntimeError::Internal(format!("pod sandbox {id}: {e}")))?;
+            let spec = crate::runtime::spec::pause_spec(
+                &self.ns_dir(&id),
+                wanted,
+                &format!("{}/pause", record.cgroup),
+                self.cgroups.as_ref().map(|c| c.version()),
+            )
+            .map_err(|e| RuntimeError::Internal(format!("pod sandbox {id}: {e}")))?;
             crate::runtime::container::write_config(&bundle, &spec)?;
             let pid = shim_client::launch(&self.cfg.shim, "pause", &bundle, &id).await?;
             record.pause_pid = pid;
@@ -209,8 +231,14 @@ impl Runtime {
         if record.ipc != NsMode::Node {
             let shm = self.shm_dir(&record.id);
             std::fs::create_dir_all(&shm).map_err(io_err(format!("creating {}", shm.display())))?;
-            sys::mount("shm", &shm, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "mode=1777,size=65536k")
-                .map_err(io_err(format!("mounting pod /dev/shm at {}", shm.display())))?;
+            sys::mount(
+                "shm",
+                &shm,
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                "mode=1777,size=65536k",
+            )
+            .map_err(io_err(format!("mounting pod /dev/shm at {}", shm.display())))?;
         }
         if let Some(cgroups) = &self.cgroups {
             cgroups.create(&record.cgroup).map_err(io_err(format!("creating pod cgroup {}", record.cgroup)))?;
@@ -224,7 +252,8 @@ impl Runtime {
 
 /// Set in a pod's own network namespace unless the request sets them (containerd 2's
 /// `enable_unprivileged_ports` and `enable_unprivileged_icmp`, on by default there).
-const DEFAULT_POD_SYSCTLS: [(&str, &str); 2] = [("net.ipv4.ip_unprivileged_port_start", "0"), ("net.ipv4.ping_group_range", "0 2147483647")];
+const DEFAULT_POD_SYSCTLS: [(&str, &str); 2] =
+    [("net.ipv4.ip_unprivileged_port_start", "0"), ("net.ipv4.ping_group_range", "0 2147483647")];
 
 /// The node's hostname, the default of a pod that asks for none.
 fn node_hostname() -> Result<String> {

@@ -5,7 +5,9 @@ use crate::runtime::{Result, Runtime, RuntimeError};
 
 impl Runtime {
     pub fn pod_status(&self, wanted: &str) -> Result<PodRecord> {
-        let id = self.find_pod_id(wanted)?.ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {wanted:?} not found")))?;
+        let id = self
+            .find_pod_id(wanted)?
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {wanted:?} not found")))?;
         self.pod(&id).ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {wanted:?} not found")))
     }
 

@@ -23,7 +23,10 @@ impl Runtime {
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while process_alive(record.pause_pid) && is_pause_of(record.pause_pid, &record.id) && tokio::time::Instant::now() < deadline {
+        while process_alive(record.pause_pid)
+            && is_pause_of(record.pause_pid, &record.id)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
