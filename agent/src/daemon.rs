@@ -10,6 +10,7 @@ use clap::Parser;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
@@ -166,7 +167,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stopping_tx.send(true);
     };
-    let serve = server::router(images, rt).serve_with_incoming_shutdown(UnixListenerStream::new(listener), signalled);
+    let serve = server::router(images, rt).serve_with_incoming_shutdown(
+        UnixListenerStream::new(listener).map(|conn| conn.map(server::AuthorityFix::new)),
+        signalled,
+    );
     // Requests in flight get a grace period, not forever: a pull stalled on a registry must
     // not keep corrald from stopping. What they leave is cleaned up at the next start.
     let grace = async move {

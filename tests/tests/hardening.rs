@@ -287,3 +287,83 @@ async fn exec_output_over_the_cap_is_cut_and_the_shim_stays_usable() {
         node.leftovers()
     );
 }
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK literal with incremental indexing of a static name (short plain value).
+fn hpack_literal(name_index: u8, value: &str) -> Vec<u8> {
+    assert!(name_index < 63 && value.len() < 127);
+    let mut out = vec![0x40 | name_index, value.len() as u8];
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// grpc-core clients (grpc-python, Ruby, C++) send a `unix:` target's socket path,
+/// percent-encoded, as `:authority`; h2 alone resets such streams. This speaks HTTP/2 by hand
+/// as grpc-core does: two Version calls, the second naming every header from the HPACK dynamic
+/// table the first filled (so corrald's rewrite must keep the tables in step).
+#[tokio::test]
+async fn grpc_core_clients_with_their_default_authority_are_served() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let socket = node.c.socket.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let authority = socket.to_str().unwrap().trim_start_matches('/').replace('/', "%2F");
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(0x4, 0, 0, &[]));
+        // :method POST, :scheme http, then :path, :authority, content-type and te as literals
+        // that enter the dynamic table (62 te, 63 content-type, 64 :authority, 65 :path).
+        let mut first = vec![0x83, 0x86];
+        first.extend(hpack_literal(4, "/runtime.v1.RuntimeService/Version"));
+        first.extend(hpack_literal(1, &authority));
+        first.extend(hpack_literal(31, "application/grpc"));
+        first.extend([0x40, 0x02, b't', b'e', 0x08]);
+        first.extend_from_slice(b"trailers");
+        let empty_message = [0u8; 5];
+        out.extend(h2_frame(0x1, 0x4, 1, &first));
+        out.extend(h2_frame(0x0, 0x1, 1, &empty_message));
+        out.extend(h2_frame(0x1, 0x4, 3, &[0x83, 0x86, 0xc1, 0xc0, 0xbf, 0xbe]));
+        out.extend(h2_frame(0x0, 0x1, 3, &empty_message));
+        conn.write_all(&out).unwrap();
+
+        let mut data: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        while data.len() < 2 || data.values().any(|d| !d.windows(6).any(|w| w == b"corral")) {
+            let n = conn.read(&mut chunk).expect("corrald answered");
+            assert!(n > 0, "corrald closed the connection; got {data:?}");
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let frame: Vec<u8> = buf.drain(..9 + len).collect();
+                let (kind, flags) = (frame[3], frame[4]);
+                let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]);
+                match kind {
+                    0x0 => data.entry(stream).or_default().extend_from_slice(&frame[9..]),
+                    0x3 => panic!("stream {stream} reset, error code {:?}", &frame[9..]),
+                    0x7 => panic!("GOAWAY: {:?}", &frame[9..]),
+                    0x4 if flags & 0x1 == 0 => conn.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap(),
+                    _ => {}
+                }
+            }
+        }
+        data
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+}

@@ -1,10 +1,12 @@
 //! The CRI gRPC layer: thin translation between CRI messages and domain calls, and the mapping
 //! of domain errors to gRPC status codes. Nothing here touches the filesystem.
 
+mod authority;
 mod convert;
 mod image;
 mod runtime;
 
+pub use authority::AuthorityFix;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use convert::create_container_request;
 
