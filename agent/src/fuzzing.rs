@@ -59,6 +59,16 @@ pub fn container_request(data: &[u8]) {
     }
 }
 
+/// HTTP/2 frames from a client (after the preface) through the `:authority` rewriter: the first
+/// byte picks how the socket splits them, and the split must not change what h2 reads.
+pub fn authority(data: &[u8]) {
+    let Some((&step, frames)) = data.split_first() else { return };
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend_from_slice(frames);
+    let whole = crate::server::rewrite_stream(&wire, wire.len());
+    assert_eq!(crate::server::rewrite_stream(&wire, usize::from(step)), whole, "split in {step}-byte pieces");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +111,8 @@ mod tests {
             br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]}"#.to_vec(),
             tar_of(&[("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"), ("a/.wh..wh..opq", b"")]),
             config.encode_to_vec(),
+            // step 5, then HEADERS (END_HEADERS) on stream 1: :method POST, :authority "a%2Fb".
+            vec![5, 0, 0, 8, 1, 4, 0, 0, 0, 1, 0x83, 0x41, 5, b'a', b'%', b'2', b'F', b'b'],
         ];
         let mut seed = 0x9E37_79B9_7F4A_7C15;
         let mut inputs = seeds.clone();
@@ -124,6 +136,7 @@ mod tests {
             manifest(data);
             cni_config(data);
             container_request(data);
+            authority(data);
         }
         for data in inputs.iter().take(60) {
             layer(data);

@@ -24,6 +24,9 @@ const PRIORITY: u8 = 0x20;
 /// The frame size every HTTP/2 peer takes (SETTINGS_MAX_FRAME_SIZE is at least this).
 const MAX_FRAME: usize = 16_384;
 const STATIC_ENTRIES: usize = 61;
+/// The longest header block collected before this gives up and lets h2 judge it (h2 refuses
+/// header lists over 16 KiB by default; a CONTINUATION flood must not grow memory here).
+const MAX_BLOCK: usize = 256 * 1024;
 /// The static table's names (RFC 7541, appendix A), index 1 first.
 const STATIC_NAMES: [&str; STATIC_ENTRIES] = [
     ":authority",
@@ -353,6 +356,9 @@ impl Reader {
                     (self.flags, self.stream, self.priority, self.collecting) = (flags, stream, priority, true);
                 }
                 (CONTINUATION, true) if stream == self.stream => {
+                    if self.raw.len() + frame.len() > MAX_BLOCK {
+                        return self.give_up_with(frame);
+                    }
                     self.fragment.extend_from_slice(payload);
                     self.raw.extend_from_slice(&frame);
                     self.flags |= flags & END_HEADERS;
@@ -378,6 +384,13 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// The socket is at its end: what is left (an incomplete frame or header block) goes to h2
+    /// as the socket gave it.
+    fn finish(&mut self) {
+        self.output.append(&mut self.raw);
+        self.output.append(&mut self.input);
     }
 
     fn give_up_with(&mut self, frame: Vec<u8>) {
@@ -437,9 +450,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
-                // What is left is an incomplete frame: h2 sees it as the socket gave it.
-                this.reader.output.append(&mut this.reader.raw);
-                this.reader.output.append(&mut this.reader.input);
+                this.reader.finish();
                 if this.reader.output.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -491,6 +502,18 @@ impl tonic::transport::server::Connected for AuthorityFix<tokio::net::UnixStream
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
+}
+
+/// What h2 reads when a connection sends `data` in pieces of `step` bytes and closes.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn rewrite_stream(data: &[u8], step: usize) -> Vec<u8> {
+    let mut reader = Reader::new();
+    for chunk in data.chunks(step.max(1)) {
+        reader.input.extend_from_slice(chunk);
+        reader.process();
+    }
+    reader.finish();
+    reader.output
 }
 
 #[cfg(test)]
@@ -590,6 +613,20 @@ mod tests {
             assert_eq!(value_of(&rest[9 + 1..9 + len]), b"runx2Fcorral.sock");
             assert_eq!(&rest[9 + len..], &frame(0x0, END_STREAM, 1, b"data")[..]);
         }
+    }
+
+    #[test]
+    fn an_endless_header_block_is_left_to_h2() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, 0, 1, &[0x83]));
+        for _ in 0..(MAX_BLOCK / 1000 + 1) {
+            wire.extend(frame(CONTINUATION, 0, 1, &[0x83; 1000]));
+        }
+        let mut reader = Reader::new();
+        reader.input.extend_from_slice(&wire);
+        reader.process();
+        assert!(reader.passthrough);
+        assert_eq!(reader.output, wire, "passed on as it came");
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod convert;
 mod image;
 mod runtime;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub use authority::rewrite_stream;
 pub use authority::AuthorityFix;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use convert::create_container_request;
