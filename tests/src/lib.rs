@@ -525,6 +525,11 @@ pub async fn rpc<T>(call: impl Future<Output = Result<T, tonic::Status>>) -> Res
     }
 }
 
+/// A port mapping (`host_ip` "" for every address).
+pub fn port(protocol: cri::Protocol, container_port: i32, host_port: i32, host_ip: &str) -> cri::PortMapping {
+    cri::PortMapping { protocol: protocol as i32, container_port, host_port, host_ip: host_ip.into() }
+}
+
 pub fn spec(image: &str) -> cri::ImageSpec {
     cri::ImageSpec { image: image.to_string(), ..Default::default() }
 }

@@ -137,16 +137,7 @@ impl Net {
             }),
             hostname: name.into(),
             log_directory: self.c.dir().join("logs").join(name).display().to_string(),
-            port_mappings: host_port
-                .map(|hp| {
-                    vec![cri::PortMapping {
-                        protocol: cri::Protocol::Tcp as i32,
-                        container_port: 80,
-                        host_port: hp,
-                        host_ip: String::new(),
-                    }]
-                })
-                .unwrap_or_default(),
+            port_mappings: host_port.map(|hp| vec![crate::port(cri::Protocol::Tcp, 80, hp, "")]).unwrap_or_default(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {

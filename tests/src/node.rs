@@ -259,6 +259,13 @@ impl Node {
         out
     }
 
+    /// Fails the test unless [`Node::leftovers`] is empty within 10 s (shims exit, mounts and
+    /// cgroups go asynchronously to the last RPC's answer).
+    pub async fn assert_nothing_left(&self) {
+        let gone = crate::wait_for(std::time::Duration::from_secs(10), || self.leftovers().is_empty()).await;
+        assert!(gone, "left behind: {:?}", self.leftovers());
+    }
+
     /// What must be gone once every pod is removed.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();

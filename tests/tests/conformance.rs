@@ -140,11 +140,7 @@ async fn a_pod_and_container_with_only_the_required_fields_run_with_containerd_d
     assert_eq!(node.sh(&c, own).await, "mine", "/sys/fs/cgroup is not the container's cgroup");
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 /// A pod cgroup made as the kubelet makes it (every hierarchy), removed on drop with the
@@ -197,20 +193,7 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
         searches: vec!["default.svc.cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
-    pc.port_mappings = vec![
-        cri::PortMapping {
-            protocol: cri::Protocol::Tcp as i32,
-            container_port: 80,
-            host_port: 0,
-            host_ip: String::new(),
-        },
-        cri::PortMapping {
-            protocol: cri::Protocol::Udp as i32,
-            container_port: 53,
-            host_port: 0,
-            host_ip: String::new(),
-        },
-    ];
+    pc.port_mappings = vec![tests::port(cri::Protocol::Tcp, 80, 0, ""), tests::port(cri::Protocol::Udp, 53, 0, "")];
     pc.linux.as_mut().unwrap().cgroup_parent = cgroup_parent.clone();
     // The kubelet makes the pod's cgroup before RunPodSandbox and removes it after.
     let kubelet_cgroups = KubeletCgroup::create(&cgroup_parent);
@@ -280,11 +263,7 @@ async fn a_kubelet_shaped_pod_with_container_ports_and_no_host_ports() {
     // corral removed the container's cgroup and left the kubelet's to the kubelet.
     assert!(kubelet_cgroups.dirs().iter().all(|d| d.exists() && !d.join(&c).exists()));
     drop(kubelet_cgroups);
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -324,20 +303,8 @@ async fn hostnames_and_port_mappings_are_checked_before_any_side_effect() {
     // The longest hostname works; a host port mapping goes to CNI, the others do not.
     let mut max = node.pod_config("max", cri::NamespaceMode::Container);
     max.hostname = "h".repeat(64);
-    max.port_mappings = vec![
-        cri::PortMapping {
-            protocol: cri::Protocol::Tcp as i32,
-            container_port: 80,
-            host_port: 0,
-            host_ip: String::new(),
-        },
-        cri::PortMapping {
-            protocol: cri::Protocol::Udp as i32,
-            container_port: 53,
-            host_port: 5353,
-            host_ip: "127.0.0.1".into(),
-        },
-    ];
+    max.port_mappings =
+        vec![tests::port(cri::Protocol::Tcp, 80, 0, ""), tests::port(cri::Protocol::Udp, 53, 5353, "127.0.0.1")];
     let pod = node.run_pod_with(max.clone()).await.expect("a 64-byte hostname");
     let add = cni_last_stdin(&node);
     assert_eq!(
@@ -365,11 +332,7 @@ async fn hostnames_and_port_mappings_are_checked_before_any_side_effect() {
     assert_eq!(info["hostname"], node_hostname());
     node.remove_pod(&hp).await.unwrap();
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -453,11 +416,7 @@ async fn users_groups_and_the_supplemental_groups_policy() {
     assert!(status.features.expect("features").supplemental_groups_policy);
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 /// A tmpfs mounted on `dir`, unmounted on drop (Node's guard also unmounts what is left).
@@ -536,11 +495,7 @@ async fn recursive_read_only_mounts() {
     }
     node.remove_pod(&pod).await.unwrap();
     drop(sub);
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -621,11 +576,7 @@ async fn image_volumes_mount_pulled_images_read_only() {
     assert_eq!(node.sh(&c, "cat /vol/data/new").await, "new");
     assert!(layered_dirs.iter().all(|d| d.exists()), "layers removed under a running container");
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
     assert!(
         tests::wait_for(Duration::from_secs(10), || layered_dirs.iter().all(|d| !d.exists())).await,
         "the removed image's layers outlived its last container"
@@ -743,11 +694,7 @@ async fn cri_1_36_stream_rpcs_stop_signal_and_pod_resources() {
 
     node.remove_pod(&pod_a).await.unwrap();
     node.remove_pod(&pod_b).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -796,11 +743,7 @@ async fn error_codes_name_what_failed() {
     .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -852,11 +795,7 @@ async fn a_request_its_client_abandons_still_completes_once() {
     for p in list_pods(&node).await {
         node.remove_pod(&p.id).await.unwrap();
     }
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -882,9 +821,5 @@ async fn privileged_containers_get_the_host_devices_and_every_capability() {
     node.sh(&privileged, "brctl addbr corraltest0 && brctl delbr corraltest0").await;
     assert_ne!(node.exec(&plain, &["brctl", "addbr", "corraltest0"], 10).await.unwrap().exit_code, 0);
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }

@@ -66,11 +66,7 @@ async fn request_paths_and_names_stay_where_they_belong() {
     assert!(err.message().len() < 8192, "a {}-byte error message", err.message().len());
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -91,11 +87,7 @@ async fn bundles_hold_the_env_for_root_only() {
     assert!(std::fs::read_to_string(&config).unwrap().contains("hunter2"));
     assert_eq!(mode(&config), 0o600, "config.json holds the env");
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -188,11 +180,7 @@ async fn containers_whose_shim_died_are_found_stopped_and_removed() {
         .expect("RemoveContainer of an orphan");
     assert!(!alive(pid_b), "RemoveContainer returned while the process runs");
     node.remove_pod(&pod).await.expect("RemovePodSandbox after orphans");
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -215,11 +203,7 @@ async fn a_container_whose_shim_is_killed_keeps_running_until_stopped() {
     let s = node.status(&c).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32, "{s:?}");
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -255,11 +239,7 @@ async fn a_pod_whose_pid_1_died_is_not_ready() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("PID 1"), "{}", err.message());
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -281,11 +261,7 @@ async fn exec_output_over_the_cap_is_cut_and_the_shim_stays_usable() {
     // The shim answers the next request as ever.
     assert_eq!(node.sh(&c, "echo after").await, "after");
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 /// An HTTP/2 frame: length, type, flags, stream, payload.

@@ -188,20 +188,7 @@ async fn corral_cni_pod_with_container_ports_and_no_host_ports() {
     // corral-cni refuses hostPort 0, so only mappings with a host port may reach it.
     let net = Net::boot(env, Chain::Corral).await;
     let mut pc = net.pod_config("ports", None);
-    pc.port_mappings = vec![
-        cri::PortMapping {
-            protocol: cri::Protocol::Tcp as i32,
-            container_port: 80,
-            host_port: 0,
-            host_ip: String::new(),
-        },
-        cri::PortMapping {
-            protocol: cri::Protocol::Udp as i32,
-            container_port: 53,
-            host_port: 0,
-            host_ip: String::new(),
-        },
-    ];
+    pc.port_mappings = vec![tests::port(cri::Protocol::Tcp, 80, 0, ""), tests::port(cri::Protocol::Udp, 53, 0, "")];
     let (pod, c, ip) = net.pod_with(pc, HTTPD).await;
     // The pod serves on its own address; no rule was made for it.
     let out = net.exec(&c, &["sh", "-c", "for i in $(seq 50); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $0 80 && exit 0; sleep 0.1; done; exit 1", &ip]).await;

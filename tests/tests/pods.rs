@@ -75,11 +75,7 @@ async fn pod_with_a_long_running_container_and_full_cleanup() {
             .await
             .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -275,11 +271,7 @@ async fn env_workdir_users_and_security_context() {
     assert!(s.mounts[0].readonly);
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -339,11 +331,7 @@ async fn hostname_dns_sysctls_and_shared_ipc() {
     assert!(err.message().contains(&a), "{}", err.message());
 
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -404,11 +392,7 @@ async fn shared_pid_namespace_has_the_pause_process_as_pid_1() {
             .into_inner();
     assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -452,11 +436,7 @@ async fn exec_timeout_background_children_and_start_failure() {
     node.stop_container(&ctr, 0).await.unwrap();
     assert_eq!(node.exec(&ctr, &["true"], 5).await.unwrap_err().code(), Code::FailedPrecondition);
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -534,11 +514,7 @@ async fn containers_survive_a_corrald_crash_and_a_lost_shim_is_reported() {
     node.stop_container(&ctr, 1).await.unwrap();
     assert_eq!(node.status(&ctr).await.state, cri::ContainerState::ContainerExited as i32);
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -591,11 +567,7 @@ async fn host_network_pod_uses_the_node_hostname() {
         std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string()
     );
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -621,11 +593,7 @@ async fn bad_requests_get_clear_errors() {
     node.wait_exited(&ctr, Duration::from_secs(30)).await;
     assert_eq!(node.start(&ctr).await.unwrap_err().code(), Code::FailedPrecondition);
     node.remove_pod(&pod).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -639,12 +607,7 @@ async fn pod_network_through_a_cni_plugin_and_its_failures() {
     assert!(net.status, "{net:?}");
 
     let mut pc = node.pod_config("net", cri::NamespaceMode::Container);
-    pc.port_mappings = vec![cri::PortMapping {
-        protocol: cri::Protocol::Tcp as i32,
-        container_port: 80,
-        host_port: 18080,
-        host_ip: String::new(),
-    }];
+    pc.port_mappings = vec![tests::port(cri::Protocol::Tcp, 80, 18080, "")];
     let pod = node.run_pod_with(pc.clone()).await.unwrap();
     let st =
         rpc(node.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }))
@@ -700,11 +663,7 @@ async fn pod_network_through_a_cni_plugin_and_its_failures() {
     std::fs::remove_file(node.cni.path().join("bin/fail")).unwrap();
     let again = node.run_pod_with(node.pod_config("failing", cri::NamespaceMode::Container)).await.unwrap();
     node.remove_pod(&again).await.unwrap();
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
     assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty());
 }
 
@@ -730,11 +689,7 @@ async fn kill_9_between_run_and_remove_leaks_nothing() {
     node.remove_pod(&pod).await.unwrap();
     let calls = std::fs::read_to_string(node.cni.path().join("bin/calls")).unwrap();
     assert!(calls.contains(&format!("DEL {pod} eth0")), "{calls}");
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
     assert!(tests::dir_names(&node.c.root.join("cni/results")).is_empty());
 }
 
@@ -856,11 +811,7 @@ async fn resources_oom_score_and_pid_namespace_modes() {
         libc::umount2(inner.as_ptr(), libc::MNT_DETACH);
         libc::umount2(src.as_ptr(), libc::MNT_DETACH);
     }
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }
 
 #[tokio::test]
@@ -884,9 +835,5 @@ async fn removing_an_image_never_breaks_a_container_that_uses_it() {
     let after = node.c.snapshot_names();
     assert!(after.len() < snapshots_with_container, "{after:?}");
     assert_eq!(after.len(), 1, "{after:?}");
-    assert!(
-        tests::wait_for(Duration::from_secs(10), || node.leftovers().is_empty()).await,
-        "left behind: {:?}",
-        node.leftovers()
-    );
+    node.assert_nothing_left().await;
 }

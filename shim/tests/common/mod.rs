@@ -28,22 +28,7 @@ pub fn is_root(test: &str) -> bool {
     root
 }
 
-pub const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+pub use ::common::caps::DEFAULT as DEFAULT_CAPS;
 
 /// CapEff of DEFAULT_CAPS.
 pub const DEFAULT_CAPS_MASK: u64 = (1 << 0)
