@@ -3,7 +3,8 @@
 #
 #   hack/test-env.sh start DIR   two registries on 127.0.0.1 (open, and basic
 #                                auth corral/s3cret), images pushed; writes
-#                                DIR/env (also printed) to be sourced
+#                                DIR/env (also printed) to be sourced; the
+#                                gRPC clients of hack/install-test-clients.sh
 #   hack/test-env.sh stop DIR    stops both registries and removes DIR
 #
 # Run it, don't source it: `hack/test-env.sh start "$d" >/dev/null; . "$d/env"`
@@ -30,12 +31,14 @@ start() {
     "$hack/build-images.py" "$open" --out "$dir/images.json" >"$dir/push.log"
     "$hack/build-images.py" "$auth" --user "$AUTH_USER:$AUTH_PASS" \
         --only corral/busybox >>"$dir/push.log"
+    grpcio=$("$hack/install-test-clients.sh")
     cat >"$dir/env" <<EOF
 export CORRAL_TEST_REGISTRY=$open
 export CORRAL_TEST_AUTH_REGISTRY=$auth
 export CORRAL_TEST_AUTH_USER=$AUTH_USER
 export CORRAL_TEST_AUTH_PASS=$AUTH_PASS
 export CORRAL_TEST_IMAGES=$dir/images.json
+export CORRAL_TEST_GRPCIO=$grpcio
 EOF
     trap - ERR
     cat "$dir/env"

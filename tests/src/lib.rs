@@ -76,6 +76,8 @@ pub struct TestEnv {
     pub auth_pass: String,
     /// images.json: per `name:tag` its manifest_digest, config_digest, layers, diff_ids, ...
     pub images: serde_json::Value,
+    /// grpc-python (grpc-core) for PYTHONPATH (hack/install-test-clients.sh).
+    pub grpcio: PathBuf,
 }
 
 impl TestEnv {
@@ -94,6 +96,7 @@ impl TestEnv {
             auth_user: var("CORRAL_TEST_AUTH_USER"),
             auth_pass: var("CORRAL_TEST_AUTH_PASS"),
             images: serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {images_path}: {e}")),
+            grpcio: PathBuf::from(var("CORRAL_TEST_GRPCIO")),
         })
     }
 

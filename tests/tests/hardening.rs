@@ -343,3 +343,35 @@ async fn grpc_core_clients_with_their_default_authority_are_served() {
     .unwrap();
     assert_eq!(answers.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
 }
+
+/// grpc-python as PyPI ships it, with its default channel options: the authority it sends for
+/// `unix:///path` is the percent-encoded path.
+#[tokio::test]
+async fn grpc_python_is_served_with_its_defaults() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env.clone()).await;
+    let script = r#"
+import sys, grpc
+print("grpcio", grpc.__version__)
+channel = grpc.insecure_channel("unix://" + sys.argv[1])
+for method in ("/runtime.v1.RuntimeService/Version", "/runtime.v1.ImageService/ImageFsInfo"):
+    reply = channel.unary_unary(method)(b"", timeout=20)
+    print(method, reply.hex())
+"#;
+    let out = std::process::Command::new("python3")
+        .env("PYTHONPATH", &env.grpcio)
+        .arg("-c")
+        .arg(script)
+        .arg(&node.c.socket)
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "grpc-python failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let version_of_grpcio = env.grpcio.file_name().unwrap().to_string_lossy().replace("grpcio-", "grpcio ");
+    assert!(stdout.contains(&version_of_grpcio), "not the grpcio of {}: {stdout}", env.grpcio.display());
+    let version = stdout.lines().find(|l| l.starts_with("/runtime.v1.RuntimeService/Version")).unwrap();
+    let corral: String = b"corral".iter().map(|b| format!("{b:02x}")).collect();
+    assert!(version.contains(&corral), "no runtime name in the answer: {version}");
+    assert!(stdout.contains("/runtime.v1.ImageService/ImageFsInfo "), "{stdout}");
+}
