@@ -27,7 +27,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// What the workers were told exists, and what they removed.
 #[derive(Default)]
 struct Ledger {
-    /// Pod ids acknowledged by RunPodSandbox (or found after a retry) and not yet removed.
+    /// Pod ids acknowledged by RunPodSandbox (or found after a retry) whose removal has not
+    /// been asked for.
     live_pods: BTreeSet<String>,
     /// Every pod id ever made, to look for its rules at the end.
     all_pods: BTreeSet<String>,
@@ -189,15 +190,16 @@ async fn cycle(socket: &Path, ledger: &Mutex<Ledger>, image: &str, ns: &str, nam
     })
     .await
     .unwrap_or_else(|e| panic!("{name}: StopPodSandbox: {e:?}"));
+    // From here the pod may be gone at any moment: a removal cut short by a kill can have
+    // finished (the retry then answers OK for a pod that is no more).
+    ledger.lock().unwrap().live_pods.remove(&pod);
     call(socket, ledger, "RemovePodSandbox", |mut c| {
         let id = pod.clone();
         async move { c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id }).await }
     })
     .await
     .unwrap_or_else(|e| panic!("{name}: RemovePodSandbox: {e:?}"));
-    let mut l = ledger.lock().unwrap();
-    l.live_pods.remove(&pod);
-    l.cycles += 1;
+    ledger.lock().unwrap().cycles += 1;
 }
 
 /// Pids of corral-shim processes serving `state`.
@@ -274,7 +276,10 @@ async fn pod_cycles_survive_corrald_being_killed() {
         net.c.kill9();
         killed += 1;
         net.c.restart().await;
-        // Every pod the workers were told exists and did not remove is still listed.
+        // Every pod the workers were told exists, and whose removal they did not ask for, is
+        // still listed: those live both before and after the listing (a pod acknowledged
+        // while it ran, or with a removal begun meanwhile, may or may not be in it).
+        let live_before = ledger.lock().unwrap().live_pods.clone();
         let listed: BTreeSet<String> =
             tests::rpc(net.c.runtime().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }))
                 .await
@@ -284,8 +289,8 @@ async fn pod_cycles_survive_corrald_being_killed() {
                 .into_iter()
                 .map(|p| p.id)
                 .collect();
-        let live = ledger.lock().unwrap().live_pods.clone();
-        let lost: Vec<&String> = live.iter().filter(|p| !listed.contains(*p)).collect();
+        let live_after = ledger.lock().unwrap().live_pods.clone();
+        let lost: Vec<&String> = live_before.intersection(&live_after).filter(|p| !listed.contains(*p)).collect();
         assert!(lost.is_empty(), "pods lost across kill {killed}: {lost:?}");
     }
     for t in tasks {
