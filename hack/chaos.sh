@@ -15,7 +15,7 @@ fi
 WORKERS=${WORKERS:-4}
 CYCLES=${CYCLES:-250}
 KILLS=${KILLS:-100}
-KILL_MS=${KILL_MS:-400}
+KILL_MS=${KILL_MS:-900}
 
 hack/install-deps.sh
 cargo build --release --bins
