@@ -6,6 +6,8 @@
 
 pub mod caps;
 pub mod cgroup;
+#[allow(unsafe_code)]
+pub mod fdpass;
 pub mod path;
 #[allow(unsafe_code)]
 mod sys;
