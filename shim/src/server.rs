@@ -45,6 +45,9 @@ pub fn dispatch(shim: &Shim, req: Request) -> Response {
         request::Kind::Exec(e) => exec::run(shim, &e).map(response::Kind::Exec),
         request::Kind::ReopenLog(_) => empty(shim.reopen_log()),
         request::Kind::Shutdown(_) => empty(shim.shutdown()),
+        request::Kind::ExecStream(_) | request::Kind::Attach(_) | request::Kind::CloseStdin(_) => {
+            Err(Fail::new(ErrorKind::FailedPrecondition, "this shim does not serve streaming sessions"))
+        }
     })
 }
 
