@@ -1,0 +1,1 @@
+//! SPDY/3.1 (placeholder until the crate lands).
