@@ -1,0 +1,158 @@
+//! The writer task: takes queued frames in order, compresses header blocks with the
+//! connection's one outgoing zlib context, and writes frames out in batches.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::stream::{StreamCell, StreamState};
+use super::{lock, Inner, OpenedStream, Out, Queued, GOAWAY_GRACE};
+use crate::error::Error;
+use crate::frame::{self, rst, Frame, FLAG_FIN};
+use crate::headers::{Compressor, Headers};
+
+/// Frames are gathered up to about this many bytes per write.
+const BATCH: usize = 64 * 1024;
+
+/// Runs the writer until the session ends or writing fails; then ends the session and shuts
+/// the connection's write side down.
+pub(crate) async fn run<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut w: W, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let mut closed = inner.closed.subscribe();
+    let res = tokio::select! {
+        biased;
+        _ = closed.wait_for(|c| *c) => Ok(()),
+        r = write_loop(&inner, &mut w, &mut rx) => r,
+    };
+    if let Err(e) = res {
+        tracing::debug!(client = inner.client, error = %e, "spdy writer stops");
+    }
+    inner.shutdown();
+    let _ = tokio::time::timeout(GOAWAY_GRACE, w.shutdown()).await;
+}
+
+/// Writes queued frames until the queue closes or an error.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    inner: &Inner,
+    w: &mut W,
+    rx: &mut mpsc::UnboundedReceiver<Queued>,
+) -> Result<(), Error> {
+    let mut enc = Encoder { compressor: Compressor::new()?, buf: BytesMut::with_capacity(BATCH), acks: Vec::new() };
+    let mut written = Vec::new();
+    loop {
+        let Some(q) = rx.recv().await else { return Ok(()) };
+        enc.encode(inner, q.out)?;
+        written.push(q.permit);
+        while enc.buf.len() < BATCH {
+            let Ok(q) = rx.try_recv() else { break };
+            enc.encode(inner, q.out)?;
+            written.push(q.permit);
+        }
+        if !enc.buf.is_empty() {
+            w.write_all(&enc.buf).await?;
+            w.flush().await?;
+            enc.buf.clear();
+        }
+        // Returns the budget the written frames held.
+        written.clear();
+        for ack in enc.acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// Frame encoding state of the writer.
+struct Encoder {
+    compressor: Compressor,
+    buf: BytesMut,
+    /// GOAWAY senders waiting for the batch to be written.
+    acks: Vec<oneshot::Sender<()>>,
+}
+
+impl Encoder {
+    /// Appends `out` to the batch. Errors end the session (the compression context is lost).
+    fn encode(&mut self, inner: &Inner, out: Out) -> Result<(), Error> {
+        match out {
+            Out::Syn { headers, fin, done } => self.open(inner, headers, fin, done)?,
+            Out::Reply { id, headers } => {
+                let block = self.compressor.compress(&headers, inner.config.max_header_block)?;
+                Frame::SynReply { stream_id: id, flags: 0, block: block.into() }.encode(&mut self.buf)?;
+            }
+            Out::Data { id, data, fin } => {
+                frame::encode_data_header(&mut self.buf, id, if fin { FLAG_FIN } else { 0 }, data.len())?;
+                self.buf.extend_from_slice(&data);
+            }
+            Out::Rst { id, status } => Frame::RstStream { stream_id: id, status }.encode(&mut self.buf)?,
+            Out::Ping { id } => Frame::Ping { id }.encode(&mut self.buf)?,
+            Out::GoAway { status, done } => {
+                let last_good_stream_id = {
+                    let mut st = lock(&inner.state);
+                    st.goaway_sent = true;
+                    st.last_peer_stream_id
+                };
+                Frame::GoAway { last_good_stream_id, status }.encode(&mut self.buf)?;
+                self.acks.extend(done);
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates the next stream id, registers the stream and encodes its SYN_STREAM; reports
+    /// the stream (or why not) to the opener.
+    fn open(
+        &mut self,
+        inner: &Inner,
+        headers: Headers,
+        fin: bool,
+        done: oneshot::Sender<Result<OpenedStream, Error>>,
+    ) -> Result<(), Error> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let registered = {
+            let mut st = lock(&inner.state);
+            let id = st.next_stream_id;
+            if st.closed {
+                Err(Error::Closed)
+            } else if st.goaway_received.is_some() {
+                Err(Error::GoneAway)
+            } else if st.streams.len() >= inner.config.max_streams || id > frame::STREAM_ID_MASK {
+                Err(Error::TooManyStreams)
+            } else {
+                st.next_stream_id = id.saturating_add(2);
+                let cell =
+                    StreamCell::new(id, StreamState { local_fin: fin, reply: Some(reply_tx), ..Default::default() });
+                st.streams.insert(id, cell.clone());
+                Ok(cell)
+            }
+        };
+        let cell = match registered {
+            Ok(cell) => cell,
+            Err(e) => {
+                let _ = done.send(Err(e));
+                return Ok(());
+            }
+        };
+        let block = match self.compressor.compress(&headers, inner.config.max_header_block) {
+            Ok(block) => block,
+            Err(e @ Error::TooLarge(_)) => {
+                // Refused before compression: the context is intact, the id just goes unused.
+                lock(&inner.state).streams.remove(&cell.id);
+                let _ = done.send(Err(e));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let flags = if fin { FLAG_FIN } else { 0 };
+        Frame::SynStream { stream_id: cell.id, associated_id: 0, priority: 0, slot: 0, flags, block: block.into() }
+            .encode(&mut self.buf)?;
+        if let Err(Ok(opened)) = done.send(Ok(OpenedStream { cell, reply: reply_rx })) {
+            // The opener went away: nobody will use the stream.
+            let cell = opened.cell;
+            if cell.mark_reset(rst::CANCEL, true) {
+                Frame::RstStream { stream_id: cell.id, status: rst::CANCEL }.encode(&mut self.buf)?;
+            }
+            inner.forget_if_finished(&cell);
+        }
+        Ok(())
+    }
+}
