@@ -315,12 +315,14 @@ pub fn sethostname(name: &str) -> io::Result<()> {
     check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) }).map(|_| ())
 }
 
+/// Async-signal-safe.
 pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
     let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
     // SAFETY: `lim` is a live rlimit the kernel only reads.
     check(unsafe { libc::setrlimit(resource as _, &lim) }).map(|_| ())
 }
 
+/// Async-signal-safe.
 pub fn getrlimit(resource: u32) -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a live, writable rlimit for the kernel to fill.
@@ -370,16 +372,22 @@ pub fn cloexec_from(from: u32) -> io::Result<()> {
 /// The fallback of [`cloexec_from`]: FD_CLOEXEC on every fd >= `from` listed in /proc/self/fd,
 /// read with a raw getdents64 into a stack buffer (no allocation, no lock).
 pub fn cloexec_listed(from: u32) -> io::Result<()> {
+    each_listed_fd(from, &mut set_cloexec)
+}
+
+/// Calls `f` with every fd >= `from` listed in /proc/self/fd (but the listing's own), read with a
+/// raw getdents64 into a stack buffer. Async-signal-safe when `f` is.
+fn each_listed_fd(from: u32, f: &mut dyn FnMut(RawFd) -> io::Result<()>) -> io::Result<()> {
     // SAFETY: a NUL-terminated literal path; open returns a new descriptor or -1.
     let dir =
         check(unsafe { libc::open(c"/proc/self/fd".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
-    let r = cloexec_entries(dir, from);
+    let r = listed_entries(dir, from, f);
     // SAFETY: `dir` was opened above, is owned by this function and is closed once.
     unsafe { libc::close(dir) };
     r
 }
 
-fn cloexec_entries(dir: RawFd, from: u32) -> io::Result<()> {
+fn listed_entries(dir: RawFd, from: u32, f: &mut dyn FnMut(RawFd) -> io::Result<()>) -> io::Result<()> {
     let mut buf = [0u8; 4096];
     loop {
         // SAFETY: `buf` is writable for the length passed; the kernel writes at most that many
@@ -397,12 +405,56 @@ fn cloexec_entries(dir: RawFd, from: u32) -> io::Result<()> {
             }
             if let Some(fd) = fd_of_name(&buf[off + 19..off + reclen]) {
                 if fd >= from as u64 && fd != dir as u64 {
-                    set_cloexec(fd as RawFd)?;
+                    f(fd as RawFd)?;
                 }
             }
             off += reclen;
         }
     }
+}
+
+/// close_range(2) of `first..=last`; false when the kernel lacks it (before 5.9).
+fn close_range(first: u32, last: u32) -> bool {
+    // SAFETY: integer arguments only; the caller owns every descriptor in the range (see
+    // close_all_except), none of which is used again.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) == 0 }
+}
+
+/// Closes a descriptor that no Rust object owns (or whose owner never runs again, in a forked
+/// child). Errors are ignored. Async-signal-safe.
+pub fn close(fd: RawFd) {
+    // SAFETY: integer argument only; the caller guarantees nothing uses `fd` afterwards.
+    unsafe { libc::close(fd) };
+}
+
+/// Closes every descriptor >= 3 but those in `keep` (sorted ascending): close_range(2) over the
+/// gaps, else (before Linux 5.9) each one listed in /proc/self/fd. For a child forked from the
+/// multi-threaded daemon, so that it holds no descriptor another thread opened (another
+/// session's stdin writer, a connection): its Rust owners never run again in the child.
+/// Async-signal-safe.
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut low: u32 = 3;
+    let mut ranges_closed = true;
+    for &k in keep {
+        let Ok(k) = u32::try_from(k) else { continue };
+        if k < low {
+            continue;
+        }
+        if k > low && !close_range(low, k - 1) {
+            ranges_closed = false;
+            break;
+        }
+        low = k + 1;
+    }
+    if ranges_closed && close_range(low, u32::MAX) {
+        return Ok(());
+    }
+    each_listed_fd(3, &mut |fd| {
+        if keep.binary_search(&fd).is_err() {
+            close(fd);
+        }
+        Ok(())
+    })
 }
 
 /// The number a /proc/self/fd entry is named after (its name is NUL-terminated and padded).
@@ -567,6 +619,17 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     let slave = check(unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
     // SAFETY: open just returned this descriptor; nothing else owns it.
     Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+/// Writes `data` to the existing file `path` (opened without creating, closed after).
+/// Async-signal-safe.
+pub fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and alive for the call; open returns a new descriptor
+    // or -1.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
+    let r = write_all_raw(fd, data);
+    close(fd);
+    r
 }
 
 /// Makes `fd` (a terminal) the controlling terminal of the calling session leader.

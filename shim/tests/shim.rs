@@ -202,6 +202,38 @@ fn exec_output_timeout_and_background_child() {
 }
 
 #[test]
+fn exec_gets_the_containers_oom_score_adj_and_rlimits() {
+    if !is_root("exec_gets_the_containers_oom_score_adj_and_rlimits") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("execlimits");
+    let mut s = spec(&b, &["sleep", "1000"]);
+    // Raised, which needs no privilege (lowering needs CAP_SYS_RESOURCE in the init user namespace).
+    s["process"]["oomScoreAdj"] = json!(500);
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    let daemon = *fx.daemons.last().unwrap();
+    let shim_adj = fs::read_to_string(format!("/proc/{daemon}/oom_score_adj")).unwrap();
+    let script = "cat /proc/self/oom_score_adj; ulimit -n; ulimit -Hn; ls /proc/self/fd";
+    let res = exec_ok(exec(&b, &["sh", "-c", script], 5000));
+    let out = String::from_utf8_lossy(&res.stdout).to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    // The spec's oomScoreAdj and RLIMIT_NOFILE (1024/4096), as the container process has.
+    assert_eq!(&lines[..3], &["500", "1024", "4096"], "{out}");
+    // Only its stdio (and ls's own directory) are open: nothing of the shim leaks in.
+    assert_eq!(&lines[3..], &["0", "1", "2", "3"], "{out}");
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{daemon}/oom_score_adj")).unwrap(),
+        shim_adj,
+        "the shim's own is kept"
+    );
+    assert!(kill(&b, 9, false).error.is_empty());
+    wait(&b, 10_000).unwrap();
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
 fn missing_executable_is_a_start_error() {
     if !is_root("missing_executable_is_a_start_error") {
         return;

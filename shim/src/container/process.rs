@@ -31,22 +31,36 @@ pub fn own_bounding(last: u32) -> u64 {
     (0..=last).filter(|&c| sys::capbset_read(c).unwrap_or(false)).fold(0, |m, c| m | (1u64 << c))
 }
 
-/// Sets the rlimits of the calling process. A hard limit above ours cannot be raised
-/// without CAP_SYS_RESOURCE: it is clamped to ours, with a warning.
+/// Sets one rlimit of the calling process. A hard limit above ours cannot be raised without
+/// CAP_SYS_RESOURCE: both limits are then clamped to ours, and `Ok(Some((soft, hard)))` says
+/// what was set. Async-signal-safe (exec.rs applies the container's rlimits to exec'd processes
+/// with it).
+pub fn set_rlimit(res: u32, soft: u64, hard: u64) -> io::Result<Option<(u64, u64)>> {
+    match sys::setrlimit(res, soft, hard) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let (_, cur_hard) = sys::getrlimit(res)?;
+            let (s, h) = (soft.min(cur_hard), hard.min(cur_hard));
+            sys::setrlimit(res, s, h)?;
+            Ok(Some((s, h)))
+        }
+        r => r.map(|()| None),
+    }
+}
+
+/// Sets the rlimits of the calling process ([`set_rlimit`]); a clamped one is a warning.
 pub fn apply_rlimits(p: &ProcessPlan) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     for &(res, soft, hard) in &p.rlimits {
-        match sys::setrlimit(res, soft, hard) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                let (_, cur_hard) = sys::getrlimit(res).ctx(|| format!("getrlimit({res})"))?;
-                let (s, h) = (soft.min(cur_hard), hard.min(cur_hard));
-                sys::setrlimit(res, s, h).ctx(|| format!("setting rlimit {res} to {s}/{h}"))?;
-                warnings.push(format!("rlimit {res} {soft}/{hard} clamped to {s}/{h}"));
-            }
-            r => r.ctx(|| format!("setting rlimit {res} to {soft}/{hard}"))?,
+        if let Some((s, h)) = set_rlimit(res, soft, hard).ctx(|| rlimit_context(res, soft, hard))? {
+            warnings.push(format!("rlimit {res} {soft}/{hard} clamped to {s}/{h}"));
         }
     }
     Ok(warnings)
+}
+
+/// What a failed [`set_rlimit`] was doing, for its message.
+pub fn rlimit_context(res: u32, soft: u64, hard: u64) -> String {
+    format!("setting rlimit {res} to {soft}/{hard}")
 }
 
 /// Writes oom_score_adj; where lowering is not allowed (no CAP_SYS_RESOURCE) the current
