@@ -78,11 +78,12 @@ impl StreamCell {
         lock(&self.state)
     }
 
-    /// Marks the stream reset with `status` (if it is not over already) and wakes everyone
-    /// concerned. `local`: we reset it, so unread data is dropped. Returns whether it changed.
+    /// Marks the stream reset with `status` (if it is not over already: reset, FIN both ways, or
+    /// session gone) and wakes everyone concerned. `local`: we reset it, so unread data is
+    /// dropped. Returns whether it changed.
     pub(crate) fn mark_reset(&self, status: u32, local: bool) -> bool {
         let mut st = self.lock();
-        if st.reset.is_some() || st.gone {
+        if st.reset.is_some() || st.gone || (st.remote_fin && st.local_fin) {
             return false;
         }
         st.reset = Some(status);
