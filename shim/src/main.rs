@@ -9,7 +9,7 @@
 //! - `error`: setup errors and failed requests; `syscall`: the seam between container setup and
 //!   the kernel (and its recording double, in tests);
 //! - `logger` (the CRI log), `shimlog` (the shim's own log), `oom`, `exit` (reaper and exit
-//!   record);
+//!   record), `conn` (answers, and descriptors passed on a session's connection);
 //! - `container`: config.json to a plan (`spec`), and the container process built from it
 //!   (`namespaces`, `rootfs`, `process`, `cgroup`);
 //! - `state` (the shared lifecycle), `role` (what differs between a container's shim and a
@@ -18,6 +18,7 @@
 //! - `launcher`: the launcher and the daemon's wiring of role, reaper and server.
 #![deny(unsafe_code)]
 
+mod conn;
 mod container;
 mod daemon;
 mod error;

@@ -1,5 +1,6 @@
-//! The shim socket: one framed Request and one framed Response per connection, each
-//! connection on its own small thread.
+//! The shim socket: one framed Request per connection, each connection on its own small
+//! thread. A request is answered with one framed Response, but for the streaming sessions
+//! (ExecStream, Attach), which keep the connection for more answers.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -8,22 +9,16 @@ use std::time::Duration;
 
 use proto::v1::{request, response, Empty, ErrorKind, Request, Response};
 
+use crate::conn::answer;
 use crate::daemon::Shim;
 use crate::error::Fail;
 use crate::{exec, sys, warn};
-
-fn answer(kind: std::result::Result<response::Kind, Fail>) -> Response {
-    match kind {
-        Ok(k) => Response { error: String::new(), error_kind: ErrorKind::Unspecified as i32, kind: Some(k) },
-        Err(f) => Response { error: f.msg, error_kind: f.kind as i32, kind: None },
-    }
-}
 
 fn empty(r: std::result::Result<(), Fail>) -> std::result::Result<response::Kind, Fail> {
     r.map(|()| response::Kind::Empty(Empty {}))
 }
 
-/// Runs one request.
+/// Runs one request that is answered once.
 pub fn dispatch(shim: &Shim, req: Request) -> Response {
     let Some(kind) = req.kind else {
         return answer(Err(Fail::new(ErrorKind::InvalidArgument, "empty request")));
@@ -45,8 +40,11 @@ pub fn dispatch(shim: &Shim, req: Request) -> Response {
         request::Kind::Exec(e) => exec::run(shim, &e).map(response::Kind::Exec),
         request::Kind::ReopenLog(_) => empty(shim.reopen_log()),
         request::Kind::Shutdown(_) => empty(shim.shutdown()),
-        request::Kind::ExecStream(_) | request::Kind::Attach(_) | request::Kind::CloseStdin(_) => {
+        request::Kind::Attach(_) | request::Kind::CloseStdin(_) => {
             Err(Fail::new(ErrorKind::FailedPrecondition, "this shim does not serve streaming sessions"))
+        }
+        request::Kind::ExecStream(_) => {
+            Err(Fail::new(ErrorKind::InvalidArgument, "ExecStream is a session, not a single answer"))
         }
     })
 }
@@ -59,9 +57,14 @@ fn handle(shim: &Shim, mut conn: UnixStream) {
             return;
         }
     };
-    let resp = dispatch(shim, req);
-    let _ = proto::write_frame(&mut conn, &resp);
-    drop(conn);
+    match req.kind {
+        Some(request::Kind::ExecStream(r)) => exec::stream::serve(shim, &r, conn),
+        kind => {
+            let resp = dispatch(shim, Request { kind });
+            let _ = proto::write_frame(&mut conn, &resp);
+            drop(conn);
+        }
+    }
     if shim.exit_requested() {
         shim.teardown_and_exit();
     }

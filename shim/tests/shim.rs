@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -523,4 +524,198 @@ fn create_failures_leave_nothing() {
     for b in [&b, &b2, &b3] {
         assert!(eventually(5, || processes_mentioning(&b.id).is_empty()), "{:?}", processes_mentioning(&b.id));
     }
+}
+
+fn fds_of(r: &proto::v1::Response) -> proto::v1::Fds {
+    match &r.kind {
+        Some(response::Kind::Fds(f)) => *f,
+        _ => panic!("expected Fds: {} ({:?})", r.error, r.error_kind),
+    }
+}
+
+fn exit_of(r: Option<proto::v1::Response>) -> proto::v1::Exit {
+    match r.map(|r| (r.kind, r.error)) {
+        Some((Some(response::Kind::Exit(e)), _)) => e,
+        other => panic!("expected Exit: {other:?}"),
+    }
+}
+
+/// The pids in the container's cgroup.
+fn cgroup_pids(fx: &Fixture, b: &Bundle) -> Vec<i32> {
+    let procs = fs::read_to_string(fx.cgroup_dirs(&b.cgroup)[0].join("cgroup.procs")).unwrap_or_default();
+    procs.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[test]
+fn exec_stream_pipes_exit_codes_and_start_errors() {
+    if !is_root("exec_stream_pipes_exit_codes_and_start_errors") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("stream");
+    fx.create(&b, &spec(&b, &["sleep", "1000"])).unwrap();
+    let (_, r, fds) = open_session(&b, exec_stream(&["true"], false, true, true, true));
+    assert_eq!(r.error_kind, ErrorKind::FailedPrecondition as i32, "before start: {}", r.error);
+    assert!(fds.is_empty());
+    assert!(start(&b).error.is_empty());
+
+    // stdin, stdout, stderr: cat round trip, then the exit code.
+    let (mut conn, r, fds) =
+        open_session(&b, exec_stream(&["sh", "-c", "cat; echo err >&2; exit 3"], false, true, true, true));
+    let f = fds_of(&r);
+    assert_eq!((f.count, fds.len()), (3, 3));
+    assert!(f.pid > 0 && alive(f.pid as i32));
+    let mut fds = fds.into_iter();
+    let (stdin, stdout, stderr) = (fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap());
+    let mut stdin = fs::File::from(stdin);
+    stdin.write_all(b"hello\nworld\n").unwrap();
+    drop(stdin);
+    assert_eq!(read_all(stdout), b"hello\nworld\n");
+    assert_eq!(read_all(stderr), b"err\n");
+    let exit = exit_of(next_response(&mut conn));
+    assert_eq!((exit.exit_code, exit.signal, exit.oom_killed), (3, 0, false));
+    assert!(exit.finished_at >= exit.started_at && exit.started_at > 0);
+    assert!(next_response(&mut conn).is_none(), "the session ends after Exit");
+
+    // Only stdout: stdin reads /dev/null, stderr goes nowhere.
+    let (mut conn, r, fds) = open_session(
+        &b,
+        exec_stream(&["sh", "-c", "echo out; echo err >&2; read x || echo eof; pwd"], false, false, true, false),
+    );
+    assert_eq!((fds_of(&r).count, fds.len()), (1, 1));
+    assert_eq!(read_all(fds.into_iter().next().unwrap()), b"out\neof\n/\n");
+    assert_eq!(exit_of(next_response(&mut conn)).exit_code, 0);
+
+    // No stream at all; killed by a signal.
+    let (mut conn, r, fds) = open_session(&b, exec_stream(&["sh", "-c", "kill -9 $$"], false, false, false, false));
+    assert_eq!((fds_of(&r).count, fds.len()), (0, 0));
+    let exit = exit_of(next_response(&mut conn));
+    assert_eq!((exit.exit_code, exit.signal), (137, 9));
+
+    // A command that cannot start is an error, worded as ExecSync words it, with no descriptor.
+    let (mut conn, r, fds) = open_session(&b, exec_stream(&["nosuch"], false, true, true, true));
+    assert_eq!(r.error, r#"exec: "nosuch": executable file not found in $PATH"#);
+    assert!(fds.is_empty() && r.kind.is_none());
+    assert!(next_response(&mut conn).is_none());
+    let (_, r, _) = open_session(&b, exec_stream(&[], false, true, true, true));
+    assert_eq!(r.error_kind, ErrorKind::InvalidArgument as i32);
+
+    assert!(eventually(5, || cgroup_pids(&fx, &b).len() == 1), "left: {:?}", cgroup_pids(&fx, &b));
+    assert!(kill(&b, 9, false).error.is_empty());
+    wait(&b, 10_000).unwrap();
+    let (_, r, _) = open_session(&b, exec_stream(&["true"], false, true, true, true));
+    assert_eq!(r.error_kind, ErrorKind::FailedPrecondition as i32, "after exit: {}", r.error);
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn exec_stream_tty_is_the_controlling_terminal() {
+    if !is_root("exec_stream_tty_is_the_controlling_terminal") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("streamtty");
+    fx.create(&b, &spec(&b, &["sleep", "1000"])).unwrap();
+    assert!(start(&b).error.is_empty());
+    let script = "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo isatty; : < /dev/tty && echo ctty; \
+                  echo err >&2; read x; echo got $x; exit 5";
+    let (mut conn, r, fds) = open_session(&b, exec_stream(&["sh", "-c", script], true, true, true, false));
+    assert_eq!((fds_of(&r).count, fds.len()), (1, 1));
+    let master = fs::File::from(fds.into_iter().next().unwrap());
+    (&master).write_all(b"hi\n").unwrap();
+    let out = String::from_utf8_lossy(&read_all(master.try_clone().unwrap().into())).replace('\r', "");
+    let lines: Vec<&str> = out.lines().collect();
+    // The terminal is the container's own: a /dev/pts path that ttyname finds inside it (the
+    // input, echoed by the terminal, may come first).
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{out}");
+    for want in ["isatty", "ctty", "err", "got hi"] {
+        assert!(lines.contains(&want), "{want} missing in {out:?}");
+    }
+    assert_eq!(exit_of(next_response(&mut conn)).exit_code, 5);
+    let log = fs::read_to_string(b.dir.join("shim.log")).unwrap_or_default();
+    assert!(!log.contains("no pty"), "{log}");
+    assert!(kill(&b, 9, false).error.is_empty());
+    wait(&b, 10_000).unwrap();
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn exec_stream_closing_the_connection_kills_the_command() {
+    if !is_root("exec_stream_closing_the_connection_kills_the_command") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("streamkill");
+    let pid = fx.create(&b, &spec(&b, &["sleep", "1000"])).unwrap();
+    assert!(start(&b).error.is_empty());
+    for tty in [false, true] {
+        let (conn, r, fds) =
+            open_session(&b, exec_stream(&["sh", "-c", "sleep 1000 & sleep 1000"], tty, true, true, false));
+        let exec_pid = fds_of(&r).pid as i32;
+        // sh and its two sleeps.
+        assert!(eventually(5, || cgroup_pids(&fx, &b).len() == 4), "{:?}", cgroup_pids(&fx, &b));
+        drop(conn);
+        assert!(eventually(5, || !alive(exec_pid)), "the command survived its session");
+        assert!(eventually(5, || cgroup_pids(&fx, &b) == vec![pid]), "left: {:?}", cgroup_pids(&fx, &b));
+        drop(fds);
+    }
+    assert!(kill(&b, 9, false).error.is_empty());
+    wait(&b, 10_000).unwrap();
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn exec_stream_concurrent_sessions() {
+    if !is_root("exec_stream_concurrent_sessions") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("streamconc");
+    fx.create(&b, &spec(&b, &["sleep", "1000"])).unwrap();
+    assert!(start(&b).error.is_empty());
+    // A long session stays open through the others: none of its descriptors (nor theirs)
+    // keeps another session's stdin open.
+    let (mut long, r, long_fds) = open_session(&b, exec_stream(&["cat"], false, true, true, false));
+    assert_eq!(fds_of(&r).count, 2);
+    std::thread::scope(|s| {
+        let b = &b;
+        let mut threads = Vec::new();
+        for i in 0..6 {
+            threads.push(s.spawn(move || {
+                let (mut conn, r, fds) = open_session(
+                    b,
+                    exec_stream(&["sh", "-c", "cat; echo $$ >&2; exit $0", &i.to_string()], false, true, true, true),
+                );
+                assert_eq!(fds_of(&r).count, 3);
+                let mut fds = fds.into_iter();
+                let mut stdin = fs::File::from(fds.next().unwrap());
+                let (stdout, stderr) = (fds.next().unwrap(), fds.next().unwrap());
+                let msg = format!("session {i}\n").repeat(1000);
+                let reader = std::thread::spawn(move || read_all(stdout));
+                stdin.write_all(msg.as_bytes()).unwrap();
+                drop(stdin);
+                assert_eq!(String::from_utf8(reader.join().unwrap()).unwrap(), msg);
+                assert!(!read_all(stderr).is_empty());
+                assert_eq!(exit_of(next_response(&mut conn)).exit_code, i);
+            }));
+        }
+        threads.push(s.spawn(move || {
+            for _ in 0..5 {
+                let res = exec_ok(exec(b, &["sh", "-c", "echo sync"], 5000));
+                assert_eq!(res.stdout, b"sync\n");
+            }
+        }));
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    let mut long_fds = long_fds.into_iter();
+    let mut stdin = fs::File::from(long_fds.next().unwrap());
+    stdin.write_all(b"last\n").unwrap();
+    drop(stdin);
+    assert_eq!(read_all(long_fds.next().unwrap()), b"last\n");
+    assert_eq!(exit_of(next_response(&mut long)).exit_code, 0);
+    assert!(kill(&b, 9, false).error.is_empty());
+    wait(&b, 10_000).unwrap();
+    shutdown_clean(&fx, &b);
 }

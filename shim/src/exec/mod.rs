@@ -17,6 +17,7 @@
 //! descriptors to keep) is prepared before, and a failure or warning goes up the status pipe as
 //! a fixed-size record (a step code and an errno) that the daemon words.
 
+pub mod stream;
 pub mod sync;
 
 use std::fs::File;

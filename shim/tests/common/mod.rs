@@ -3,6 +3,8 @@
 #![allow(dead_code, clippy::result_large_err)]
 
 use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -314,6 +316,56 @@ pub fn exec(b: &Bundle, args: &[&str], timeout_ms: u64) -> Response {
 
 pub fn shutdown(b: &Bundle) -> Response {
     call(b, request::Kind::Shutdown(Default::default()))
+}
+
+/// Opens a session (ExecStream, Attach): sends `kind`, reads the first answer and the
+/// descriptors that came with its first byte.
+pub fn open_session(b: &Bundle, kind: request::Kind) -> (UnixStream, Response, Vec<OwnedFd>) {
+    let mut s = UnixStream::connect(b.dir.join("shim.sock")).expect("connecting to shim.sock");
+    proto::write_frame(&mut s, &Request { kind: Some(kind) }).unwrap();
+    let mut header = [0u8; 4];
+    let (n, fds) = ::common::fdpass::recv_with_fds(s.as_raw_fd(), &mut header).expect("recvmsg");
+    assert!(n > 0, "the shim closed the session without an answer");
+    s.read_exact(&mut header[n..]).unwrap();
+    let mut body = vec![0u8; proto::frame_len(header).unwrap()];
+    s.read_exact(&mut body).unwrap();
+    (s, proto::decode(&body).unwrap(), fds)
+}
+
+/// The next answer on a session; None once the shim closed it.
+pub fn next_response(s: &mut UnixStream) -> Option<Response> {
+    match proto::read_frame(s) {
+        Ok(r) => Some(r),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+        Err(e) => panic!("reading a session answer: {e}"),
+    }
+}
+
+pub fn exec_stream(args: &[&str], tty: bool, stdin: bool, stdout: bool, stderr: bool) -> request::Kind {
+    request::Kind::ExecStream(proto::v1::ExecStreamRequest {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        cwd: String::new(),
+        tty,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+/// Everything `fd` yields until EOF (or EIO: a pty whose slave is gone).
+pub fn read_all(fd: OwnedFd) -> Vec<u8> {
+    let mut f = fs::File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return out,
+        }
+    }
 }
 
 /// Log entries: (stream, tag, text), checking the timestamp format.
