@@ -14,8 +14,9 @@
 //! until that stream's [`RecvHalf`] reads (or is dropped).
 //!
 //! The session ends when the connection ends or fails, on a protocol error, on
-//! [`Session::close`], or when every handle on it ([`Session`] clones, [`Incoming`], and the
-//! halves of every stream) is dropped.
+//! [`Session::close`] (at once), or when every handle on it ([`Session`] clones, [`Incoming`],
+//! and the halves of every stream) is dropped (after writing what was queued: a last write and
+//! FIN are not lost).
 
 mod budget;
 mod reader;
@@ -84,6 +85,8 @@ const DATA_CHUNK: usize = 64 * 1024;
 const CONTROL_QUEUE: usize = 1024;
 /// How long a GOAWAY sent because of a protocol error may take to go out before the end.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+/// How long queued frames may take to go out once every handle is dropped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Locks a mutex, ignoring poisoning (the state stays consistent: no code panics while
 /// holding these locks).
@@ -107,6 +110,8 @@ pub(crate) enum Out {
     Ping { id: u32 },
     /// GOAWAY; `last_good` is filled in by the writer. `done` hears when it has been written.
     GoAway { status: u32, done: Option<oneshot::Sender<()>> },
+    /// End the session once everything queued before is written (the last handle is gone).
+    Close,
 }
 
 /// What the writer reports back for [`Out::Syn`]: the registered stream and where its reply
@@ -237,8 +242,23 @@ pub(crate) struct Handle {
 }
 
 impl Drop for Handle {
+    /// The last handle is gone: frames already queued (a last write, a FIN) still go out,
+    /// then the session ends; if the peer does not take them within [`DRAIN_TIMEOUT`], the
+    /// session ends anyway.
     fn drop(&mut self) {
-        self.inner.shutdown();
+        self.inner.queue(Out::Close, None);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let inner = self.inner.clone();
+                rt.spawn(async move {
+                    let mut closed = inner.closed.subscribe();
+                    if tokio::time::timeout(DRAIN_TIMEOUT, closed.wait_for(|c| *c)).await.is_err() {
+                        inner.shutdown();
+                    }
+                });
+            }
+            Err(_) => self.inner.shutdown(),
+        }
     }
 }
 
@@ -347,11 +367,24 @@ impl Session {
             st.pings.insert(id, tx);
             id
         };
+        // Forgets the ping however this future ends (echo, session end, or dropped).
+        struct Forget<'a>(&'a Inner, u32);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                let tx = lock(&self.0.state).pings.remove(&self.1);
+                drop(tx);
+            }
+        }
+        let _forget = Forget(self.inner(), id);
         let start = Instant::now();
         self.inner().queue(Out::Ping { id }, None);
-        let res = rx.await.map_err(|_| Error::Closed);
-        lock(&self.inner().state).pings.remove(&id);
-        res.map(|()| start.elapsed())
+        rx.await.map_err(|_| Error::Closed)?;
+        Ok(start.elapsed())
+    }
+
+    /// PINGs sent and not echoed yet.
+    pub fn pending_pings(&self) -> usize {
+        lock(&self.inner().state).pings.len()
     }
 
     /// Sends GOAWAY (status OK, last good stream = the last one the peer opened) and waits

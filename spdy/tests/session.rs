@@ -340,3 +340,39 @@ async fn a_cancelled_open_frees_its_slot() {
     assert_eq!(raw.next().await, Some(Frame::RstStream { stream_id: 1, status: rst::CANCEL }));
     eventually(|| client.stream_count() == 0).await;
 }
+
+#[tokio::test]
+async fn what_was_written_before_dropping_everything_still_arrives() {
+    let (client, ci, _server, mut si) = pair(Config::default());
+    let (c, s) = open_pair(&client, &mut si, h(&[])).await;
+    let (cr, mut cw) = c.split();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    cw.write_all(&data).await.unwrap();
+    cw.shutdown().await.unwrap();
+    drop((cr, cw, ci, client));
+    let (mut sr, _sw) = s.split();
+    let mut got = Vec::new();
+    timeout(sr.read_to_end(&mut got)).await.unwrap();
+    assert!(got == data);
+    timeout(_server.closed()).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_ping_is_forgotten() {
+    let (a, _b) = tokio::io::duplex(1024);
+    let (client, _ci) = Session::client(a, Config::default());
+    // Nobody answers.
+    assert!(tokio::time::timeout(Duration::from_millis(50), client.ping()).await.is_err());
+    assert_eq!(client.pending_pings(), 0);
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Session>();
+    check::<Incoming>();
+    check::<Stream>();
+    check::<spdy::RecvHalf>();
+    check::<spdy::SendHalf>();
+    check::<Error>();
+}

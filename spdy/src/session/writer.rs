@@ -32,68 +32,110 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(inner: Arc<Inner>, mut w: W, mut 
     let _ = tokio::time::timeout(GOAWAY_GRACE, w.shutdown()).await;
 }
 
-/// Writes queued frames until the queue closes or an error.
+/// Writes queued frames until [`Out::Close`], the queue closing, or an error.
 async fn write_loop<W: AsyncWrite + Unpin>(
     inner: &Inner,
     w: &mut W,
     rx: &mut mpsc::UnboundedReceiver<Queued>,
 ) -> Result<(), Error> {
-    let mut enc = Encoder { compressor: Compressor::new()?, buf: BytesMut::with_capacity(BATCH), acks: Vec::new() };
+    let mut enc = Encoder {
+        compressor: Compressor::new()?,
+        small: BytesMut::with_capacity(BATCH),
+        segments: Vec::new(),
+        sealed: 0,
+        acks: Vec::new(),
+        close: false,
+    };
     let mut written = Vec::new();
     loop {
         let Some(q) = rx.recv().await else { return Ok(()) };
         enc.encode(inner, q.out)?;
         written.push(q.permit);
-        while enc.buf.len() < BATCH {
+        while enc.size() < BATCH && !enc.close {
             let Ok(q) = rx.try_recv() else { break };
             enc.encode(inner, q.out)?;
             written.push(q.permit);
         }
-        if !enc.buf.is_empty() {
-            w.write_all(&enc.buf).await?;
-            w.flush().await?;
-            enc.buf.clear();
+        enc.seal();
+        for segment in enc.segments.drain(..) {
+            w.write_all(&segment).await?;
         }
+        w.flush().await?;
+        enc.sealed = 0;
         // Returns the budget the written frames held.
         written.clear();
         for ack in enc.acks.drain(..) {
             let _ = ack.send(());
         }
+        if enc.close {
+            tracing::debug!(client = inner.client, "spdy session: last handle dropped, queue written");
+            return Ok(());
+        }
     }
 }
 
-/// Frame encoding state of the writer.
+/// Frame encoding state of the writer: a batch of frames ready to write.
 struct Encoder {
     compressor: Compressor,
-    buf: BytesMut,
+    /// Small frames (and DATA headers), gathered.
+    small: BytesMut,
+    /// The batch in order: gathered small frames, and large DATA payloads as they are (no copy).
+    segments: Vec<bytes::Bytes>,
+    /// Bytes in `segments`.
+    sealed: usize,
     /// GOAWAY senders waiting for the batch to be written.
     acks: Vec<oneshot::Sender<()>>,
+    /// [`Out::Close`] was reached: the batch is the last one.
+    close: bool,
 }
 
+/// DATA payloads from this size on are written from their own buffer rather than copied.
+const NO_COPY: usize = 8 * 1024;
+
 impl Encoder {
+    /// Moves the gathered small frames into the segment list.
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            self.sealed += self.small.len();
+            self.segments.push(self.small.split().freeze());
+        }
+    }
+
+    /// Bytes in the batch.
+    fn size(&self) -> usize {
+        self.sealed + self.small.len()
+    }
+
     /// Appends `out` to the batch. Errors end the session (the compression context is lost).
     fn encode(&mut self, inner: &Inner, out: Out) -> Result<(), Error> {
         match out {
             Out::Syn { headers, fin, done } => self.open(inner, headers, fin, done)?,
             Out::Reply { id, headers } => {
                 let block = self.compressor.compress(&headers, inner.config.max_header_block)?;
-                Frame::SynReply { stream_id: id, flags: 0, block: block.into() }.encode(&mut self.buf)?;
+                Frame::SynReply { stream_id: id, flags: 0, block: block.into() }.encode(&mut self.small)?;
             }
             Out::Data { id, data, fin } => {
-                frame::encode_data_header(&mut self.buf, id, if fin { FLAG_FIN } else { 0 }, data.len())?;
-                self.buf.extend_from_slice(&data);
+                frame::encode_data_header(&mut self.small, id, if fin { FLAG_FIN } else { 0 }, data.len())?;
+                if data.len() >= NO_COPY {
+                    self.seal();
+                    self.sealed += data.len();
+                    self.segments.push(data);
+                } else {
+                    self.small.extend_from_slice(&data);
+                }
             }
-            Out::Rst { id, status } => Frame::RstStream { stream_id: id, status }.encode(&mut self.buf)?,
-            Out::Ping { id } => Frame::Ping { id }.encode(&mut self.buf)?,
+            Out::Rst { id, status } => Frame::RstStream { stream_id: id, status }.encode(&mut self.small)?,
+            Out::Ping { id } => Frame::Ping { id }.encode(&mut self.small)?,
             Out::GoAway { status, done } => {
                 let last_good_stream_id = {
                     let mut st = lock(&inner.state);
                     st.goaway_sent = true;
                     st.last_peer_stream_id
                 };
-                Frame::GoAway { last_good_stream_id, status }.encode(&mut self.buf)?;
+                Frame::GoAway { last_good_stream_id, status }.encode(&mut self.small)?;
                 self.acks.extend(done);
             }
+            Out::Close => self.close = true,
         }
         Ok(())
     }
@@ -144,12 +186,12 @@ impl Encoder {
         };
         let flags = if fin { FLAG_FIN } else { 0 };
         Frame::SynStream { stream_id: cell.id, associated_id: 0, priority: 0, slot: 0, flags, block: block.into() }
-            .encode(&mut self.buf)?;
+            .encode(&mut self.small)?;
         if let Err(Ok(opened)) = done.send(Ok(OpenedStream { cell, reply: reply_rx })) {
             // The opener went away: nobody will use the stream.
             let cell = opened.cell;
             if cell.mark_reset(rst::CANCEL, true) {
-                Frame::RstStream { stream_id: cell.id, status: rst::CANCEL }.encode(&mut self.buf)?;
+                Frame::RstStream { stream_id: cell.id, status: rst::CANCEL }.encode(&mut self.small)?;
             }
             inner.forget_if_finished(&cell);
         }
