@@ -225,7 +225,7 @@ impl Frame {
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), Error> {
         match self {
             Frame::SynStream { stream_id, associated_id, priority, slot, flags, block } => {
-                put_control_header(dst, kind::SYN_STREAM, *flags, 10 + block.len())?;
+                put_control_header(dst, kind::SYN_STREAM, *flags, block.len().saturating_add(10))?;
                 dst.put_u32(stream_id & STREAM_ID_MASK);
                 dst.put_u32(associated_id & STREAM_ID_MASK);
                 dst.put_u8((priority & 0x07) << 5);
@@ -233,7 +233,7 @@ impl Frame {
                 dst.put_slice(block);
             }
             Frame::SynReply { stream_id, flags, block } => {
-                put_control_header(dst, kind::SYN_REPLY, *flags, 4 + block.len())?;
+                put_control_header(dst, kind::SYN_REPLY, *flags, block.len().saturating_add(4))?;
                 dst.put_u32(stream_id & STREAM_ID_MASK);
                 dst.put_slice(block);
             }
@@ -261,7 +261,7 @@ impl Frame {
                 dst.put_u32(*status);
             }
             Frame::Headers { stream_id, flags, block } => {
-                put_control_header(dst, kind::HEADERS, *flags, 4 + block.len())?;
+                put_control_header(dst, kind::HEADERS, *flags, block.len().saturating_add(4))?;
                 dst.put_u32(stream_id & STREAM_ID_MASK);
                 dst.put_slice(block);
             }

@@ -29,7 +29,11 @@ pub fn encode_block(headers: &[(String, String)]) -> Result<Vec<u8>, Error> {
     let too_large = || Error::TooLarge("header block".into());
     let mut len: usize = 4;
     for (n, v) in headers {
-        len = len.checked_add(8 + n.len()).and_then(|l| l.checked_add(v.len())).ok_or_else(too_large)?;
+        len = len
+            .checked_add(n.len())
+            .and_then(|l| l.checked_add(v.len()))
+            .and_then(|l| l.checked_add(8))
+            .ok_or_else(too_large)?;
     }
     let mut out = Vec::with_capacity(len);
     let count = u32::try_from(headers.len()).map_err(|_| too_large())?;
@@ -173,7 +177,7 @@ impl Decompressor {
                     return Err(Error::TooLarge(format!("header block over {} bytes", self.max_block)));
                 }
                 // Room for at most one byte past the limit: reaching it proves the block too large.
-                let room = (self.max_block + 1 - out.len()).min(STEP);
+                let room = self.max_block.saturating_add(1).saturating_sub(out.len()).clamp(1, STEP);
                 out.reserve_exact(room);
             }
             let before = (self.z.total_in(), self.z.total_out());
