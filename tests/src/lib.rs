@@ -11,6 +11,7 @@ pub mod fake_registry;
 pub mod net;
 pub mod node;
 pub mod oci;
+pub mod streaming;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
