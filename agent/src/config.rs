@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -44,6 +45,79 @@ pub struct Config {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// Image registry settings.
     pub registry: RegistryConfig,
+    /// The streaming server (Exec, Attach, PortForward).
+    pub streaming: StreamingConfig,
+}
+
+/// The streaming server that the Exec, Attach and PortForward URLs point at.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Address to listen on. Loopback by default: kubelet proxies the streams from the node.
+    pub address: String,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// Serve TLS: with `tls_cert` and `tls_key`, else with a self-signed pair made at start.
+    pub tls: bool,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// A stream with no traffic for this long is closed (`4h`, `30m`, `90s`, `1h30m`; `0` never).
+    pub idle_timeout: String,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+            tls: false,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            idle_timeout: "4h".into(),
+        }
+    }
+}
+
+impl StreamingConfig {
+    /// The idle timeout; None: never.
+    pub fn idle_timeout(&self) -> Result<Option<Duration>, ConfigError> {
+        let d = parse_duration(&self.idle_timeout).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "streaming idle_timeout {:?} is not a duration (like 4h, 30m, 1h30m, 90s, 500ms)",
+                self.idle_timeout
+            ))
+        })?;
+        Ok((!d.is_zero()).then_some(d))
+    }
+}
+
+/// A duration as Go writes them: `4h0m0s`, `30m`, `1.5h`, `90s`, `500ms`, `0`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * unit;
+    }
+    (total.is_finite() && total < 1e12).then(|| Duration::from_secs_f64(total))
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -75,6 +149,7 @@ impl Default for Config {
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin")],
             registry: RegistryConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -106,6 +181,16 @@ impl Config {
                 "cgroup_parent must start with '/', got {:?}",
                 self.cgroup_parent
             )));
+        }
+        self.streaming.idle_timeout()?;
+        if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "streaming address {:?} is not an IP address",
+                self.streaming.address
+            )));
+        }
+        if self.streaming.tls_cert.as_os_str().is_empty() != self.streaming.tls_key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("streaming tls_cert and tls_key go together".into()));
         }
         for (host, mirror) in &self.registry.mirrors {
             for endpoint in &mirror.endpoints {
@@ -148,6 +233,30 @@ mod tests {
         assert_eq!(cfg.registry.insecure, vec!["reg.local:5000".to_string()]);
         assert_eq!(cfg.registry.mirrors["docker.io"].endpoints, vec!["http://127.0.0.1:5000".to_string()]);
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn durations_parse_as_go_writes_them() {
+        assert_eq!(parse_duration("4h0m0s"), Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "4", "h", "4d", "-1s", "1e300h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn streaming_settings_are_checked() {
+        let cfg = Config::parse("[streaming]\naddress = \"0.0.0.0\"\nport = 10010\nidle_timeout = \"30m\"").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.streaming.idle_timeout().unwrap(), Some(Duration::from_secs(1800)));
+        assert_eq!(Config::default().streaming.idle_timeout().unwrap(), Some(Duration::from_secs(4 * 3600)));
+        assert!(Config::parse("[streaming]\nidle_timeout = \"soon\"").unwrap().validate().is_err());
+        assert!(Config::parse("[streaming]\naddress = \"localhost:1\"").unwrap().validate().is_err());
+        assert!(Config::parse("[streaming]\ntls_cert = \"/c.pem\"").unwrap().validate().is_err());
     }
 
     #[test]

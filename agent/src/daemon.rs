@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::{cni, image, lock, runtime, server, store};
+use crate::{cni, image, lock, runtime, server, store, streaming};
 
 /// How long requests in flight may run on after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -50,6 +50,24 @@ struct Args {
     /// CNI plugin directories, colon-separated [default: /opt/cni/bin]
     #[arg(long)]
     cni_bin_dir: Option<String>,
+    /// Streaming server address (Exec, Attach, PortForward URLs) [default: 127.0.0.1]
+    #[arg(long)]
+    stream_address: Option<String>,
+    /// Streaming server port; 0 picks a free one [default: 0]
+    #[arg(long)]
+    stream_port: Option<u16>,
+    /// Serve the streaming server over TLS (self-signed unless --stream-tls-cert/-key)
+    #[arg(long)]
+    stream_tls: bool,
+    /// Streaming TLS certificate (PEM)
+    #[arg(long)]
+    stream_tls_cert: Option<PathBuf>,
+    /// Streaming TLS key (PEM)
+    #[arg(long)]
+    stream_tls_key: Option<PathBuf>,
+    /// Close streams idle this long (4h, 30m, 90s; 0: never) [default: 4h]
+    #[arg(long)]
+    stream_idle_timeout: Option<String>,
 }
 
 fn load_config(args: Args) -> anyhow::Result<Config> {
@@ -80,6 +98,24 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.cni_bin_dir {
         cfg.cni_bin_dirs = cni::exec::split_dirs(&v);
+    }
+    if let Some(v) = args.stream_address {
+        cfg.streaming.address = v;
+    }
+    if let Some(v) = args.stream_port {
+        cfg.streaming.port = v;
+    }
+    if args.stream_tls {
+        cfg.streaming.tls = true;
+    }
+    if let Some(v) = args.stream_tls_cert {
+        cfg.streaming.tls_cert = v;
+    }
+    if let Some(v) = args.stream_tls_key {
+        cfg.streaming.tls_key = v;
+    }
+    if let Some(v) = args.stream_idle_timeout {
+        cfg.streaming.idle_timeout = v;
     }
     cfg.validate()?;
     Ok(cfg)
@@ -160,6 +196,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         )),
     };
     let rt = runtime::Runtime::open(rt_config, Arc::clone(&store), Arc::clone(&images)).await?;
+    let backend: Arc<dyn streaming::Backend> = rt.clone();
+    let streams = streaming::Streaming::start(&cfg.streaming, backend).await?;
     let listener = bind(&cfg.listen).await?;
     info!(socket = %cfg.listen.display(), root = %cfg.root.display(), state = %cfg.state.display(), "corrald serving CRI");
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
@@ -167,7 +205,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stopping_tx.send(true);
     };
-    let serve = server::router(images, rt).serve_with_incoming_shutdown(
+    let serve = server::router(images, rt, streams).serve_with_incoming_shutdown(
         UnixListenerStream::new(listener).map(|conn| conn.map(server::AuthorityFix::new)),
         signalled,
     );

@@ -13,6 +13,7 @@ mod runtime;
 mod server;
 mod shim_client;
 mod store;
+mod streaming;
 mod sys;
 
 #[cfg(any(test, feature = "fuzzing"))]

@@ -181,3 +181,57 @@ pub fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
     // SAFETY: p is valid and NUL-terminated; times points to two timespecs.
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
 }
+
+/// Sets O_NONBLOCK on `fd` (for descriptors only corrald uses: the flag belongs to the open
+/// file description, which a dup in another process shares).
+pub fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor that `fd` keeps open; F_GETFL/F_SETFL take integers only.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })
+}
+
+/// Sets the window size of the terminal whose pty master (or slave) is `fd` (TIOCSWINSZ); the
+/// kernel sends SIGWINCH to its foreground process group.
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, width: u16, height: u16) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points at `size`.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) })
+}
+
+/// Moves the calling thread into the network namespace `ns` (a /proc/<pid>/ns/net or pinned
+/// netns file). Only for a thread that is discarded afterwards.
+pub fn enter_netns(ns: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes a descriptor that `ns` keeps open and a flag.
+    check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })
+}
+
+/// poll(2) for one descriptor: whether `events` came within `timeout_ms` (-1: no limit).
+pub fn poll_one(fd: std::os::fd::BorrowedFd<'_>, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+    loop {
+        // SAFETY: one pollfd, pointed at by `p`, alive for the call.
+        let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if rc >= 0 {
+            return Ok(rc > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `fd` (non-blocking already) registered with tokio's reactor, as a File.
+pub fn async_file(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<std::fs::File>> {
+    // SAFETY: the AsyncFd owns the File, which owns the descriptor: it stays open and refers to
+    // the same file until the AsyncFd is dropped, which deregisters it first.
+    unsafe { tokio::io::unix::AsyncFd::register(std::fs::File::from(fd)) }.map_err(|e| e.into_parts().1)
+}

@@ -27,8 +27,8 @@ use crate::runtime::Runtime;
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// Both CRI services, ready to serve.
-pub fn router(images: Arc<ImageService>, rt: Arc<Runtime>) -> Router {
-    let runtime = runtime::CriRuntime::new(rt);
+pub fn router(images: Arc<ImageService>, rt: Arc<Runtime>, streaming: Arc<crate::streaming::Streaming>) -> Router {
+    let runtime = runtime::CriRuntime::new(rt, streaming);
     let image = image::Images::new(images);
     Server::builder()
         .add_service(

@@ -10,19 +10,39 @@ use tonic::{Code, Request, Response, Status};
 use super::convert::{self, ns_mode_cri, pod_metadata, pod_state};
 use super::{batches, unimplemented, ItemStream};
 use crate::runtime::{Runtime, RuntimeError};
+use crate::streaming::{AttachParams, ExecParams, Pending, PortForwardParams, Streaming, TokenError};
 
 pub const RUNTIME_NAME: &str = "corral";
 pub const CRI_VERSION: &str = "v1";
 
 pub struct CriRuntime {
     rt: Arc<Runtime>,
+    streaming: Arc<Streaming>,
     pod_cidr: Mutex<String>,
 }
 
 impl CriRuntime {
-    pub fn new(rt: Arc<Runtime>) -> CriRuntime {
-        CriRuntime { rt, pod_cidr: Mutex::new(String::new()) }
+    pub fn new(rt: Arc<Runtime>, streaming: Arc<Streaming>) -> CriRuntime {
+        CriRuntime { rt, streaming, pod_cidr: Mutex::new(String::new()) }
     }
+
+    fn url(&self, pending: Pending) -> std::result::Result<String, Status> {
+        self.streaming.url(pending).map_err(|e| match e {
+            TokenError::Exhausted(_) => super::status(Code::ResourceExhausted, e.to_string()),
+            TokenError::Random(_) => super::status(Code::Internal, e.to_string()),
+        })
+    }
+}
+
+/// The stdio checks of Exec and Attach, as kubelet's streaming server makes them.
+fn check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> std::result::Result<(), Status> {
+    if tty && stderr {
+        return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+    }
+    if !(stdin || stdout || stderr) {
+        return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
+    }
+    Ok(())
 }
 
 type Result<T> = std::result::Result<Response<T>, Status>;
@@ -304,14 +324,35 @@ impl RuntimeService for CriRuntime {
         let out = self.rt.exec_sync(&req.container_id, req.cmd, req.timeout).await.map_err(status_of)?;
         Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
     }
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> Result<cri::ExecResponse> {
-        unimplemented("Exec")
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<cri::ExecResponse> {
+        let r = req.into_inner();
+        check_stdio(r.tty, r.stdin, r.stdout, r.stderr)?;
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd is required"));
+        }
+        let container_id = self.rt.running_container(&r.container_id).map_err(status_of)?;
+        let params =
+            ExecParams { container_id, cmd: r.cmd, tty: r.tty, stdin: r.stdin, stdout: r.stdout, stderr: r.stderr };
+        Ok(Response::new(cri::ExecResponse { url: self.url(Pending::Exec(params))? }))
     }
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> Result<cri::AttachResponse> {
-        unimplemented("Attach")
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<cri::AttachResponse> {
+        let r = req.into_inner();
+        check_stdio(r.tty, r.stdin, r.stdout, r.stderr)?;
+        let container_id = self.rt.running_container(&r.container_id).map_err(status_of)?;
+        let params = AttachParams { container_id, tty: r.tty, stdin: r.stdin, stdout: r.stdout, stderr: r.stderr };
+        Ok(Response::new(cri::AttachResponse { url: self.url(Pending::Attach(params))? }))
     }
-    async fn port_forward(&self, _req: Request<cri::PortForwardRequest>) -> Result<cri::PortForwardResponse> {
-        unimplemented("PortForward")
+    async fn port_forward(&self, req: Request<cri::PortForwardRequest>) -> Result<cri::PortForwardResponse> {
+        let r = req.into_inner();
+        let ports = r
+            .port
+            .iter()
+            .map(|p| u16::try_from(*p).ok().filter(|p| *p > 0).ok_or(*p))
+            .collect::<std::result::Result<Vec<u16>, i32>>()
+            .map_err(|p| Status::invalid_argument(format!("invalid port {p}: ports are 1 to 65535")))?;
+        let pod_id = self.rt.port_forward_pod(&r.pod_sandbox_id).map_err(status_of)?;
+        let params = PortForwardParams { pod_id, ports };
+        Ok(Response::new(cri::PortForwardResponse { url: self.url(Pending::PortForward(params))? }))
     }
     async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> Result<cri::ContainerStatsResponse> {
         unimplemented("ContainerStats")

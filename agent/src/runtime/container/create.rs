@@ -95,6 +95,9 @@ impl Runtime {
             pid_start: 0,
             user: None,
             resources: req.resources.clone(),
+            stdin: req.stdin,
+            stdin_once: req.stdin_once,
+            tty: req.tty,
         };
         let _lock = self.locks.lock(&id).await;
         {

@@ -10,6 +10,7 @@ mod remove;
 mod start;
 mod status;
 mod stop;
+mod stream;
 mod volumes;
 
 use std::collections::HashMap;
@@ -100,6 +101,14 @@ pub struct ContainerRecord {
     pub user: Option<UserRecord>,
     #[serde(default)]
     pub resources: Resources,
+    /// The container keeps a stdin open (for attach); closed after the first attach with
+    /// stdin_once; a tty.
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 mod network;
 mod pause;
+mod portforward;
 mod recover;
 mod remove;
 mod resources;
