@@ -52,6 +52,16 @@ impl Shim {
         self.life.wait_exit(timeout)
     }
 
+    /// A new descriptor of the container's stdin for an attach (see [`Role::attach_stdin`]).
+    pub fn attach_stdin(&self) -> Result<Option<std::os::fd::OwnedFd>, Fail> {
+        self.role.attach_stdin()
+    }
+
+    /// Closes the container's stdin; with a tty, hangs its terminal up.
+    pub fn close_stdin(&self) {
+        self.role.close_stdin()
+    }
+
     pub fn reopen_log(&self) -> Result<(), Fail> {
         self.logger.reopen().map_err(|e| Fail::new(ErrorKind::Internal, format!("reopening the container log: {e}")))
     }

@@ -14,10 +14,12 @@
 //!   (`namespaces`, `rootfs`, `process`, `cgroup`);
 //! - `state` (the shared lifecycle), `role` (what differs between a container's shim and a
 //!   pause), `daemon` (the shim's state and operations);
-//! - `workload` and `pause`: the two roles; `exec` and `server`: requests;
+//! - `workload` and `pause`: the two roles; `exec` (ExecSync and ExecStream), `attach` and
+//!   `server`: requests;
 //! - `launcher`: the launcher and the daemon's wiring of role, reaper and server.
 #![deny(unsafe_code)]
 
+mod attach;
 mod conn;
 mod container;
 mod daemon;

@@ -3,6 +3,7 @@
 //! SIGTERM/SIGKILL/SIGINT (the kernel then kills the namespace). It writes no exit file (it
 //! has no file system left, see [`confine`]): corrald waits for its pid.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -139,6 +140,13 @@ impl Role for Pause {
     fn exec_target(&self) -> Option<ExecTarget<'_>> {
         None
     }
+
+    /// None: the pause has no stdio.
+    fn attach_stdin(&self) -> Result<Option<OwnedFd>, Fail> {
+        Ok(None)
+    }
+
+    fn close_stdin(&self) {}
 }
 
 #[cfg(test)]

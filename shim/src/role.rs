@@ -3,6 +3,7 @@
 //! daemon (daemon.rs) holds one role and hands it the lifecycle both share; the launcher picks
 //! the role, and nothing else asks which one it is.
 
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use crate::container::cgroup::Cgroup;
@@ -36,4 +37,9 @@ pub trait Role: Send + Sync {
     fn teardown(&self);
     /// What an exec runs beside; None when there is no container process.
     fn exec_target(&self) -> Option<ExecTarget<'_>>;
+    /// A new descriptor of the container's stdin for an attach: of its stdin pipe's writer, or
+    /// of its pty master; None when it has none or it was closed.
+    fn attach_stdin(&self) -> Result<Option<OwnedFd>, Fail>;
+    /// Closes the container's stdin (the shim's end); a second call does nothing.
+    fn close_stdin(&self);
 }

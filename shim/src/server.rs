@@ -12,7 +12,7 @@ use proto::v1::{request, response, Empty, ErrorKind, Request, Response};
 use crate::conn::answer;
 use crate::daemon::Shim;
 use crate::error::Fail;
-use crate::{exec, sys, warn};
+use crate::{attach, exec, sys, warn};
 
 fn empty(r: std::result::Result<(), Fail>) -> std::result::Result<response::Kind, Fail> {
     r.map(|()| response::Kind::Empty(Empty {}))
@@ -40,11 +40,12 @@ pub fn dispatch(shim: &Shim, req: Request) -> Response {
         request::Kind::Exec(e) => exec::run(shim, &e).map(response::Kind::Exec),
         request::Kind::ReopenLog(_) => empty(shim.reopen_log()),
         request::Kind::Shutdown(_) => empty(shim.shutdown()),
-        request::Kind::Attach(_) | request::Kind::CloseStdin(_) => {
-            Err(Fail::new(ErrorKind::FailedPrecondition, "this shim does not serve streaming sessions"))
+        request::Kind::CloseStdin(_) => {
+            shim.close_stdin();
+            Ok(response::Kind::Empty(Empty {}))
         }
-        request::Kind::ExecStream(_) => {
-            Err(Fail::new(ErrorKind::InvalidArgument, "ExecStream is a session, not a single answer"))
+        request::Kind::ExecStream(_) | request::Kind::Attach(_) => {
+            Err(Fail::new(ErrorKind::InvalidArgument, "a streaming session is not a single answer"))
         }
     })
 }
@@ -59,6 +60,7 @@ fn handle(shim: &Shim, mut conn: UnixStream) {
     };
     match req.kind {
         Some(request::Kind::ExecStream(r)) => exec::stream::serve(shim, &r, conn),
+        Some(request::Kind::Attach(r)) => attach::serve(shim, &r, conn),
         kind => {
             let resp = dispatch(shim, Request { kind });
             let _ = proto::write_frame(&mut conn, &resp);

@@ -687,6 +687,23 @@ pub fn openpty_in(root: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
 }
 
+/// The foreground process group of the terminal `fd` (on a pty master: of its slave), as a pid
+/// of the caller's namespace.
+pub fn foreground_pgrp(fd: RawFd) -> io::Result<i32> {
+    let mut pgrp: libc::pid_t = 0;
+    // SAFETY: TIOCGPGRP writes one pid_t into `pgrp`, live and writable for the call.
+    check(unsafe { libc::ioctl(fd, libc::TIOCGPGRP, &mut pgrp) })?;
+    Ok(pgrp)
+}
+
+/// A new eventfd (counter 0), non-blocking and close-on-exec.
+pub fn eventfd() -> io::Result<std::fs::File> {
+    // SAFETY: integer arguments only; the result is a new descriptor or -1.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: eventfd just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
 /// Writes `data` to the existing file `path` (opened without creating, closed after).
 /// Async-signal-safe.
 pub fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {

@@ -1,8 +1,9 @@
 //! The container role: a shim that creates one container process and holds it until Start,
 //! then signals, reaps and records it; its cgroup is its own (created and removed here).
 
+use std::fs::File;
 use std::io::{BufReader, PipeReader, PipeWriter, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use crate::container::cgroup::{self, Cgroup};
 use crate::container::spec::{Plan, ProcessPlan};
 use crate::container::{self, process, recv, ChildMsg};
 use crate::daemon::Shim;
-use crate::error::{Context, Error, Fail, Result};
+use crate::error::{errno_display, Context, Error, Fail, Result};
 use crate::logger::{Logger, Stream};
 use crate::oom::OomTracker;
 use crate::role::{ExecTarget, Role};
@@ -32,8 +33,17 @@ pub struct Workload {
     oom: Mutex<OomTracker>,
     /// The start pipe and the sync pipe, until Start.
     start: Mutex<Option<(PipeWriter, BufReader<PipeReader>)>>,
-    /// Kept open so the container's stdin stays open.
-    _stdin: Option<PipeWriter>,
+    stdin: Mutex<Stdin>,
+}
+
+/// The container's stdin, as attach and CloseStdin see it.
+enum Stdin {
+    /// Created without one: its stdin is /dev/null.
+    None,
+    /// The stdin pipe's writer, kept open (so the container's stdin stays open) until CloseStdin.
+    Pipe(Option<PipeWriter>),
+    /// The pty master (tty): input for attach, and the terminal CloseStdin hangs up.
+    Tty { master: File, closed: bool },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,12 +79,17 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
         None => Logger::new(None).ctx(|| "logger".into())?,
     };
     let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills());
-    let created = container::create(&plan, cgroup.as_ref(), logger.enabled()).map_err(cleanup)?;
+    let created = container::create(&plan, cgroup.as_ref()).map_err(cleanup)?;
     for w in &created.warnings {
         warn!("{w}");
     }
     let logger = Arc::new(logger);
     let stdio = created.stdio;
+    let stdin = match (stdio.pty_input, stdio.stdin) {
+        (Some(master), _) => Stdin::Tty { master, closed: false },
+        (None, Some(w)) => Stdin::Pipe(Some(w)),
+        (None, None) => Stdin::None,
+    };
     if let Some(out) = stdio.stdout {
         logger.spawn_copier(Stream::Stdout, out);
     }
@@ -94,7 +109,7 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
         last_cap: last,
         oom: Mutex::new(OomTracker::new(oom_before)),
         start: Mutex::new(Some((created.start, created.sync))),
-        _stdin: stdio.stdin,
+        stdin: Mutex::new(stdin),
     };
     Ok(Shim::new(id, created.pid, logger, Box::new(role)))
 }
@@ -242,5 +257,41 @@ impl Role for Workload {
             oom: &self.oom,
             last_cap: self.last_cap,
         })
+    }
+
+    fn attach_stdin(&self) -> Result<Option<OwnedFd>, Fail> {
+        let dup = match &*lock(&self.stdin) {
+            Stdin::Pipe(Some(w)) => w.try_clone().map(OwnedFd::from),
+            Stdin::Tty { master, closed: false } => master.try_clone().map(OwnedFd::from),
+            _ => return Ok(None),
+        };
+        dup.map(Some).map_err(|e| {
+            Fail::new(ErrorKind::Internal, format!("duplicating the container's stdin: {}", errno_display(&e)))
+        })
+    }
+
+    /// Closes the stdin pipe's writer: the container reads EOF once the attaches' descriptors
+    /// are closed too. With a tty there is no stdin of its own to close (closing the master would
+    /// end the output): the terminal is hung up instead, as a terminal's hangup does it, with
+    /// SIGHUP to its foreground process group.
+    fn close_stdin(&self) {
+        let mut stdin = lock(&self.stdin);
+        match &mut *stdin {
+            Stdin::None | Stdin::Pipe(None) | Stdin::Tty { closed: true, .. } => {}
+            Stdin::Pipe(w) => {
+                *w = None;
+                info!("stdin closed");
+            }
+            Stdin::Tty { master, closed } => {
+                *closed = true;
+                match sys::foreground_pgrp(master.as_raw_fd()) {
+                    Ok(pgrp) if pgrp > 0 => {
+                        let _ = sys::kill(-pgrp, libc::SIGHUP);
+                        info!("stdin closed: terminal hung up (SIGHUP to process group {pgrp})");
+                    }
+                    _ => info!("stdin closed: the terminal has no foreground process group"),
+                }
+            }
+        }
     }
 }

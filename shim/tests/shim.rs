@@ -340,6 +340,11 @@ fn pause_is_pid1_of_the_pod() {
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
     let root: Vec<_> = fs::read_dir(format!("/proc/{pause_pid}/root")).unwrap().collect();
     assert!(root.is_empty(), "the pause's root holds {root:?}");
+    // It has no stdio to attach to, nor a stdin to close.
+    let (_, r, _) =
+        open_session(&p, request::Kind::Attach(proto::v1::AttachRequest { stdin: true, stdout: true, stderr: true }));
+    assert_eq!(r.error_kind, ErrorKind::FailedPrecondition as i32, "{}", r.error);
+    assert!(call(&p, request::Kind::CloseStdin(Default::default())).error.is_empty());
 
     let b = fx.bundle("member");
     let mut s =
@@ -717,5 +722,164 @@ fn exec_stream_concurrent_sessions() {
     assert_eq!(exit_of(next_response(&mut long)).exit_code, 0);
     assert!(kill(&b, 9, false).error.is_empty());
     wait(&b, 10_000).unwrap();
+    shutdown_clean(&fx, &b);
+}
+
+fn attach_req(stdin: bool, stdout: bool, stderr: bool) -> request::Kind {
+    request::Kind::Attach(proto::v1::AttachRequest { stdin, stdout, stderr })
+}
+
+fn close_stdin(b: &Bundle) -> proto::v1::Response {
+    call(b, request::Kind::CloseStdin(Default::default()))
+}
+
+/// An attach's output so far, by stream, and whether the shim ended the session.
+#[derive(Default)]
+struct Attached {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    ended: bool,
+}
+
+impl Attached {
+    fn has(&self, stream: &[u8], text: &str) -> bool {
+        String::from_utf8_lossy(stream).contains(text)
+    }
+}
+
+/// Reads Output answers into `a` until `until` holds or the session ends (10 s at most).
+fn read_output(conn: &mut std::os::unix::net::UnixStream, a: &mut Attached, until: impl Fn(&Attached) -> bool) {
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while !a.ended && !until(a) {
+        match next_response(conn) {
+            None => a.ended = true,
+            Some(r) => match r.kind {
+                Some(response::Kind::Output(o)) if o.stream == 1 => a.out.extend(o.data),
+                Some(response::Kind::Output(o)) if o.stream == 2 => a.err.extend(o.data),
+                other => panic!("unexpected answer on an attach: {other:?} {}", r.error),
+            },
+        }
+    }
+}
+
+#[test]
+fn attach_fans_out_output_passes_stdin_and_close_stdin_ends_it() {
+    if !is_root("attach_fans_out_output_passes_stdin_and_close_stdin_ends_it") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("attach");
+    let script = "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo bye; sleep 1000";
+    let mut s = spec(&b, &["sh", "-c", script]);
+    s["annotations"]["io.corral.stdin"] = json!("true");
+    fx.create(&b, &s).unwrap();
+    let (_, r, _) = open_session(&b, attach_req(true, true, true));
+    assert_eq!((r.error.as_str(), r.error_kind), ("container is not running", ErrorKind::FailedPrecondition as i32));
+    assert!(start(&b).error.is_empty());
+
+    let (mut a_conn, r, a_fds) = open_session(&b, attach_req(true, true, true));
+    assert_eq!((fds_of(&r).count, a_fds.len()), (1, 1));
+    let (mut b_conn, r, b_fds) = open_session(&b, attach_req(false, true, false));
+    assert_eq!((fds_of(&r).count, b_fds.len()), (0, 0));
+    // An exec session alive meanwhile holds nothing of the container's stdin.
+    let (exec_conn, r, exec_fds) = open_session(&b, exec_stream(&["sleep", "1000"], false, false, true, false));
+    assert_eq!(fds_of(&r).count, 1);
+
+    let mut stdin = fs::File::from(a_fds.into_iter().next().unwrap());
+    stdin.write_all(b"one\n").unwrap();
+    let (mut a, mut bb) = (Attached::default(), Attached::default());
+    read_output(&mut a_conn, &mut a, |a| a.has(&a.out, "got one\n") && a.has(&a.err, "err one\n"));
+    read_output(&mut b_conn, &mut bb, |b| b.has(&b.out, "got one\n"));
+    assert_eq!((a.out.as_slice(), a.err.as_slice()), (&b"got one\n"[..], &b"err one\n"[..]));
+    assert_eq!((bb.out.as_slice(), bb.err.as_slice()), (&b"got one\n"[..], &b""[..]));
+
+    // CloseStdin: once the attach's descriptor is closed too, the container reads EOF.
+    drop(stdin);
+    assert!(close_stdin(&b).error.is_empty());
+    read_output(&mut a_conn, &mut a, |a| a.has(&a.out, "bye\n"));
+    read_output(&mut b_conn, &mut bb, |b| b.has(&b.out, "bye\n"));
+    assert!(a.has(&a.out, "bye\n") && bb.has(&bb.out, "bye\n"));
+    assert!(close_stdin(&b).error.is_empty(), "a second CloseStdin does nothing");
+    let (mut c_conn, r, c_fds) = open_session(&b, attach_req(true, true, false));
+    assert_eq!((fds_of(&r).count, c_fds.len()), (0, 0), "no stdin once it is closed");
+
+    // The container's exit ends every attach.
+    drop((exec_conn, exec_fds));
+    assert!(kill(&b, 9, false).error.is_empty());
+    for (conn, att) in [(&mut a_conn, &mut a), (&mut b_conn, &mut bb), (&mut c_conn, &mut Attached::default())] {
+        read_output(conn, att, |_| false);
+        assert!(att.ended);
+    }
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 137);
+    let (_, r, _) = open_session(&b, attach_req(false, true, true));
+    assert_eq!((r.error.as_str(), r.error_kind), ("container is not running", ErrorKind::FailedPrecondition as i32));
+    // The CRI log was written all along.
+    let log: Vec<(String, String)> = log_entries(&b.log).into_iter().map(|e| (e.0, e.2)).collect();
+    for want in [("stdout", "got one"), ("stderr", "err one"), ("stdout", "bye")] {
+        assert!(log.contains(&(want.0.to_string(), want.1.to_string())), "{want:?} missing in {log:?}");
+    }
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn attach_tty_and_close_stdin_hangs_the_terminal_up() {
+    if !is_root("attach_tty_and_close_stdin_hangs_the_terminal_up") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("attachtty");
+    let mut s = spec(&b, &["sh", "-c", "cat; echo cat ended; sleep 1000"]);
+    s["process"]["terminal"] = json!(true);
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    let (mut conn, r, fds) = open_session(&b, attach_req(true, true, false));
+    assert_eq!((fds_of(&r).count, fds.len()), (1, 1));
+    let master = fs::File::from(fds.into_iter().next().unwrap());
+    // The master takes the window size.
+    let ws = libc::winsize { ws_row: 40, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize, alive for the call.
+    assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::TIOCSWINSZ, &ws) }, 0);
+    (&master).write_all(b"ping\n").unwrap();
+    let mut a = Attached::default();
+    // The terminal's echo and cat's copy.
+    read_output(&mut conn, &mut a, |a| String::from_utf8_lossy(&a.out).matches("ping").count() == 2);
+    assert_eq!(String::from_utf8_lossy(&a.out).matches("ping").count(), 2, "{:?}", String::from_utf8_lossy(&a.out));
+    drop(master);
+    // Hung up: cat (in the foreground process group) ends; the shell, the namespace's init,
+    // ignores the SIGHUP it has no handler for.
+    assert!(close_stdin(&b).error.is_empty());
+    read_output(&mut conn, &mut a, |a| a.has(&a.out, "cat ended"));
+    assert!(a.has(&a.out, "cat ended"), "{:?}", String::from_utf8_lossy(&a.out));
+    let (_, r, fds) = open_session(&b, attach_req(true, true, false));
+    assert_eq!((fds_of(&r).count, fds.len()), (0, 0), "no stdin once the terminal was hung up");
+    assert!(kill(&b, 9, false).error.is_empty());
+    read_output(&mut conn, &mut a, |_| false);
+    assert!(a.ended);
+    wait(&b, 10_000).unwrap();
+    let log: Vec<String> = log_entries(&b.log).into_iter().map(|e| e.2.trim_end_matches('\r').to_string()).collect();
+    assert!(log.iter().any(|l| l == "cat ended"), "{log:?}");
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn attach_without_a_log_ends_with_the_container() {
+    if !is_root("attach_without_a_log_ends_with_the_container") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("attachnolog");
+    let mut s = spec(&b, &["sh", "-c", "read l; echo \"got $l\"; echo gone >&2; exit 4"]);
+    s["annotations"] = json!({"io.corral.stdin": "true"});
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    let (mut conn, r, fds) = open_session(&b, attach_req(true, true, true));
+    assert_eq!(fds_of(&r).count, 1);
+    fs::File::from(fds.into_iter().next().unwrap()).write_all(b"x\n").unwrap();
+    let mut a = Attached::default();
+    read_output(&mut conn, &mut a, |_| false);
+    assert!(a.ended, "the session ends with the container's output");
+    assert_eq!((a.out.as_slice(), a.err.as_slice()), (&b"got x\n"[..], &b"gone\n"[..]));
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 4);
+    assert!(!b.log.exists());
     shutdown_clean(&fx, &b);
 }

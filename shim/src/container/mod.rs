@@ -92,6 +92,9 @@ pub struct Stdio {
     pub stderr: Option<File>,
     /// The pty master (tty mode): the container's output, logged as stdout.
     pub pty: Option<File>,
+    /// A second descriptor of the pty master: the container's stdin (attach) and its terminal
+    /// (CloseStdin hangs it up).
+    pub pty_input: Option<File>,
     /// Kept open so the container's stdin stays open.
     pub stdin: Option<PipeWriter>,
 }
@@ -105,21 +108,24 @@ pub struct Created {
     pub warnings: Vec<String>,
 }
 
-fn devnull(write: bool) -> Result<OwnedFd> {
-    let f =
-        std::fs::OpenOptions::new().read(!write).write(write).open("/dev/null").ctx(|| "opening /dev/null".into())?;
+/// /dev/null for reading (the stdin of a container created without one).
+fn devnull() -> Result<OwnedFd> {
+    let f = File::open("/dev/null").ctx(|| "opening /dev/null".into())?;
     Ok(f.into())
 }
 
-/// The child's stdio fds (0, 1, 2) and the shim's ends.
-fn make_stdio(plan: &Plan, capture: bool) -> Result<([OwnedFd; 3], Stdio, bool)> {
+/// The child's stdio fds (0, 1, 2) and the shim's ends. The output is always the shim's to read
+/// (for the log and for attach).
+fn make_stdio(plan: &Plan) -> Result<([OwnedFd; 3], Stdio, bool)> {
     let mut ours = Stdio::default();
     let terminal = plan.process.as_ref().is_some_and(|p| p.terminal);
     if terminal {
         let (master, slave) = sys::openpty().ctx(|| "creating a pty".into())?;
         let s1 = slave.try_clone().ctx(|| "dup pty".into())?;
         let s2 = slave.try_clone().ctx(|| "dup pty".into())?;
-        ours.pty = Some(File::from(master));
+        let master = File::from(master);
+        ours.pty_input = Some(master.try_clone().ctx(|| "dup pty master".into())?);
+        ours.pty = Some(master);
         return Ok(([slave, s1, s2], ours, true));
     }
     let stdin: OwnedFd = if plan.stdin {
@@ -127,16 +133,12 @@ fn make_stdio(plan: &Plan, capture: bool) -> Result<([OwnedFd; 3], Stdio, bool)>
         ours.stdin = Some(w);
         r.into()
     } else {
-        devnull(false)?
+        devnull()?
     };
     let out = |slot: &mut Option<File>| -> Result<OwnedFd> {
-        if capture {
-            let (r, w) = io::pipe().ctx(|| "creating an output pipe".into())?;
-            *slot = Some(File::from(OwnedFd::from(r)));
-            Ok(w.into())
-        } else {
-            devnull(true)
-        }
+        let (r, w) = io::pipe().ctx(|| "creating an output pipe".into())?;
+        *slot = Some(File::from(OwnedFd::from(r)));
+        Ok(w.into())
     };
     let stdout = out(&mut ours.stdout)?;
     let stderr = out(&mut ours.stderr)?;
@@ -144,13 +146,13 @@ fn make_stdio(plan: &Plan, capture: bool) -> Result<([OwnedFd; 3], Stdio, bool)>
 }
 
 /// Forks the container process and brings it up to just before exec.
-pub fn create(plan: &Plan, cgroup: Option<&Cgroup>, capture: bool) -> Result<Created> {
+pub fn create(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<Created> {
     let joins = namespaces::open_joins(&plan.namespaces)?;
     let flags = namespaces::new_flags(&plan.namespaces);
     let last_cap = process::last_cap();
     // The container process's identity and command, built before forking.
     let exec = plan.process.as_ref().map(|p| (Identity::new(p, last_cap), Command::new(&p.args, &p.env)));
-    let (child_stdio, stdio, tty) = make_stdio(plan, capture)?;
+    let (child_stdio, stdio, tty) = make_stdio(plan)?;
     let (sync_r, sync_w) = io::pipe().ctx(|| "creating the sync pipe".into())?;
     let (start_r, start_w) = io::pipe().ctx(|| "creating the start pipe".into())?;
 
