@@ -134,6 +134,10 @@ impl Backend for Runtime {
     }
 
     async fn dial(&self, pod_id: &str, port: u16) -> std::result::Result<tokio::net::TcpStream, String> {
-        self.dial_pod(pod_id, port).await.map_err(|e| e.to_string())
+        self.dial_pod(pod_id, port).await.map_err(|e| match e {
+            // The streaming server says which port of which pod.
+            RuntimeError::Io { source, .. } => source.to_string(),
+            other => other.to_string(),
+        })
     }
 }
