@@ -91,7 +91,7 @@ impl Raw {
         }
     }
 
-    /// The next frame that is not DATA or a PING echo... skipping SYN_REPLYs too when asked.
+    /// The next frame that is not DATA.
     pub async fn next_control(&mut self) -> Option<Frame> {
         loop {
             match self.next().await? {
