@@ -1508,27 +1508,54 @@ pub fn nv_block(headers: &[(&str, &str)]) -> Vec<u8> {
     b
 }
 
-/// zlib, with the SPDY/3 dictionary, sync-flushed: a header block as the first one of a
-/// connection's compression context.
-pub fn compress_block(block: &[u8]) -> Vec<u8> {
-    use flate2::{Compress, Compression, FlushCompress};
-    let mut c = Compress::new(Compression::best(), true);
-    c.set_dictionary(&spdy::dictionary::SPDY3_DICTIONARY).expect("zlib dictionary");
-    let mut out = Vec::with_capacity(block.len() / 100 + 1024);
-    let mut input = block;
-    loop {
-        if out.capacity() - out.len() < 64 * 1024 {
-            out.reserve(256 * 1024);
-        }
-        let before_in = c.total_in();
-        c.compress_vec(input, &mut out, FlushCompress::Sync).expect("compressing");
-        let used = (c.total_in() - before_in) as usize;
-        input = &input[used..];
-        if input.is_empty() && out.capacity() > out.len() {
-            break;
-        }
+/// A connection's header compression context, as a SPDY/3 sender keeps it: zlib with the
+/// SPDY/3 dictionary, one context for every block, each block sync-flushed.
+pub struct RawCompressor {
+    c: flate2::Compress,
+}
+
+impl Default for RawCompressor {
+    fn default() -> Self {
+        RawCompressor::new()
     }
-    out
+}
+
+impl RawCompressor {
+    pub fn new() -> RawCompressor {
+        let mut c = flate2::Compress::new(flate2::Compression::best(), true);
+        c.set_dictionary(&spdy::dictionary::SPDY3_DICTIONARY).expect("zlib dictionary");
+        RawCompressor { c }
+    }
+
+    /// The compressed form of an (uncompressed) name/value block.
+    pub fn compress(&mut self, block: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(block.len() / 100 + 1024);
+        let mut input = block;
+        loop {
+            if out.capacity() - out.len() < 64 * 1024 {
+                out.reserve(256 * 1024);
+            }
+            let before_in = self.c.total_in();
+            self.c.compress_vec(input, &mut out, flate2::FlushCompress::Sync).expect("compressing");
+            let used = (self.c.total_in() - before_in) as usize;
+            input = &input[used..];
+            if input.is_empty() && out.capacity() > out.len() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// A SYN_STREAM carrying `headers`.
+    pub fn syn_stream(&mut self, stream: u32, headers: &[(&str, &str)]) -> Vec<u8> {
+        let block = self.compress(&nv_block(headers));
+        syn_stream(stream, 0, &block)
+    }
+}
+
+/// A header block compressed as the first one of a connection.
+pub fn compress_block(block: &[u8]) -> Vec<u8> {
+    RawCompressor::new().compress(block)
 }
 
 /// A name/value block that decompresses to `size` bytes: one pair whose name claims (and
@@ -1576,8 +1603,10 @@ pub const GO_SYN_STREAM_1: &[&str] = &[
 ];
 pub const GO_SYN_STREAM_3: &[&str] =
     &["8003", "0001", "0000001d", "00000003", "00000000", "00", "00", "62606060c450ca565c92925f5a02000000ffff"];
-/// RST_STREAM 3 CANCEL and GOAWAY(0, OK), as the Go client ends.
+/// RST_STREAM 3 CANCEL and GOAWAY(0, OK), as the Go client ends (client-go's `conn.Close()`
+/// resets every stream it has not closed, here 1 too, then spdystream sends GOAWAY and closes).
 pub const GO_RST_3: &[&str] = &["8003", "0003", "00000008", "00000003", "00000005"];
+pub const GO_RST_1: &[&str] = &["8003", "0003", "00000008", "00000001", "00000005"];
 pub const GO_GOAWAY: &[&str] = &["8003", "0007", "00000008", "00000000", "00000000"];
 /// PING id 1 (the client's first).
 pub const GO_PING_1: &[&str] = &["8003", "0006", "00000004", "00000001"];

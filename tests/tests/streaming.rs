@@ -156,6 +156,14 @@ async fn exec_output_streams_and_exit_codes_over_spdy() {
     assert!(o.stdout.iter().all(|b| *b == 0));
     assert_eq!(o.status(), Status::Success);
 
+    // Both outputs at once, each kept apart and whole.
+    let script = "head -c 2097152 /dev/zero | tr '\\0' o & head -c 1048576 /dev/zero | tr '\\0' e >&2; wait";
+    let o = run(&node, &c, &["sh", "-c", script], Streams::OUT, CRICTL, None).await;
+    assert_eq!(o.stdout.len(), 2 << 20);
+    assert!(o.stdout.iter().all(|b| *b == b'o'), "stderr bytes on stdout");
+    assert_eq!(o.stderr.len(), 1 << 20);
+    assert!(o.stderr.iter().all(|b| *b == b'e'), "stdout bytes on stderr");
+
     cleanup(&node, &pod).await;
 }
 
@@ -246,7 +254,11 @@ async fn exec_with_a_tty() {
         expect_size(&mut rc, "40 100").await;
         rc.send_stdin(b"exit 7\n").await.unwrap();
         let o = rc.finish(WAIT).await.unwrap();
-        assert_eq!(o.status(), Status::ExitCode(7), "{client:?}: {:?}", o.error_text());
+        if st::json_status(&o.protocol) {
+            assert_eq!(o.status(), Status::ExitCode(7), "{client:?}: {:?}", o.error_text());
+        } else {
+            assert!(matches!(o.status(), Status::Failure { .. }), "{client:?}: {:?}", o.error_text());
+        }
     }
 
     cleanup(&node, &pod).await;
@@ -743,6 +755,21 @@ async fn port_forward_over_spdy_and_the_websocket_tunnel() {
     }
     let f = pf.open(WEB_PORT).await.unwrap();
     check_index("after refused streams", &f.exchange(&st::http_get("/index.html"), false, WAIT).await.data);
+
+    // Clients older than requestID: the error stream pairs with the data stream made after it
+    // (cri-streaming: error -> its stream id, data -> its stream id - 2).
+    let port = WEB_PORT.to_string();
+    let (mut e_recv, mut e_send) = pf.open_raw(&[("streamtype", "error"), ("port", &port)]).await.unwrap().split();
+    e_send.shutdown().await.unwrap();
+    let (mut d_recv, mut d_send) = pf.open_raw(&[("streamtype", "data"), ("port", &port)]).await.unwrap().split();
+    d_send.write_all(&st::http_get("/index.html")).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(WAIT, d_recv.read_to_end(&mut resp)).await.expect("no answer without requestID").unwrap();
+    check_index("without requestID", &resp);
+    d_send.reset(5);
+    let mut err = Vec::new();
+    let _ = tokio::time::timeout(WAIT, e_recv.read_to_end(&mut err)).await.expect("the error stream ends");
+    assert!(err.is_empty(), "{:?}", String::from_utf8_lossy(&err));
     pf.close().await;
 
     // The same over the WebSocket tunnel of crictl --transport websocket, with frames cut into
@@ -1024,7 +1051,10 @@ async fn bytes_written_by_a_go_spdystream_client() {
     }
     assert_eq!(stdout, b"from-go-bytes\n");
     assert_eq!(st::decode_status(V4, &error), Status::Success, "{:?}", String::from_utf8_lossy(&error));
-    // The Go client's goodbye: RST of stdout, GOAWAY; then the server closes.
+    // client-go's goodbye (`conn.Close()`): RST of the streams it never closed, GOAWAY. A Go
+    // (spdystream) server stops reading at GOAWAY and closes the connection once its streams
+    // are gone.
+    st::write_pieces(&mut io, st::GO_RST_1).await.unwrap();
     st::write_pieces(&mut io, st::GO_RST_3).await.unwrap();
     st::write_pieces(&mut io, st::GO_GOAWAY).await.unwrap();
     let (closed, _) = st::wait_closed(&mut io, Duration::from_secs(20)).await;
@@ -1095,11 +1125,30 @@ async fn hostile_bytes_close_the_connection_and_nothing_else() {
     let (closed, _) = st::wait_closed(&mut io, Duration::from_secs(15)).await;
     assert!(closed, "a block claiming 4 billion pairs: connection kept");
 
+    // A request head of 2 MiB, then 200 connections that never send a byte.
+    let url = exec_url(&node, &c, cmd, s).await;
+    let mut head = st::spdy_upgrade_head("POST", &url, &[V4]);
+    head.truncate(head.len() - 2);
+    for i in 0..2048 {
+        head.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "f".repeat(1000)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    // An error status, or the connection closed without an answer.
+    if let Ok((resp, _)) = st::http_exchange(&url, &head).await {
+        assert!(resp.status >= 400, "a 2 MiB request head was taken: {resp:?}");
+    }
+    let authority = st::parse_url(&url).authority;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&authority).await.unwrap());
+    }
+
     // None of these ran the command, and corrald still serves.
     let ran = node.exec(&c, &["sh", "-c", "cat /tmp/hostile-ran 2>/dev/null | wc -l"], 10).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "0", "a hostile session ran the command");
     let o = run(&node, &c, &["echo", "alive"], s, CRICTL, None).await;
     assert_eq!(o.stdout_text(), "alive\n");
+    drop(idle);
     cleanup(&node, &pod).await;
 }
 
@@ -1125,5 +1174,152 @@ async fn a_client_that_never_makes_its_streams_is_dropped() {
     );
     let ran = node.exec(&c, &["sh", "-c", "cat /tmp/timeout-ran 2>/dev/null | wc -l"], 10).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "0");
+    cleanup(&node, &pod).await;
+}
+
+/// Reads frames until every stream in `fins` has ended (FIN or RST), answering the server's
+/// pings; DATA per stream, and the streams that were reset before any FIN.
+async fn raw_collect(
+    io: &mut st::Replay<tokio::net::TcpStream>,
+    fins: &[u32],
+) -> (std::collections::HashMap<u32, Vec<u8>>, Vec<u32>) {
+    let mut data: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+    let mut ended: Vec<u32> = Vec::new();
+    let mut reset = Vec::new();
+    while !fins.iter().all(|f| ended.contains(f)) {
+        let frame = tokio::time::timeout(WAIT, st::read_frame(io))
+            .await
+            .unwrap_or_else(|_| panic!("stuck waiting for {fins:?}: ended {ended:?}, data {data:?}"))
+            .unwrap();
+        match frame {
+            Some(st::RawFrame::Data { stream, flags, payload }) => {
+                data.entry(stream).or_default().extend_from_slice(&payload);
+                if flags & st::FLAG_FIN != 0 {
+                    ended.push(stream);
+                }
+            }
+            Some(st::RawFrame::Control { kind: st::RST_STREAM, payload, .. }) => {
+                // A reset after the stream's FIN cuts nothing.
+                let id = u32::from_be_bytes(payload[..4].try_into().unwrap());
+                if !ended.contains(&id) {
+                    ended.push(id);
+                    reset.push(id);
+                }
+            }
+            Some(st::RawFrame::Control { kind: st::PING, payload, .. }) => {
+                io.write_all(&st::control_frame(st::PING, 0, &payload)).await.unwrap();
+            }
+            Some(_) => {}
+            None => panic!("closed while waiting for {fins:?}: ended {ended:?}"),
+        }
+    }
+    (data, reset)
+}
+
+/// Waits for the SYN_REPLY of `stream`, failing on anything but pings before it.
+async fn raw_reply(io: &mut st::Replay<tokio::net::TcpStream>, stream: u32) {
+    loop {
+        match tokio::time::timeout(WAIT, st::read_frame(io)).await.expect("no SYN_REPLY").unwrap() {
+            Some(st::RawFrame::Control { kind: st::SYN_REPLY, payload, .. }) => {
+                assert_eq!(u32::from_be_bytes(payload[..4].try_into().unwrap()), stream);
+                return;
+            }
+            Some(st::RawFrame::Control { kind: st::PING, payload, .. }) => {
+                io.write_all(&st::control_frame(st::PING, 0, &payload)).await.unwrap();
+            }
+            other => panic!("waiting for the SYN_REPLY of {stream}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn large_data_frames_are_taken_whole() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, c) = sleeper(&node, "big-frames").await;
+    // A sender may write DATA frames up to 16 MiB - 1 (Go writes each Write as one frame).
+    let s = Streams { stdin: true, stdout: true, ..Default::default() };
+    let url = exec_url(&node, &c, &["wc", "-c"], s).await;
+    let mut io = raw_upgrade(&url, &[V4]).await;
+    let mut z = st::RawCompressor::new();
+    for (id, kind) in [(1u32, "error"), (3, "stdin"), (5, "stdout")] {
+        io.write_all(&z.syn_stream(id, &[("streamtype", kind)])).await.unwrap();
+        raw_reply(&mut io, id).await;
+    }
+    io.write_all(&st::data_frame(3, 0, &vec![b'x'; 4 << 20])).await.unwrap();
+    io.write_all(&st::data_frame(3, 0, &vec![b'y'; (16 << 20) - 1])).await.unwrap();
+    io.write_all(&st::data_frame(3, st::FLAG_FIN, &[])).await.unwrap();
+    let (data, reset) = raw_collect(&mut io, &[1, 5]).await;
+    assert!(
+        !reset.contains(&5) && !reset.contains(&1),
+        "streams reset: {reset:?}; stdout {:?}, error {:?}",
+        String::from_utf8_lossy(data.get(&5).map(|v| v.as_slice()).unwrap_or_default()),
+        String::from_utf8_lossy(data.get(&1).map(|v| v.as_slice()).unwrap_or_default())
+    );
+    let out = String::from_utf8_lossy(data.get(&5).map(|v| v.as_slice()).unwrap_or_default()).into_owned();
+    assert_eq!(out.trim(), ((4u32 << 20) + (16 << 20) - 1).to_string());
+    let error = data.get(&1).cloned().unwrap_or_default();
+    assert_eq!(st::decode_status(V4, &error), Status::Success, "{:?}", String::from_utf8_lossy(&error));
+    cleanup(&node, &pod).await;
+}
+
+#[tokio::test]
+async fn idle_sessions_end_after_the_idle_timeout() {
+    require_root!();
+    let env = require_env!();
+    // A node with a 3 s streaming idle timeout (kubelet's default is 4 h).
+    let cgroup_parent = format!("/corral/it-{}", tests::node::random_suffix());
+    let cni = tests::node::fake_cni();
+    let config = format!(
+        "cgroup_parent = \"{cgroup_parent}\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\"]\n[streaming]\nidle_timeout = \"3s\"\n",
+        cni.path().join("net.d").display(),
+        cni.path().join("bin").display()
+    );
+    let c = tests::Corrald::with_config(&config).await;
+    let node = Node { c, env, cgroup_parent, cni };
+    node.c.pull(&node.env.image(tests::node::BUSYBOX)).await.expect("pulling busybox");
+    let (pod, c) = sleeper(&node, "idle").await;
+
+    // Silent sessions end, and their commands with them.
+    for (client, secs) in [(CRICTL, "1005"), (CRICTL_WS, "1006")] {
+        let script = format!("echo started; exec sleep {secs}");
+        let url = exec_url(&node, &c, &["sh", "-c", &script], Streams::OUT).await;
+        let mut rc = RemoteCommand::connect(&url, client, Streams::OUT).await.unwrap();
+        assert!(rc.wait_stdout("started", WAIT).await);
+        let started = Instant::now();
+        let ended = rc.wait_until(Duration::from_secs(30), |s| s.ended()).await;
+        assert!(ended, "{client:?}: a silent session outlived the 3 s idle timeout by far");
+        assert!(started.elapsed() >= Duration::from_secs(2), "{client:?}: ended after {:?}", started.elapsed());
+        assert!(
+            process_is(&node, &c, &format!("sleep {secs}"), false, Duration::from_secs(15)).await,
+            "{client:?}: the command outlived its idle session"
+        );
+    }
+
+    // Output keeps a session alive; so do pings alone (client-go pings every 5 s: SPDY PING
+    // frames, WebSocket pings).
+    let o =
+        run(&node, &c, &["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 1; done"], Streams::OUT, CRICTL, None)
+            .await;
+    assert_eq!(o.stdout_text(), "1\n2\n3\n4\n5\n6\n");
+    for client in [CRICTL, CRICTL_WS] {
+        let url = exec_url(&node, &c, &["sh", "-c", "sleep 6; echo done"], Streams::OUT).await;
+        let mut rc = RemoteCommand::connect(&url, client, Streams::OUT).await.unwrap();
+        for i in 0..8u8 {
+            match rc.session() {
+                Some(session) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), session.ping()).await;
+                }
+                None => rc.ws_ping(&[i]).await.unwrap(),
+            }
+            if rc.wait_until(Duration::from_secs(1), |s| s.ended()).await {
+                break;
+            }
+        }
+        let o = rc.finish(WAIT).await.unwrap();
+        assert_eq!(o.stdout_text(), "done\n", "{client:?}: a pinged session was cut");
+        assert_eq!(o.status(), Status::Success, "{client:?}");
+    }
     cleanup(&node, &pod).await;
 }
