@@ -11,7 +11,9 @@
 # with the ratio corral/containerd per step, and removes everything it made.
 #
 # Sizes (environment): N (iterations per lifecycle scenario, 50), PAR (parallelism, 2),
-# PODS (density, 100), PULL_REPS (5), CNI_N (50). KEEP=1 keeps the work dir for reading logs
+# PODS (density, 100), PULL_REPS (5), CNI_N (50); the stream scenario's STREAM_SESSIONS (exec
+# sessions held open at once, 50), STREAM_MIB (MiB through one port-forwarded connection, 100) and
+# STREAM_REPS (transfers, 3; the median counts). KEEP=1 keeps the work dir for reading logs
 # (processes, mounts and network objects are removed regardless).
 #
 # Note: containerd 1.6's shims always put their sockets in /run/containerd/s/<hash of our
@@ -24,10 +26,13 @@ PAR=${PAR:-2}
 PODS=${PODS:-100}
 PULL_REPS=${PULL_REPS:-5}
 CNI_N=${CNI_N:-50}
+STREAM_SESSIONS=${STREAM_SESSIONS:-50}
+STREAM_MIB=${STREAM_MIB:-100}
+STREAM_REPS=${STREAM_REPS:-3}
 # For profiling one side: RUNTIMES="corral" and/or SCENARIOS="pod container" (default: all,
 # and the CNI comparison). The side-by-side table needs both runtimes.
 RUNTIMES=${RUNTIMES:-corral containerd}
-SCENARIOS=${SCENARIOS:-idle pod container pull density leftovers cni}
+SCENARIOS=${SCENARIOS:-idle pod container stream pull density leftovers cni}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -294,7 +299,8 @@ fi
 
 # ---- the scenarios, alternating runtimes -----------------------------------------------------
 common=(--image "$busybox" --pull-image "$multilayer" -n "$N" --parallelism "$PAR" --pods "$PODS"
-        --pull-reps "$PULL_REPS" --netns-baseline "$work/netns.before")
+        --pull-reps "$PULL_REPS" --netns-baseline "$work/netns.before"
+        --stream-sessions "$STREAM_SESSIONS" --stream-mib "$STREAM_MIB" --stream-reps "$STREAM_REPS")
 run_corral() {
     "$bench" cri --socket "$crl/corral.sock" --label corral --json "$work/corral.json" "${common[@]}" \
         --daemon-pid "$crl_pid" --shim-name corral-shim --shim-match "$crl/state" \
@@ -346,6 +352,6 @@ if [ -z "$crl_pid" ] || [ -z "$ctr_pid" ]; then
     exit 0
 fi
 echo "==== corral vs containerd $(containerd --version | awk '{print $3}') + runc $(runc --version | awk 'NR==1{print $3}') + containernetworking-plugins $(dpkg-query -W -f='${Version}' containernetworking-plugins) ===="
-echo "$(nproc) cores, kernel $kernel, cgroup $cgroups; N=$N parallelism=$PAR pods=$PODS pull reps=$PULL_REPS CNI N=$CNI_N; scenarios took $((end - start)) s"
+echo "$(nproc) cores, kernel $kernel, cgroup $cgroups; N=$N parallelism=$PAR pods=$PODS pull reps=$PULL_REPS CNI N=$CNI_N stream sessions=$STREAM_SESSIONS MiB=$STREAM_MIB reps=$STREAM_REPS; scenarios took $((end - start)) s"
 echo "times in ms (median, p90); ratio = corral / containerd of medians"
 "$bench" report "$work/corral.json" "$work/containerd.json"

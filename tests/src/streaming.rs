@@ -625,6 +625,9 @@ enum Event {
     Closed(Option<u16>),
     /// WebSocket: a pong.
     Pong,
+    /// Something client-go would reject (a text message on a binary protocol, bad base64, a
+    /// malformed close signal...).
+    Violation(String),
 }
 
 enum Io {
@@ -664,6 +667,8 @@ pub struct RemoteCommand {
     pub close: Option<Option<u16>>,
     /// WebSocket: pongs received.
     pub pongs: usize,
+    /// What client-go would have rejected.
+    pub violations: Vec<String>,
     expected: [bool; 3],
     tasks: Vec<JoinHandle<()>>,
 }
@@ -896,6 +901,7 @@ impl RemoteCommand {
             ends: [None, None, None],
             close: None,
             pongs: 0,
+            violations: Vec::new(),
             expected,
             tasks,
         })
@@ -922,6 +928,7 @@ impl RemoteCommand {
             ends: [None, None, None],
             close: None,
             pongs: 0,
+            violations: Vec::new(),
             expected: [true, true, true],
             tasks: vec![task],
         })
@@ -999,6 +1006,7 @@ impl RemoteCommand {
                 self.ends[ch as usize].get_or_insert(end);
             }
             Event::Pong => self.pongs += 1,
+            Event::Violation(v) => self.violations.push(v),
             Event::Closed(code) => {
                 self.close = Some(code);
                 for e in self.ends.iter_mut() {
@@ -1065,6 +1073,15 @@ impl RemoteCommand {
             self.apply(ev);
         }
         self.shutdown().await;
+        if !self.violations.is_empty() {
+            return Err(format!("the server broke the protocol: {:?}", self.violations));
+        }
+        if let Io::Ws { .. } = self.io {
+            // client-go reads any end but a close frame with 1000 as an error.
+            if self.close != Some(Some(1000)) {
+                return Err(format!("the WebSocket ended with {:?}, not a close frame with 1000", self.close));
+            }
+        }
         Ok(Outcome {
             protocol: self.protocol.clone(),
             stdout: std::mem::take(&mut self.stdout),
@@ -1162,9 +1179,12 @@ async fn ws_demux(mut stream: SplitStream<Ws>, base64: bool, tx: mpsc::Unbounded
                 }
                 if b[0] == CH_CLOSE {
                     // v5: [255, ch] ends that channel.
-                    if b.len() == 2 {
-                        if let Some(ch) = ch_of(b[1]) {
+                    match (b.len(), ch_of(b.get(1).copied().unwrap_or(0))) {
+                        (2, Some(ch)) => {
                             let _ = tx.send(Event::End(ch, End::Fin));
+                        }
+                        _ => {
+                            let _ = tx.send(Event::Violation(format!("bad close signal {:?}", &b[..])));
                         }
                     }
                     continue;
@@ -1180,7 +1200,7 @@ async fn ws_demux(mut stream: SplitStream<Ws>, base64: bool, tx: mpsc::Unbounded
                 match base64::engine::general_purpose::STANDARD.decode(&t[1..]) {
                     Ok(d) => (c, d),
                     Err(e) => {
-                        let _ = tx.send(Event::End(Ch::Error, End::Broken(format!("bad base64 from the server: {e}"))));
+                        let _ = tx.send(Event::Violation(format!("bad base64 from the server: {e}")));
                         continue;
                     }
                 }
@@ -1196,7 +1216,7 @@ async fn ws_demux(mut stream: SplitStream<Ws>, base64: bool, tx: mpsc::Unbounded
             Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => continue,
             Ok(other) => {
                 // A text message on a binary protocol (or the reverse) kills client-go's demux.
-                let _ = tx.send(Event::End(Ch::Error, End::Broken(format!("unexpected message type: {other:?}"))));
+                let _ = tx.send(Event::Violation(format!("unexpected message type: {other:?}")));
                 continue;
             }
             Err(e) => {

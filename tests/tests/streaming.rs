@@ -131,6 +131,10 @@ async fn exec_output_streams_and_exit_codes_over_spdy() {
         assert_eq!(v["details"]["causes"][0]["message"], n.to_string(), "{v}");
     }
 
+    // Killed by a signal: 128 + the signal, as runc and containerd report it.
+    let o = run(&node, &c, &["sh", "-c", "kill -9 $$"], Streams::OUT, CRICTL, None).await;
+    assert_eq!(o.status(), Status::ExitCode(137), "error stream {:?}", o.error_text());
+
     // A command that cannot start is a failure, never a success.
     let o = run(&node, &c, &["/no/such/binary"], Streams::OUT, CRICTL, None).await;
     assert_ne!(o.status(), Status::Success, "error stream {:?}", o.error_text());
@@ -252,6 +256,15 @@ async fn exec_with_a_tty() {
         // ...and two in one write, the last one winning.
         rc.send_resize_raw(b"{\"Width\":10,\"Height\":5}\n{\"Width\":100,\"Height\":40}\n").await.unwrap();
         expect_size(&mut rc, "40 100").await;
+        // Keys match case-insensitively (Go's encoding/json); a zero size is ignored (containerd).
+        rc.send_resize_raw(b"{\"width\":61,\"height\":21}\n").await.unwrap();
+        expect_size(&mut rc, "21 61").await;
+        rc.resize(0, 0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        expect_size(&mut rc, "21 61").await;
+        // Garbage on the resize stream may end resizing, never the session.
+        rc.send_resize_raw(b"not json at all\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
         rc.send_stdin(b"exit 7\n").await.unwrap();
         let o = rc.finish(WAIT).await.unwrap();
         if st::json_status(&o.protocol) {
@@ -731,6 +744,16 @@ async fn port_forward_over_spdy_and_the_websocket_tunnel() {
     let (o1, o2) = tokio::join!(f1.exchange(&get_index, true, WAIT), f2.exchange(&get_big, false, WAIT));
     check_index("SPDY, request 1", &o1.data);
     check_big("SPDY, request 2", &o2.data, &sha);
+
+    // Eight at once, each a whole file.
+    let mut opened = Vec::new();
+    for _ in 0..8 {
+        opened.push(pf.open(WEB_PORT).await.unwrap());
+    }
+    let results = futures::future::join_all(opened.into_iter().map(|f| f.exchange(&get_big, false, WAIT))).await;
+    for (i, o) in results.iter().enumerate() {
+        check_big(&format!("SPDY, concurrent request {i}"), &o.data, &sha);
+    }
 
     // A port nothing listens on: the error stream says so, the session stays usable.
     let f = pf.open(WEB_PORT + 1).await.unwrap();
@@ -1321,5 +1344,32 @@ async fn idle_sessions_end_after_the_idle_timeout() {
         assert_eq!(o.stdout_text(), "done\n", "{client:?}: a pinged session was cut");
         assert_eq!(o.status(), Status::Success, "{client:?}");
     }
+    cleanup(&node, &pod).await;
+}
+
+#[tokio::test]
+async fn pending_urls_are_capped() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, c) = sleeper(&node, "cap").await;
+    // cri-streaming keeps at most 1000 unused URLs (maxInFlight), then ResourceExhausted.
+    let mut rt = node.rt();
+    let mut urls = Vec::new();
+    for i in 0..1000 {
+        let url = st::exec_url(&mut rt, exec_request(&c, &["echo", "x"], Streams::OUT))
+            .await
+            .unwrap_or_else(|e| panic!("Exec {i}: {e}"));
+        urls.push(url);
+    }
+    let err = st::exec_url(&mut rt, exec_request(&c, &["echo", "x"], Streams::OUT)).await.unwrap_err();
+    code(err, Code::ResourceExhausted, "the 1001st pending URL");
+    let err = st::attach_url(&mut rt, st::attach_request(&c, Streams::OUT)).await.unwrap_err();
+    code(err, Code::ResourceExhausted, "an attach URL over the cap");
+    // Using one frees its place.
+    let o = st::run(&urls.pop().unwrap(), CRICTL, Streams::OUT, None).await;
+    assert_eq!(o.stdout_text(), "x\n");
+    let url = exec_url(&node, &c, &["echo", "y"], Streams::OUT).await;
+    assert_eq!(st::run(&url, CRICTL, Streams::OUT, None).await.stdout_text(), "y\n");
     cleanup(&node, &pod).await;
 }

@@ -66,7 +66,7 @@ pub async fn connect_ready(socket: &Path, timeout: Duration) -> Result<Cri> {
     }
 }
 
-async fn rpc<T>(
+pub(crate) async fn rpc<T>(
     what: &str,
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {
@@ -96,7 +96,7 @@ pub struct Opts {
 }
 
 impl Opts {
-    fn pod_config(&self, name: &str) -> Result<cri::PodSandboxConfig> {
+    pub(crate) fn pod_config(&self, name: &str) -> Result<cri::PodSandboxConfig> {
         let log_dir = self.log_dir.join(name);
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         // As kubelet sends it for a pod without shareProcessNamespace: own PID namespace per
@@ -127,7 +127,7 @@ impl Opts {
         })
     }
 
-    fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+    pub(crate) fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
         let ns = cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() };
         cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
@@ -167,7 +167,7 @@ impl Cri {
         .map(|_| ())
     }
 
-    async fn run_pod(&mut self, config: cri::PodSandboxConfig) -> Result<Pod> {
+    pub(crate) async fn run_pod(&mut self, config: cri::PodSandboxConfig) -> Result<Pod> {
         let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
         let id = rpc("RunPodSandbox", self.rt.run_pod_sandbox(req)).await?.pod_sandbox_id;
         Ok(Pod { id, config })
@@ -187,19 +187,19 @@ impl Cri {
         Ok(())
     }
 
-    async fn stop_pod(&mut self, id: &str) -> Result<()> {
+    pub(crate) async fn stop_pod(&mut self, id: &str) -> Result<()> {
         rpc("StopPodSandbox", self.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }))
             .await
             .map(|_| ())
     }
 
-    async fn remove_pod(&mut self, id: &str) -> Result<()> {
+    pub(crate) async fn remove_pod(&mut self, id: &str) -> Result<()> {
         rpc("RemovePodSandbox", self.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }))
             .await
             .map(|_| ())
     }
 
-    async fn create(&mut self, pod: &Pod, config: cri::ContainerConfig) -> Result<String> {
+    pub(crate) async fn create(&mut self, pod: &Pod, config: cri::ContainerConfig) -> Result<String> {
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
             config: Some(config),
@@ -208,7 +208,7 @@ impl Cri {
         Ok(rpc("CreateContainer", self.rt.create_container(req)).await?.container_id)
     }
 
-    async fn start(&mut self, id: &str) -> Result<()> {
+    pub(crate) async fn start(&mut self, id: &str) -> Result<()> {
         rpc("StartContainer", self.rt.start_container(cri::StartContainerRequest { container_id: id.into() }))
             .await
             .map(|_| ())

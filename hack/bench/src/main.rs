@@ -14,6 +14,7 @@ mod cri;
 mod leftovers;
 mod procmem;
 mod stats;
+mod stream;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -53,9 +54,10 @@ struct CriArgs {
     /// Append the results to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Comma-separated, run in this order: idle, pod, container, pull, density, leftovers
-    /// (removes all pods, then checks), cleanup (only removes all pods).
-    #[arg(long, default_value = "idle,pod,container,pull,density,leftovers", value_delimiter = ',')]
+    /// Comma-separated, run in this order: idle, pod, container, stream (Exec and PortForward
+    /// through the streaming server), pull, density, leftovers (removes all pods, then checks),
+    /// cleanup (only removes all pods).
+    #[arg(long, default_value = "idle,pod,container,stream,pull,density,leftovers", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Iterations of each lifecycle scenario.
     #[arg(short, long, default_value_t = 50)]
@@ -66,6 +68,15 @@ struct CriArgs {
     /// Pods of the density scenario.
     #[arg(long, default_value_t = 100)]
     pods: usize,
+    /// Exec sessions kept open at once by the stream scenario (memory per session).
+    #[arg(long, default_value_t = 50)]
+    stream_sessions: usize,
+    /// MiB moved through one port-forwarded connection by the stream scenario.
+    #[arg(long, default_value_t = 100)]
+    stream_mib: u64,
+    /// Port-forward transfers (and loopback copies) of the stream scenario; the median counts.
+    #[arg(long, default_value_t = 3)]
+    stream_reps: usize,
     /// Cold and warm pulls of the pull scenario.
     #[arg(long, default_value_t = 5)]
     pull_reps: usize,
@@ -221,6 +232,18 @@ async fn run_cri(a: CriArgs) -> Result<()> {
                 rows.extend(run(o.clone(), 1, "serial").await?.rows(&format!("{what}, serial")));
                 rows.extend(run(o.clone(), par, "par").await?.rows(&format!("{what}, parallelism {par}")));
             }
+            "stream" => {
+                let so = stream::StreamOpts {
+                    n: a.n,
+                    sessions: a.stream_sessions,
+                    pf_mib: a.stream_mib,
+                    pf_reps: a.stream_reps,
+                };
+                let procs = stream::Procs { daemon: a.daemon_pid, shims: &shims };
+                let (r, n) = stream::run(&c, &o, &so, &procs).await?;
+                rows.extend(r);
+                notes.extend(n);
+            }
             "pull" => {
                 let image = a.pull_image.as_deref().context("the pull scenario needs --pull-image")?;
                 rows.extend(cri::pull(&c, image, a.pull_reps).await?.rows("image pull"));
@@ -297,7 +320,9 @@ async fn run_cri(a: CriArgs) -> Result<()> {
                 eprintln!("corral-bench: {}: removed {pods} pods", a.label);
                 continue;
             }
-            other => bail!("unknown scenario {other:?} (idle, pod, container, pull, density, leftovers, cleanup)"),
+            other => {
+                bail!("unknown scenario {other:?} (idle, pod, container, stream, pull, density, leftovers, cleanup)")
+            }
         }
         save(&a.json, &a.label, rows, notes)?;
     }

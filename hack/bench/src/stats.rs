@@ -121,7 +121,16 @@ pub fn print_rows(label: &str, rows: &[Row]) {
                 percentile(v, 1.0)
             );
         } else {
-            println!("  {:<42} {:>5} {:>9} {:>9} {:>9} {:>9}  {}", r.name, 1, "", num(r.median()), "", "", r.unit);
+            println!(
+                "  {:<42} {:>5} {:>9} {:>9} {:>9} {:>9}  {}",
+                r.name,
+                r.values.len(),
+                "",
+                num(r.median()),
+                "",
+                "",
+                r.unit
+            );
         }
     }
 }
