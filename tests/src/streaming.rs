@@ -641,7 +641,7 @@ enum Io {
         idle: Vec<SendHalf>,
     },
     Ws {
-        sink: SplitSink<Ws, Message>,
+        sink: Arc<Mutex<SplitSink<Ws, Message>>>,
         base64: bool,
         v5: bool,
     },
@@ -671,11 +671,15 @@ pub struct RemoteCommand {
     pub violations: Vec<String>,
     expected: [bool; 3],
     tasks: Vec<JoinHandle<()>>,
+    aborts: Vec<tokio::task::AbortHandle>,
 }
 
 impl Drop for RemoteCommand {
     fn drop(&mut self) {
         for t in &self.tasks {
+            t.abort();
+        }
+        for t in &self.aborts {
             t.abort();
         }
     }
@@ -904,6 +908,7 @@ impl RemoteCommand {
             violations: Vec::new(),
             expected,
             tasks,
+            aborts: Vec::new(),
         })
     }
 
@@ -920,7 +925,7 @@ impl RemoteCommand {
         Ok(RemoteCommand {
             protocol,
             streams: s,
-            io: Io::Ws { sink, base64, v5 },
+            io: Io::Ws { sink: Arc::new(Mutex::new(sink)), base64, v5 },
             events,
             stdout: Vec::new(),
             stderr: Vec::new(),
@@ -931,6 +936,7 @@ impl RemoteCommand {
             violations: Vec::new(),
             expected: [true, true, true],
             tasks: vec![task],
+            aborts: Vec::new(),
         })
     }
 
@@ -951,11 +957,53 @@ impl RemoteCommand {
             }
             Io::Ws { sink, base64, .. } => {
                 for chunk in data.chunks(32 * 1024) {
-                    ws_send(sink, *base64, CH_STDIN, chunk).await?;
+                    ws_send(&mut *sink.lock().await, *base64, CH_STDIN, chunk).await?;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Writes `data` to stdin (then closes it when `close`) from a task of its own, as
+    /// client-go's stdin copy runs beside the output copies: the session may end while it still
+    /// writes (a command that does not read its input).
+    pub fn spawn_stdin(&mut self, data: Vec<u8>, close: bool) -> JoinHandle<io::Result<()>> {
+        let task = match &self.io {
+            Io::Spdy { stdin: Some(h), .. } => {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    for chunk in data.chunks(32 * 1024) {
+                        let mut g = h.lock().await;
+                        if g.closed {
+                            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stdin is closed"));
+                        }
+                        g.half.write_all(chunk).await?;
+                    }
+                    let mut g = h.lock().await;
+                    if close && !g.closed {
+                        g.closed = true;
+                        g.half.shutdown().await?;
+                    }
+                    Ok(())
+                })
+            }
+            Io::Spdy { stdin: None, .. } => tokio::spawn(async { Err(io::Error::other("no stdin stream")) }),
+            Io::Ws { sink, base64, v5 } => {
+                let (sink, base64, v5) = (sink.clone(), *base64, *v5);
+                tokio::spawn(async move {
+                    for chunk in data.chunks(32 * 1024) {
+                        ws_send(&mut *sink.lock().await, base64, CH_STDIN, chunk).await?;
+                    }
+                    if close && v5 {
+                        let msg = Message::Binary(vec![CH_CLOSE, CH_STDIN].into());
+                        sink.lock().await.send(msg).await.map_err(ws_io_err)?;
+                    }
+                    Ok(())
+                })
+            }
+        };
+        self.aborts.push(task.abort_handle());
+        task
     }
 
     /// Ends stdin: DATA with FIN on SPDY, the `[255, 0]` close signal on v5. Other WebSocket
@@ -972,7 +1020,7 @@ impl RemoteCommand {
                 Ok(())
             }
             Io::Ws { sink, v5: true, .. } => {
-                sink.send(Message::Binary(vec![CH_CLOSE, CH_STDIN].into())).await.map_err(ws_io_err)
+                sink.lock().await.send(Message::Binary(vec![CH_CLOSE, CH_STDIN].into())).await.map_err(ws_io_err)
             }
             Io::Ws { .. } => Err(io::Error::other(format!("{} has no way to close stdin", self.protocol))),
         }
@@ -991,7 +1039,7 @@ impl RemoteCommand {
                 r.write_all(data).await?;
                 r.flush().await
             }
-            Io::Ws { sink, base64, .. } => ws_send(sink, *base64, CH_RESIZE, data).await,
+            Io::Ws { sink, base64, .. } => ws_send(&mut *sink.lock().await, *base64, CH_RESIZE, data).await,
         }
     }
 
@@ -1095,10 +1143,12 @@ impl RemoteCommand {
     async fn shutdown(&mut self) {
         match &mut self.io {
             Io::Spdy { session, stdin, resize, idle, .. } => {
+                // A stdin writer stuck on a full connection holds the lock: no reset then.
                 if let Some(h) = stdin {
-                    let h = h.lock().await;
-                    if !h.closed {
-                        h.half.reset(5);
+                    if let Ok(h) = tokio::time::timeout(Duration::from_secs(1), h.lock()).await {
+                        if !h.closed {
+                            h.half.reset(5);
+                        }
                     }
                 }
                 if let Some(r) = resize {
@@ -1111,7 +1161,7 @@ impl RemoteCommand {
                 session.close();
             }
             Io::Ws { sink, .. } => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), sink.close()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), async { sink.lock().await.close().await }).await;
             }
         }
     }
@@ -1124,6 +1174,9 @@ impl RemoteCommand {
             Io::Ws { .. } => {}
         }
         for t in &self.tasks {
+            t.abort();
+        }
+        for t in &self.aborts {
             t.abort();
         }
         // Dropping the sink and the reader task's stream closes the TCP connection.
@@ -1140,7 +1193,9 @@ impl RemoteCommand {
     /// WebSocket: sends a ping (as client-go's heartbeat).
     pub async fn ws_ping(&mut self, payload: &[u8]) -> io::Result<()> {
         match &mut self.io {
-            Io::Ws { sink, .. } => sink.send(Message::Ping(payload.to_vec().into())).await.map_err(ws_io_err),
+            Io::Ws { sink, .. } => {
+                sink.lock().await.send(Message::Ping(payload.to_vec().into())).await.map_err(ws_io_err)
+            }
             Io::Spdy { .. } => Err(io::Error::other("not a websocket")),
         }
     }

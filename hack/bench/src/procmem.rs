@@ -72,6 +72,19 @@ pub fn total(pids: &[u32]) -> (Mem, usize) {
     (sum, n)
 }
 
+/// CPU time `pid` has used so far (every thread's, from `/proc/<pid>/task/*/schedstat`, in ns),
+/// or `None` when it is gone. Threads that already exited are not counted.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let rd = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut sum = 0;
+    for t in rd.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            sum += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Some(sum)
+}
+
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
