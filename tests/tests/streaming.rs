@@ -356,6 +356,15 @@ async fn every_remotecommand_protocol_version() {
     let o = st::run(&url, Client::WebSocket(&[st::BASE64]), Streams::OUT, None).await;
     assert_eq!(o.stdout, vec![0u8, 1, 255, 128]);
 
+    // stdin over the WebSocket forms without a close signal: the command reads what it needs.
+    for p in [&[V4][..], &[st::V4_BASE64][..], &[st::BASE64][..]] {
+        let url = exec_url(&node, &c, &["head", "-c", "5"], Streams::IO).await;
+        let mut rc = RemoteCommand::connect(&url, Client::WebSocket(p), Streams::IO).await.unwrap();
+        rc.send_stdin(b"ab\x00\xffe-and-more").await.unwrap();
+        let o = rc.finish(WAIT).await.unwrap();
+        assert_eq!(o.stdout, b"ab\x00\xffe", "{p:?}");
+    }
+
     // stdin over v2 and v3 (v1's server closes stdin at once; its clients never half-close).
     for v in [&[V2][..], &[V3][..]] {
         let o = run(&node, &c, &["cat"], Streams::IO, Client::Spdy(v), Some(b"v2-and-v3-stdin\n")).await;
@@ -1515,5 +1524,52 @@ async fn slow_and_flooding_clients_cost_bounded_memory() {
     assert_eq!(data.get(&5).map(|d| d.as_slice()), Some(&b"woke\n"[..]));
     assert_eq!(st::decode_status(V4, data.get(&1).map(|v| v.as_slice()).unwrap_or_default()), Status::Success);
     flood.abort();
+    cleanup(&node, &pod).await;
+}
+
+#[tokio::test]
+async fn urls_of_containers_that_are_gone() {
+    require_root!();
+    let env = require_env!();
+    let node = Node::boot(env).await;
+    let (pod, pc) = node.run_pod("gone", cri::NamespaceMode::Container).await;
+    // A URL whose container is removed before the client comes: refused (404), or a session
+    // that ends at once with a failure; never a hang or a success.
+    let c = node.run(&pod, &pc, node.container_config("removed", &["sleep", "3600"])).await;
+    let exec = exec_url(&node, &c, &["echo", "x"], Streams::OUT).await;
+    let attach = attach_url(&node, &c, Streams::OUT).await;
+    node.stop_container(&c, 0).await.unwrap();
+    rpc(node.rt().remove_container(cri::RemoveContainerRequest { container_id: c.clone() })).await.unwrap();
+    for (what, url) in [("exec", &exec), ("attach", &attach)] {
+        match RemoteCommand::connect(url, CRICTL, Streams::OUT).await {
+            Err(ConnectError::Refused(r)) => assert_eq!(r.status, 404, "{what}: {r:?}"),
+            Err(e) => panic!("{what}: {e}"),
+            Ok(rc) => {
+                let o = rc.finish(WAIT).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(matches!(o.status(), Status::Failure { .. }), "{what}: {:?} {:?}", o.status(), o.error_text());
+                assert!(o.stdout.is_empty(), "{what}: {:?}", o.stdout_text());
+            }
+        }
+    }
+    // A container that exits between the URL and the client: the attach ends, the exec fails.
+    let c = node.run(&pod, &pc, node.container_config("exits", &["sh", "-c", "sleep 1"])).await;
+    let exec = exec_url(&node, &c, &["echo", "x"], Streams::OUT).await;
+    let attach = attach_url(&node, &c, Streams::OUT).await;
+    node.wait_exited(&c, WAIT).await;
+    match RemoteCommand::connect(&exec, CRICTL, Streams::OUT).await {
+        Err(ConnectError::Refused(r)) => assert_eq!(r.status, 404, "{r:?}"),
+        Err(e) => panic!("exec: {e}"),
+        Ok(rc) => {
+            let o = rc.finish(WAIT).await.unwrap();
+            assert!(matches!(o.status(), Status::Failure { .. }), "exec: {:?} {:?}", o.status(), o.error_text());
+        }
+    }
+    match RemoteCommand::connect(&attach, CRICTL, Streams::OUT).await {
+        Err(ConnectError::Refused(r)) => assert_eq!(r.status, 404, "{r:?}"),
+        Err(e) => panic!("attach: {e}"),
+        Ok(rc) => {
+            rc.finish(WAIT).await.expect("an attach to an exited container ends");
+        }
+    }
     cleanup(&node, &pod).await;
 }
