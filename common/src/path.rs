@@ -91,6 +91,13 @@ pub fn open_in_root(root: &Path, path: &Path) -> io::Result<File> {
     }
 }
 
+/// Opens `path` inside `root` with `flags`, resolved by the kernel only
+/// (openat2(RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS), Linux 5.6): for opens that must not fall
+/// back to a path lookup (devices).
+pub fn open_in_root_with(root: &Path, path: &Path, flags: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
+    crate::sys::open_in_root(root, path, flags)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,12 @@ const RESOLVE_IN_ROOT: u64 = 0x10;
 
 /// openat2(root, path, O_RDONLY|O_CLOEXEC, RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS).
 pub fn openat2_in_root(root: &Path, path: &Path) -> io::Result<File> {
+    open_in_root(root, path, libc::O_RDONLY | libc::O_CLOEXEC).map(File::from)
+}
+
+/// openat2(root, path, flags, RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS): `path` resolved as if
+/// `root` were `/`, so no symlink in it leads out; `/proc` magic links refused.
+pub fn open_in_root(root: &Path, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let root_c = cstring(root)?;
     // SAFETY: root_c is a NUL-terminated path; open returns a new descriptor or -1.
     let dirfd = unsafe { libc::open(root_c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
@@ -34,11 +40,7 @@ pub fn openat2_in_root(root: &Path, path: &Path) -> io::Result<File> {
     let dir = unsafe { OwnedFd::from_raw_fd(dirfd) };
     let rel = path.strip_prefix("/").unwrap_or(path);
     let rel_c = cstring(if rel.as_os_str().is_empty() { Path::new(".") } else { rel })?;
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
+    let how = OpenHow { flags: flags as u64, mode: 0, resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
     use std::os::fd::AsRawFd;
     // SAFETY: the directory descriptor is open, rel_c is NUL-terminated and `how` is a live
     // open_how whose size is passed; the kernel reads them only during the call.
@@ -55,7 +57,7 @@ pub fn openat2_in_root(root: &Path, path: &Path) -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// open(path, O_RDONLY|O_NOFOLLOW|O_CLOEXEC).

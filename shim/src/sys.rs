@@ -621,17 +621,6 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
 }
 
-/// struct open_how of the kernel's uapi (openat2).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
-
 /// A new pseudo-terminal of the devpts instance mounted in a container, whose root is `root`
 /// (`/proc/<pid>/root`): `dev/ptmx` opened with openat2(RESOLVE_IN_ROOT), so no symlink the
 /// container made leads out of its root, non-blocking (a FIFO or device put there in its stead
@@ -639,30 +628,8 @@ const RESOLVE_IN_ROOT: u64 = 0x10;
 /// from the master (TIOCGPTPEER), not by a path the container controls, so inside the
 /// container it is its own `/dev/pts/N`. Returns (master, slave), both close-on-exec.
 pub fn openpty_in(root: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
-    let root = cstring(root)?;
-    // SAFETY: `root` is NUL-terminated and alive for the call; open returns a new descriptor
-    // or -1.
-    let dir = check(unsafe { libc::open(root.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
-    // SAFETY: open just returned this descriptor; nothing else owns it.
-    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
-    let how = OpenHow {
-        flags: (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: `dir` is open, the path is a NUL-terminated literal and `how` a live open_how
-    // whose size is passed; the kernel only reads them during the call.
-    let fd = check_long(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c"dev/ptmx".as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    })?;
-    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
-    let master = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let master = common::path::open_in_root_with(root, Path::new("dev/ptmx"), flags)?;
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `master` is open and `st` points to writable memory of the struct's size, which
     // the kernel fills when the call succeeds.
