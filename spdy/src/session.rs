@@ -412,6 +412,12 @@ impl Session {
         *self.inner().closed.borrow()
     }
 
+    /// Whether the peer sent GOAWAY (it opens no more streams; a Go spdystream peer also stops
+    /// reading).
+    pub fn peer_went_away(&self) -> bool {
+        lock(&self.inner().state).goaway_received.is_some()
+    }
+
     /// Streams open now (either side).
     pub fn stream_count(&self) -> usize {
         lock(&self.inner().state).streams.len()

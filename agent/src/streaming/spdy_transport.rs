@@ -88,8 +88,24 @@ pub async fn remotecommand<IO>(
         Command::Exec(p) => remotecommand::exec(backend.as_ref(), p, ch).await,
         Command::Attach(p) => remotecommand::attach(backend.as_ref(), p, ch).await,
     }
-    // The client closes once it read everything; closing first could cut its output short.
-    let _ = tokio::time::timeout(CLOSE_WAIT, session.closed()).await;
+    // The client closes once it read everything (or says GOAWAY, as client-go does before it
+    // closes); closing first could cut its output short.
+    let _ = tokio::time::timeout(CLOSE_WAIT, client_done(&session)).await;
+}
+
+/// Resolves when the client closed the connection, or sent GOAWAY and has no stream left open.
+async fn client_done(session: &Session) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = session.closed() => return,
+            _ = tick.tick() => {
+                if session.peer_went_away() && session.stream_count() == 0 {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The two streams of one forwarded connection, as they arrive.
