@@ -53,7 +53,14 @@ pub struct Config {
     pub stream_buffer: usize,
     /// Largest DATA frame we send (writes are split). Default 32 KiB, at most 16 MiB - 1.
     pub max_send_data: usize,
+    /// Judges the headers of each stream the peer opens before it is answered: Some(status)
+    /// refuses it with RST_STREAM `status` and no SYN_REPLY (as Kubernetes refuses a
+    /// port-forward stream without a valid port). Default: none.
+    pub check: Option<StreamCheck>,
 }
+
+/// See [`Config::check`].
+pub type StreamCheck = fn(&Headers) -> Option<u32>;
 
 impl Default for Config {
     fn default() -> Self {
@@ -63,6 +70,7 @@ impl Default for Config {
             max_streams: 1024,
             stream_buffer: 1024 * 1024,
             max_send_data: 32 * 1024,
+            check: None,
         }
     }
 }

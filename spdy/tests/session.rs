@@ -245,6 +245,26 @@ async fn a_refused_stream_fails_open_with_reset() {
     eventually(|| client.stream_count() == 1).await;
 }
 
+fn needs_a_port(headers: &spdy::Headers) -> Option<u32> {
+    let port = headers.iter().find(|(n, _)| n == "port").and_then(|(_, v)| v.parse::<u16>().ok());
+    port.is_none().then_some(rst::CANCEL)
+}
+
+#[tokio::test]
+async fn a_stream_the_check_rejects_is_reset_without_a_reply() {
+    let server_config = Config { check: Some(needs_a_port), ..Config::default() };
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (client, _ci) = Session::client(a, Config::default());
+    let (_server, mut si) = Session::server(b, server_config);
+    match timeout(client.open(h(&[("port", "x")]), false)).await {
+        Err(Error::Reset { status }) => assert_eq!(status, rst::CANCEL),
+        other => panic!("{other:?}"),
+    }
+    // The next stream is judged on its own, and accepted.
+    let (_c, s) = open_pair(&client, &mut si, h(&[("port", "80")])).await;
+    assert_eq!(s.header("port"), Some("80"));
+}
+
 #[tokio::test]
 async fn goaway_stops_new_streams_but_not_existing_ones() {
     let (client, _ci, server, mut si) = pair(Config::default());

@@ -117,12 +117,22 @@ struct Pair {
     since: Option<Instant>,
 }
 
+/// A port-forward stream needs a port (1-65535) and a type (error or data); others are reset
+/// before any reply, as kubelet does.
+fn port_forward_stream(headers: &spdy::Headers) -> Option<u32> {
+    let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let port_ok = get("port").and_then(|p| p.parse::<u16>().ok()).is_some_and(|p| p > 0);
+    let kind_ok = get("streamtype").is_some_and(|t| t.eq_ignore_ascii_case("error") || t.eq_ignore_ascii_case("data"));
+    (!(port_ok && kind_ok)).then_some(CANCEL)
+}
+
 /// Serves a port-forward session: every pair of streams is one connection to a port of the pod.
 pub async fn portforward<IO>(io: IO, params: PortForwardParams, backend: Arc<dyn Backend>, settings: Settings)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (session, mut incoming) = Session::server(io, spdy::Config::default());
+    let config = spdy::Config { check: Some(port_forward_stream), ..spdy::Config::default() };
+    let (session, mut incoming) = Session::server(io, config);
     let _close = CloseOnDrop(session.clone());
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));

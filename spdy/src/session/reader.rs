@@ -119,6 +119,7 @@ impl Reader {
         enum Verdict {
             Accept(Arc<StreamCell>, tokio::sync::mpsc::UnboundedSender<Stream>),
             Refuse,
+            Reject(u32),
             Duplicate(Option<Arc<StreamCell>>),
         }
         let verdict = {
@@ -130,22 +131,28 @@ impl Reader {
                 Verdict::Duplicate(st.streams.get(&id).cloned())
             } else {
                 st.last_peer_stream_id = id;
-                match st.incoming.clone() {
-                    Some(tx)
-                        if !tx.is_closed() && !st.goaway_sent && st.streams.len() < self.inner.config.max_streams =>
-                    {
-                        let cell = StreamCell::new(
-                            id,
-                            StreamState {
-                                remote_fin: flags & FLAG_FIN != 0,
-                                local_fin: flags & FLAG_UNIDIRECTIONAL != 0,
-                                ..Default::default()
-                            },
-                        );
-                        st.streams.insert(id, cell.clone());
-                        Verdict::Accept(cell, tx)
+                if let Some(status) = self.inner.config.check.and_then(|check| check(&headers)) {
+                    Verdict::Reject(status)
+                } else {
+                    match st.incoming.clone() {
+                        Some(tx)
+                            if !tx.is_closed()
+                                && !st.goaway_sent
+                                && st.streams.len() < self.inner.config.max_streams =>
+                        {
+                            let cell = StreamCell::new(
+                                id,
+                                StreamState {
+                                    remote_fin: flags & FLAG_FIN != 0,
+                                    local_fin: flags & FLAG_UNIDIRECTIONAL != 0,
+                                    ..Default::default()
+                                },
+                            );
+                            st.streams.insert(id, cell.clone());
+                            Verdict::Accept(cell, tx)
+                        }
+                        _ => Verdict::Refuse,
                     }
-                    _ => Verdict::Refuse,
                 }
             }
         };
@@ -158,6 +165,7 @@ impl Reader {
                 self.rst(id, rst::PROTOCOL_ERROR).await
             }
             Verdict::Refuse => self.rst(id, rst::REFUSED_STREAM).await,
+            Verdict::Reject(status) => self.rst(id, status).await,
             Verdict::Accept(cell, tx) => {
                 tracing::debug!(id, ?headers, "spdy stream opened by peer");
                 if flags & FLAG_UNIDIRECTIONAL == 0 {
