@@ -237,3 +237,178 @@ pub async fn attach(backend: &dyn Backend, p: &AttachParams, ch: Channels) {
     }
     finish(version, Outcome::Success, &[], error, stdout.into_iter().chain(stderr).collect()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{duplex, AsyncReadExt, DuplexStream};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::streaming::{Attached, Process};
+
+    /// A command whose ends the test holds: what it reads from stdin, what it writes, when it exits.
+    #[derive(Default)]
+    struct Fake {
+        /// The command's side of stdin, readable by the test.
+        stdin: Mutex<Option<DuplexStream>>,
+        /// Output the command writes, then EOF.
+        output: Vec<u8>,
+        exit: Mutex<Option<oneshot::Receiver<i32>>>,
+        /// The exit future was dropped (the session ended the command).
+        dropped: Arc<AtomicUsize>,
+        closed_stdin: AtomicUsize,
+        stdin_once: bool,
+        output_open: Mutex<Option<tokio::sync::mpsc::Sender<(u32, bytes::Bytes)>>>,
+    }
+
+    struct DropFlag(Arc<AtomicUsize>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Fake {
+        async fn exec(&self, _: &ExecParams) -> Result<Process, String> {
+            let (ours, theirs) = duplex(1024);
+            *self.stdin.lock().unwrap() = Some(theirs);
+            let rx = self.exit.lock().unwrap().take().ok_or("exec twice")?;
+            let flag = DropFlag(self.dropped.clone());
+            Ok(Process {
+                stdin: Some(Box::new(ours)),
+                stdout: Some(Box::new(std::io::Cursor::new(self.output.clone()))),
+                stderr: None,
+                terminal: None,
+                exit: Box::pin(async move {
+                    let _flag = flag;
+                    rx.await.map_err(|_| "gone".to_string())
+                }),
+            })
+        }
+        async fn attach(&self, _: &AttachParams) -> Result<Attached, String> {
+            let (ours, theirs) = duplex(1024);
+            *self.stdin.lock().unwrap() = Some(theirs);
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send((1, bytes::Bytes::from(self.output.clone()))).await.map_err(|e| e.to_string())?;
+            // The output stays open as long as the fake "container" runs.
+            *self.output_open.lock().unwrap() = Some(tx);
+            Ok(Attached { stdin: Some(Box::new(ours)), output: rx, terminal: None, stdin_once: self.stdin_once })
+        }
+        async fn close_stdin(&self, _: &str) -> Result<(), String> {
+            self.closed_stdin.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn dial(&self, _: &str, _: u16) -> Result<tokio::net::TcpStream, String> {
+            Err("no network here".into())
+        }
+    }
+
+    struct Client {
+        stdin: DuplexStream,
+        stdout: DuplexStream,
+        error: DuplexStream,
+        gone: Option<oneshot::Sender<()>>,
+    }
+
+    fn channels(version: Version) -> (Channels, Client) {
+        let (stdin_c, stdin_s) = duplex(1024);
+        let (stdout_s, stdout_c) = duplex(1024);
+        let (error_s, error_c) = duplex(1024);
+        let (gone_tx, gone_rx) = oneshot::channel::<()>();
+        let ch = Channels {
+            version,
+            stdin: Some(Box::new(stdin_s)),
+            stdout: Some(Box::new(stdout_s)),
+            stderr: None,
+            resize: None,
+            error: Some(Box::new(error_s)),
+            gone: Box::pin(async move {
+                let _ = gone_rx.await;
+            }),
+        };
+        (ch, Client { stdin: stdin_c, stdout: stdout_c, error: error_c, gone: Some(gone_tx) })
+    }
+
+    fn exec_params() -> ExecParams {
+        ExecParams {
+            container_id: "c".into(),
+            cmd: vec!["cat".into()],
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_copies_both_ways_and_reports_the_exit_code() {
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let fake = Arc::new(Fake { output: b"out".to_vec(), exit: Mutex::new(Some(exit_rx)), ..Fake::default() });
+        let (ch, mut client) = channels(Version::V4);
+        let backend = fake.clone();
+        let session = tokio::spawn(async move { exec(backend.as_ref(), &exec_params(), ch).await });
+        client.stdin.write_all(b"in").await.unwrap();
+        client.stdin.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        client.stdout.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"out");
+        // Without a tty the client's EOF is the command's.
+        let mut theirs = fake.stdin.lock().unwrap().take().unwrap();
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"in");
+        exit_tx.send(3).unwrap();
+        let mut status = Vec::new();
+        client.error.read_to_end(&mut status).await.unwrap();
+        session.await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_ends_the_command() {
+        let (_exit_tx, exit_rx) = oneshot::channel();
+        let fake = Arc::new(Fake { exit: Mutex::new(Some(exit_rx)), ..Fake::default() });
+        let (ch, mut client) = channels(Version::V4);
+        let backend = fake.clone();
+        let session = tokio::spawn(async move { exec(backend.as_ref(), &exec_params(), ch).await });
+        tokio::task::yield_now().await;
+        client.gone.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), session).await.unwrap().unwrap();
+        assert_eq!(fake.dropped.load(Ordering::SeqCst), 1, "the command's session was not dropped");
+        let mut status = Vec::new();
+        let _ = client.error.read_to_end(&mut status).await;
+        assert!(status.is_empty(), "no status for a client that is gone");
+    }
+
+    #[tokio::test]
+    async fn attach_with_stdin_once_closes_the_container_stdin_at_the_clients_eof() {
+        let fake = Arc::new(Fake { output: b"hello".to_vec(), stdin_once: true, ..Fake::default() });
+        let (ch, mut client) = channels(Version::V4);
+        let p = AttachParams { container_id: "c".into(), tty: false, stdin: true, stdout: true, stderr: false };
+        let backend = fake.clone();
+        let session = tokio::spawn(async move { attach(backend.as_ref(), &p, ch).await });
+        let mut buf = [0u8; 5];
+        client.stdout.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        client.stdin.shutdown().await.unwrap();
+        for _ in 0..100 {
+            if fake.closed_stdin.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(fake.closed_stdin.load(Ordering::SeqCst), 1);
+        // The session goes on (the container may still write) until the client leaves.
+        assert!(!session.is_finished());
+        client.gone.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), session).await.unwrap().unwrap();
+        let mut status = Vec::new();
+        client.error.read_to_end(&mut status).await.unwrap();
+        assert_eq!(status, br#"{"status":"Success"}"#);
+    }
+}
