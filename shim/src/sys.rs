@@ -654,6 +654,12 @@ pub fn openpty_in(root: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
 }
 
+/// fchown(2) of `fd` to `uid`, its group kept. Async-signal-safe.
+pub fn fchown_user(fd: RawFd, uid: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only; a gid of -1 leaves the group unchanged.
+    check(unsafe { libc::fchown(fd, uid, libc::gid_t::MAX) }).map(|_| ())
+}
+
 /// The foreground process group of the terminal `fd` (on a pty master: of its slave), as a pid
 /// of the caller's namespace.
 pub fn foreground_pgrp(fd: RawFd) -> io::Result<i32> {

@@ -493,6 +493,63 @@ fn tty_mode() {
     shutdown_clean(&fx, &b);
 }
 
+/// Runs a tty container with `script` (as `uid`, with the spec changed by `edit`) to its exit:
+/// its log lines and the shim's log.
+fn run_tty(
+    fx: &mut Fixture,
+    name: &str,
+    script: &str,
+    uid: u32,
+    edit: impl Fn(&mut serde_json::Value),
+) -> (Vec<String>, String) {
+    let b = fx.bundle(name);
+    let mut s = spec(&b, &["sh", "-c", script]);
+    s["process"]["terminal"] = json!(true);
+    s["process"]["user"] = json!({"uid": uid, "gid": uid});
+    edit(&mut s);
+    fx.create(&b, &s).unwrap();
+    assert!(start(&b).error.is_empty());
+    assert_eq!(wait(&b, 10_000).unwrap().exit_code, 0);
+    let lines = log_entries(&b.log).into_iter().map(|e| e.2.trim_end_matches('\r').to_string()).collect();
+    let shim_log = fs::read_to_string(b.dir.join("shim.log")).unwrap_or_default();
+    shutdown_clean(fx, &b);
+    (lines, shim_log)
+}
+
+#[test]
+fn tty_is_the_containers_own_terminal() {
+    if !is_root("tty_is_the_containers_own_terminal") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    // The terminal is a pty of the container's devpts: `tty` names it, it is the controlling
+    // terminal, and it is all three of stdin, stdout and stderr.
+    let script = "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo isatty; : < /dev/tty && echo ctty; \
+                  ls /dev/pts; echo err >&2";
+    let (lines, shim_log) = run_tty(&mut fx, "owntty", script, 0, |_| {});
+    assert_eq!(lines.first().map(String::as_str), Some("/dev/pts/0"), "{lines:?}");
+    for want in ["isatty", "ctty", "err"] {
+        assert!(lines.iter().any(|l| l == want), "{want} missing in {lines:?}");
+    }
+    assert!(lines.iter().any(|l| l.split_whitespace().eq(["0", "ptmx"])), "only its own pty in its devpts: {lines:?}");
+    assert!(!shim_log.contains("no pty"), "{shim_log}");
+
+    // A user without capabilities can reopen it: the slave is theirs, as runc makes it.
+    let script = "t=$(tty) && echo tty=$t; stat -c owner=%u $t; echo hi > /dev/tty && : < $t && echo reopened";
+    let (lines, _) = run_tty(&mut fx, "owntty1000", script, 1000, |_| {});
+    for want in ["tty=/dev/pts/0", "owner=1000", "hi", "reopened"] {
+        assert!(lines.iter().any(|l| l == want), "{want} missing in {lines:?}");
+    }
+
+    // No devpts in the container: the shim's pty, with a warning, and the container runs.
+    let no_devpts = |s: &mut serde_json::Value| {
+        s["mounts"].as_array_mut().unwrap().retain(|m| m["type"] != "devpts");
+    };
+    let (lines, shim_log) = run_tty(&mut fx, "shimtty", "tty; [ -t 0 ] && [ -t 1 ] && echo isatty", 0, no_devpts);
+    assert_eq!(lines, vec!["not a tty", "isatty"]);
+    assert!(shim_log.contains("no pty in the container's /dev/ptmx (ENOENT), using one of the shim's"), "{shim_log}");
+}
+
 #[test]
 fn create_failures_leave_nothing() {
     if !is_root("create_failures_leave_nothing") {

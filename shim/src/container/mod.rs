@@ -2,6 +2,15 @@
 //! and namespaces and creates the new ones, a second child (the container process, PID 1 of a
 //! new pid namespace) sets up the rootfs and everything up to exec, reports ready, and waits
 //! on the start pipe. Every failure in a child comes back as a message on the sync pipe.
+//!
+//! The daemon has a single thread while it creates the container (the copiers and the reaper
+//! start after), so the children may allocate until the exec.
+//!
+//! A container with a terminal gets it like runc's console socket: its process opens a pty of
+//! the devpts mounted in its root once the rootfs is set up (inside it the terminal is then its
+//! own `/dev/pts/N`) and sends the master to the shim over a socket pair before it reports
+//! ready. A pty of the shim's is made beforehand and stays when the container has no usable
+//! devpts, with a warning, so a terminal never keeps a container from starting.
 
 pub mod cgroup;
 pub mod namespaces;
@@ -12,12 +21,14 @@ pub mod spec;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use cgroup::Cgroup;
 use process::{Command, Identity};
 use spec::{Ns, Plan};
 
-use crate::error::{Context, Error, Result};
+use crate::error::{errno_display, Context, Error, Result};
 use crate::sys;
 use crate::syscall::{Linux, Syscall};
 
@@ -114,19 +125,41 @@ fn devnull() -> Result<OwnedFd> {
     Ok(f.into())
 }
 
+/// The socket pair on which the container process sends the shim the pty master of its own
+/// devpts (tty mode), as runc's console socket.
+struct Console {
+    /// The shim's end.
+    ours: UnixStream,
+    /// The container process's end.
+    theirs: UnixStream,
+}
+
+/// What the container process sends on the console socket, one byte: its own pty's master
+/// follows, or it keeps the shim's pty (and said why in a warning).
+const CONSOLE_OWN: u8 = b'c';
+const CONSOLE_SHIMS: u8 = b's';
+
+/// Sets the pty master `master` as the shim's end of the terminal.
+fn set_pty(ours: &mut Stdio, master: OwnedFd) -> Result<()> {
+    let master = File::from(master);
+    ours.pty_input = Some(master.try_clone().ctx(|| "dup pty master".into())?);
+    ours.pty = Some(master);
+    Ok(())
+}
+
 /// The child's stdio fds (0, 1, 2) and the shim's ends. The output is always the shim's to read
-/// (for the log and for attach).
-fn make_stdio(plan: &Plan) -> Result<([OwnedFd; 3], Stdio, bool)> {
+/// (for the log and for attach). With a terminal the fds are a pty of the shim's, which the
+/// container process replaces with one of its own devpts when it can (the console socket).
+fn make_stdio(plan: &Plan) -> Result<([OwnedFd; 3], Stdio, Option<Console>)> {
     let mut ours = Stdio::default();
     let terminal = plan.process.as_ref().is_some_and(|p| p.terminal);
     if terminal {
         let (master, slave) = sys::openpty().ctx(|| "creating a pty".into())?;
         let s1 = slave.try_clone().ctx(|| "dup pty".into())?;
         let s2 = slave.try_clone().ctx(|| "dup pty".into())?;
-        let master = File::from(master);
-        ours.pty_input = Some(master.try_clone().ctx(|| "dup pty master".into())?);
-        ours.pty = Some(master);
-        return Ok(([slave, s1, s2], ours, true));
+        set_pty(&mut ours, master)?;
+        let (sock, theirs) = UnixStream::pair().ctx(|| "creating the console socket".into())?;
+        return Ok(([slave, s1, s2], ours, Some(Console { ours: sock, theirs })));
     }
     let stdin: OwnedFd = if plan.stdin {
         let (r, w) = io::pipe().ctx(|| "creating the stdin pipe".into())?;
@@ -142,7 +175,22 @@ fn make_stdio(plan: &Plan) -> Result<([OwnedFd; 3], Stdio, bool)> {
     };
     let stdout = out(&mut ours.stdout)?;
     let stderr = out(&mut ours.stderr)?;
-    Ok(([stdin, stdout, stderr], ours, false))
+    Ok(([stdin, stdout, stderr], ours, None))
+}
+
+/// Takes the container's terminal from the console socket: the master of its own pty in place
+/// of the shim's, or nothing when it keeps the shim's. The container process sends it before
+/// Ready, so once Ready was read it is there (or never will be).
+fn take_console(sock: &UnixStream, stdio: &mut Stdio) -> Result<()> {
+    let ctx = || "receiving the container's terminal".to_string();
+    sock.set_nonblocking(true).ctx(ctx)?;
+    let mut b = [0u8; 1];
+    let (n, mut fds) = common::fdpass::recv_with_fds(sock.as_raw_fd(), &mut b).ctx(ctx)?;
+    match (n, b[0], fds.len()) {
+        (1, CONSOLE_OWN, 1) => set_pty(stdio, fds.remove(0)),
+        (1, CONSOLE_SHIMS, 0) => Ok(()),
+        _ => Err(Error::Msg(format!("{}: unexpected message ({n} bytes, {} descriptors)", ctx(), fds.len()))),
+    }
 }
 
 /// Forks the container process and brings it up to just before exec.
@@ -152,7 +200,8 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<Created> {
     let last_cap = process::last_cap();
     // The container process's identity and command, built before forking.
     let exec = plan.process.as_ref().map(|p| (Identity::new(p, last_cap), Command::new(&p.args, &p.env)));
-    let (child_stdio, stdio, tty) = make_stdio(plan)?;
+    let (child_stdio, mut stdio, console) = make_stdio(plan)?;
+    let (console, console_theirs) = console.map(|c| (c.ours, c.theirs)).unzip();
     let (sync_r, sync_w) = io::pipe().ctx(|| "creating the sync pipe".into())?;
     let (start_r, start_w) = io::pipe().ctx(|| "creating the start pipe".into())?;
 
@@ -160,8 +209,10 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<Created> {
         sys::Fork::Child => {
             drop(sync_r);
             drop(start_w);
+            drop(console);
             let mut w = sync_w;
-            let r = stage1(&Linux, plan, cgroup, &joins, flags, &mut w, start_r, child_stdio, tty, exec.as_ref());
+            let console = console_theirs.as_ref().map(AsRawFd::as_raw_fd);
+            let r = stage1(&Linux, plan, cgroup, &joins, flags, &mut w, start_r, child_stdio, console, exec.as_ref());
             if let Err(e) = r {
                 send(&mut w, &ChildMsg::Error(e.to_string()));
             }
@@ -172,6 +223,7 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<Created> {
     drop(sync_w);
     drop(start_r);
     drop(child_stdio);
+    drop(console_theirs);
     let mut sync = BufReader::new(sync_r);
     let mut pid = None;
     let mut warnings = Vec::new();
@@ -193,6 +245,10 @@ pub fn create(plan: &Plan, cgroup: Option<&Cgroup>) -> Result<Created> {
             Some(ChildMsg::Error(e)) => break Err(Error::Msg(e)),
             None => break Err(Error::Msg("container process exited during setup without a message".into())),
         }
+    };
+    let result = match (result, &console) {
+        (Ok(()), Some(sock)) => take_console(sock, &mut stdio),
+        (r, _) => r,
     };
     // The first child exits right after forking; the container process is then ours
     // (we are its subreaper).
@@ -224,7 +280,7 @@ fn stage1(
     w: &mut PipeWriter,
     start: PipeReader,
     stdio: [OwnedFd; 3],
-    tty: bool,
+    console: Option<RawFd>,
     exec: Exec,
 ) -> Result<()> {
     if let Some(cg) = cgroup {
@@ -233,7 +289,7 @@ fn stage1(
     namespaces::enter(os, joins, flags)?;
     match sys::fork().ctx(|| "fork".into())? {
         sys::Fork::Child => {
-            let r = stage2(os, plan, cgroup, w, start, &stdio, tty, exec);
+            let r = stage2(os, plan, cgroup, w, start, &stdio, console, exec);
             if let Err(e) = r {
                 send(w, &ChildMsg::Error(e.to_string()));
             }
@@ -246,8 +302,8 @@ fn stage1(
     }
 }
 
-/// The container process: the rootfs, hostname, rlimits, stdio; Ready; then, once started,
-/// the identity and the exec.
+/// The container process: the rootfs, its terminal (with `console`, the socket to send it on),
+/// hostname, rlimits, stdio; Ready; then, once started, the identity and the exec.
 #[allow(clippy::too_many_arguments)]
 fn stage2(
     os: &dyn Syscall,
@@ -256,7 +312,7 @@ fn stage2(
     w: &mut PipeWriter,
     mut start: PipeReader,
     stdio: &[OwnedFd; 3],
-    tty: bool,
+    console: Option<RawFd>,
     exec: Exec,
 ) -> Result<()> {
     let (Some(p), Some((identity, command))) = (plan.process.as_ref(), exec) else {
@@ -264,6 +320,14 @@ fn stage2(
     };
     sys::setsid().ctx(|| "setsid".into())?;
     rootfs::setup(os, plan, cgroup)?;
+    let mut fds = [stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
+    let own_tty = match console {
+        Some(sock) => own_terminal(sock, p.uid, w)?,
+        None => None,
+    };
+    if let Some(slave) = &own_tty {
+        fds = [slave.as_raw_fd(); 3];
+    }
     if namespaces::has_new(&plan.namespaces, Ns::Uts) {
         if let Some(h) = &plan.hostname {
             os.sethostname(h).ctx(|| format!("sethostname({h})"))?;
@@ -275,10 +339,11 @@ fn stage2(
     if let Some(warn) = process::apply_oom_score_adj(p) {
         send(w, &ChildMsg::Warn(warn));
     }
-    for (i, fd) in stdio.iter().enumerate() {
-        sys::dup2(fd.as_raw_fd(), i as RawFd).ctx(|| format!("dup2 to fd {i}"))?;
+    for (i, fd) in fds.into_iter().enumerate() {
+        sys::dup2(fd, i as RawFd).ctx(|| format!("dup2 to fd {i}"))?;
     }
-    if tty {
+    drop(own_tty);
+    if console.is_some() {
         sys::set_controlling_tty(0).ctx(|| "setting the controlling terminal".into())?;
     }
     send(w, &ChildMsg::Ready);
@@ -291,6 +356,39 @@ fn stage2(
     let failure = command.exec();
     send(w, &ChildMsg::Error(failure.message(p)));
     sys::exit_now(127);
+}
+
+/// The container's own terminal, runc's way: a new pty of the devpts mounted in its root (the
+/// rootfs is set up), so that inside the container it is its `/dev/pts/N`; the slave owned by
+/// the process's user (as runc's stdio), the master sent to the shim on the console socket
+/// `sock`. Returns the slave, or None when the container has no usable `/dev/ptmx` (no devpts,
+/// not the ptmx device, refused by its device cgroup): the shim's pty then stays, with a
+/// warning. Only a failure to tell the shim fails the container.
+fn own_terminal(sock: RawFd, uid: u32, w: &mut PipeWriter) -> Result<Option<OwnedFd>> {
+    let send_ctx = || "sending the terminal to the shim".to_string();
+    match sys::openpty_in(Path::new("/")) {
+        Ok((master, slave)) => {
+            if uid != 0 {
+                if let Err(e) = sys::fchown_user(slave.as_raw_fd(), uid) {
+                    send(w, &ChildMsg::Warn(format!("giving the terminal to uid {uid}: {}", errno_display(&e))));
+                }
+            }
+            common::fdpass::send_with_fds(sock, &[CONSOLE_OWN], &[master.as_raw_fd()]).ctx(send_ctx)?;
+            Ok(Some(slave))
+        }
+        Err(e) => {
+            send(
+                w,
+                &ChildMsg::Warn(format!(
+                    "no pty in the container's /dev/ptmx ({}), using one of the shim's: inside the container it \
+                     has no name",
+                    errno_display(&e)
+                )),
+            );
+            common::fdpass::send_with_fds(sock, &[CONSOLE_SHIMS], &[]).ctx(send_ctx)?;
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]
