@@ -54,10 +54,11 @@ struct CriArgs {
     /// Append the results to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Comma-separated, run in this order: idle, pod, container, stream (Exec and PortForward
-    /// through the streaming server), pull, density, leftovers (removes all pods, then checks),
-    /// cleanup (only removes all pods).
-    #[arg(long, default_value = "idle,pod,container,stream,pull,density,leftovers", value_delimiter = ',')]
+    /// Comma-separated, run in this order: idle, pod, container, pull, density, stream (Exec and
+    /// PortForward through the streaming server; after density, whose daemon RSS would
+    /// otherwise include the sessions' freed memory the allocator keeps), leftovers (removes all
+    /// pods, then checks), cleanup (only removes all pods).
+    #[arg(long, default_value = "idle,pod,container,pull,density,stream,leftovers", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Iterations of each lifecycle scenario.
     #[arg(short, long, default_value_t = 50)]
