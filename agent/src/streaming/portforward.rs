@@ -10,7 +10,7 @@ use tracing::debug;
 use super::{Backend, Reader, Writer};
 
 /// Copy buffer per direction.
-pub const BUF: usize = 64 * 1024;
+pub const BUF: usize = 128 * 1024;
 /// After the pod's side ended, how long the client's side may still send.
 const LINGER: Duration = Duration::from_secs(1);
 

@@ -131,7 +131,8 @@ pub async fn portforward<IO>(io: IO, params: PortForwardParams, backend: Arc<dyn
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let config = spdy::Config { check: Some(port_forward_stream), ..spdy::Config::default() };
+    let config =
+        spdy::Config { check: Some(port_forward_stream), max_send_data: portforward::BUF, ..spdy::Config::default() };
     let (session, mut incoming) = Session::server(io, config);
     let _close = CloseOnDrop(session.clone());
     let mut pairs: HashMap<String, Pair> = HashMap::new();

@@ -57,9 +57,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             written.push(q.permit);
         }
         enc.seal();
-        for segment in enc.segments.drain(..) {
-            w.write_all(&segment).await?;
-        }
+        write_segments(w, &mut enc.segments).await?;
         w.flush().await?;
         enc.sealed = 0;
         // Returns the budget the written frames held.
@@ -72,6 +70,40 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// Segments written at most per vectored write (IOV_MAX is 1024).
+const MAX_IOV: usize = 64;
+
+/// Writes `segments` in order with as few (vectored) writes as the connection takes, and empties
+/// it: a DATA frame's header and payload go out in one system call.
+async fn write_segments<W: AsyncWrite + Unpin>(w: &mut W, segments: &mut Vec<bytes::Bytes>) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    while first < segments.len() {
+        if segments[first].is_empty() {
+            first += 1;
+            continue;
+        }
+        let slices: Vec<std::io::IoSlice<'_>> =
+            segments[first..].iter().take(MAX_IOV).map(|s| std::io::IoSlice::new(s)).collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < segments.len() {
+            let len = segments[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                segments[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    segments.clear();
+    Ok(())
 }
 
 /// Frame encoding state of the writer: a batch of frames ready to write.
@@ -196,5 +228,58 @@ impl Encoder {
             inner.forget_if_finished(&cell);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes at most 5 bytes per write, vectored or not.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(5);
+            self.0.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(5 - n);
+                self.0.extend_from_slice(&b[..take]);
+                n += take;
+                if n == 5 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn segments_go_out_whole_and_in_order_across_short_writes() {
+        let parts: [&[u8]; 5] = [b"head", b"", b"payload-one", b"x", b"tail-of-it"];
+        let mut segments: Vec<bytes::Bytes> = parts.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
+        let mut w = Trickle(Vec::new());
+        write_segments(&mut w, &mut segments).await.unwrap();
+        assert!(segments.is_empty());
+        assert_eq!(w.0, parts.concat());
     }
 }
