@@ -819,6 +819,32 @@ fn spawn_reader(mut recv: RecvHalf, ch: Ch, tx: mpsc::UnboundedSender<Event>) ->
 }
 
 impl RemoteCommand {
+    fn new(
+        protocol: String,
+        streams: Streams,
+        io: Io,
+        events: mpsc::UnboundedReceiver<Event>,
+        expected: [bool; 3],
+        tasks: Vec<JoinHandle<()>>,
+    ) -> RemoteCommand {
+        RemoteCommand {
+            protocol,
+            streams,
+            io,
+            events,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            error: Vec::new(),
+            ends: [None, None, None],
+            close: None,
+            pongs: 0,
+            violations: Vec::new(),
+            expected,
+            tasks,
+            aborts: Vec::new(),
+        }
+    }
+
     /// Connects to an exec or attach URL with `client` and sets the session up for `streams`
     /// (which must be what the CRI request asked).
     pub async fn connect(url: &str, client: Client, streams: Streams) -> Result<RemoteCommand, ConnectError> {
@@ -894,22 +920,8 @@ impl RemoteCommand {
             resize = Some(send);
         }
         let expected = [s.stdout, s.stderr && !s.tty, true];
-        Ok(RemoteCommand {
-            protocol,
-            streams: s,
-            io: Io::Spdy { session: conn.session, _incoming: conn.incoming, stdin, resize, idle },
-            events,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            error: Vec::new(),
-            ends: [None, None, None],
-            close: None,
-            pongs: 0,
-            violations: Vec::new(),
-            expected,
-            tasks,
-            aborts: Vec::new(),
-        })
+        let io = Io::Spdy { session: conn.session, _incoming: conn.incoming, stdin, resize, idle };
+        Ok(RemoteCommand::new(protocol, s, io, events, expected, tasks))
     }
 
     /// client-go's WebSocket executor (channel byte per message; text and base64 for the base64
@@ -922,22 +934,8 @@ impl RemoteCommand {
         let (sink, stream) = ws.split();
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(ws_demux(stream, base64, tx));
-        Ok(RemoteCommand {
-            protocol,
-            streams: s,
-            io: Io::Ws { sink: Arc::new(Mutex::new(sink)), base64, v5 },
-            events,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            error: Vec::new(),
-            ends: [None, None, None],
-            close: None,
-            pongs: 0,
-            violations: Vec::new(),
-            expected: [true, true, true],
-            tasks: vec![task],
-            aborts: Vec::new(),
-        })
+        let io = Io::Ws { sink: Arc::new(Mutex::new(sink)), base64, v5 };
+        Ok(RemoteCommand::new(protocol, s, io, events, [true, true, true], vec![task]))
     }
 
     /// Writes to the process's stdin (SPDY DATA; WebSocket messages of at most 32 KiB, as
