@@ -8,6 +8,7 @@ use proto::v1::{ErrorKind, Exit, State, Status};
 
 use crate::error::Fail;
 use crate::logger::Logger;
+use crate::reaped::Registry;
 use crate::role::Role;
 use crate::state::Lifecycle;
 use crate::{info, sys};
@@ -19,11 +20,20 @@ pub struct Shim {
     pub logger: Arc<Logger>,
     pub life: Lifecycle,
     pub role: Box<dyn Role>,
+    /// Where the reaper sends exec'd commands' statuses.
+    pub execs: Arc<Registry>,
 }
 
 impl Shim {
     pub fn new(id: &str, pid: i32, logger: Arc<Logger>, role: Box<dyn Role>) -> Shim {
-        Shim { id: id.to_string(), pid, logger, life: Lifecycle::new(role.running_from_creation()), role }
+        Shim {
+            id: id.to_string(),
+            pid,
+            logger,
+            life: Lifecycle::new(role.running_from_creation()),
+            role,
+            execs: Arc::default(),
+        }
     }
 
     pub fn state(&self) -> State {
@@ -74,9 +84,12 @@ impl Shim {
         self.life.exit_requested()
     }
 
-    /// Called by the reaper for every reaped child.
+    /// Called by the reaper for every reaped child: an exec's first child or command (their
+    /// exec takes the status), else the role's.
     pub fn child_exited(&self, pid: i32, status: i32) {
-        self.role.child_exited(&self.life, pid, status)
+        if !self.execs.reaped(pid, status) {
+            self.role.child_exited(&self.life, pid, status)
+        }
     }
 
     /// Final cleanup (the role's) and exit.

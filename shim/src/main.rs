@@ -30,6 +30,7 @@ mod launcher;
 mod logger;
 mod oom;
 mod pause;
+mod reaped;
 mod role;
 mod server;
 mod shimlog;

@@ -50,6 +50,18 @@ pub fn fork() -> io::Result<Fork> {
     Ok(if pid == 0 { Fork::Child } else { Fork::Parent(pid) })
 }
 
+/// fork(2), but the child is the calling process's sibling: a child of its parent
+/// (clone(2) with CLONE_PARENT, no new stack: as fork). The kernel refuses it to a pid
+/// namespace's init. Same contract as [`fork`]; the child must not rely on libc's cached
+/// thread state (it only makes raw async-signal-safe calls and execs).
+pub fn fork_as_sibling() -> io::Result<Fork> {
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone with a null stack duplicates the calling thread as fork does (the child
+    // runs on a copy-on-write copy of this stack); no pointer is passed.
+    let pid = check_long(unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) })?;
+    Ok(if pid == 0 { Fork::Child } else { Fork::Parent(pid as i32) })
+}
+
 /// Ends the calling process at once, without running destructors or atexit handlers.
 /// Async-signal-safe.
 pub fn exit_now(code: i32) -> ! {

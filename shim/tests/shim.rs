@@ -714,8 +714,9 @@ fn exec_stream_closing_the_connection_kills_the_command() {
         let (conn, r, fds) =
             open_session(&b, exec_stream(&["sh", "-c", "sleep 1000 & sleep 1000"], tty, true, true, false));
         let exec_pid = fds_of(&r).pid as i32;
-        // sh and its two sleeps.
-        assert!(eventually(5, || cgroup_pids(&fx, &b).len() == 4), "{:?}", cgroup_pids(&fx, &b));
+        // The container, and the command's two sleeps (sh execs the last one); no first child
+        // stays beside them.
+        assert!(eventually(5, || cgroup_pids(&fx, &b).len() == 3), "{:?}", cgroup_pids(&fx, &b));
         drop(conn);
         assert!(eventually(5, || !alive(exec_pid)), "the command survived its session");
         assert!(eventually(5, || cgroup_pids(&fx, &b) == vec![pid]), "left: {:?}", cgroup_pids(&fx, &b));
@@ -938,5 +939,47 @@ fn attach_without_a_log_ends_with_the_container() {
     assert_eq!((a.out.as_slice(), a.err.as_slice()), (&b"got x\n"[..], &b"gone\n"[..]));
     assert_eq!(wait(&b, 10_000).unwrap().exit_code, 4);
     assert!(!b.log.exists());
+    shutdown_clean(&fx, &b);
+}
+
+#[test]
+fn exec_stream_command_is_the_shims_child() {
+    if !is_root("exec_stream_command_is_the_shims_child") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let b = fx.bundle("streamparent");
+    let pid = fx.create(&b, &spec(&b, &["sleep", "1000"])).unwrap();
+    let daemon = ppid(pid).unwrap();
+    assert!(start(&b).error.is_empty());
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        let (conn, r, fds) = open_session(&b, exec_stream(&["cat"], false, true, true, false));
+        sessions.push((conn, fds_of(&r).pid as i32, fds));
+    }
+    let shims = processes_mentioning(&b.id);
+    let rss: u64 = shims.iter().filter_map(|&p| vm_rss_kib(p)).sum();
+    eprintln!("10 open exec sessions: {} shim processes, {rss} KiB RSS", shims.len());
+    // No intermediate process: the command's parent is the shim daemon, which is alone.
+    for (_, exec_pid, _) in &sessions {
+        assert_eq!(ppid(*exec_pid), Some(daemon), "parent of exec {exec_pid}");
+    }
+    assert_eq!(shims, vec![daemon]);
+    // Each session still ends with its command's exit status.
+    for (i, (mut conn, _, fds)) in sessions.into_iter().enumerate() {
+        let mut fds = fds.into_iter();
+        let mut stdin = fs::File::from(fds.next().unwrap());
+        stdin.write_all(format!("s{i}\n").as_bytes()).unwrap();
+        drop(stdin);
+        assert_eq!(read_all(fds.next().unwrap()), format!("s{i}\n").into_bytes());
+        let exit = exit_of(next_response(&mut conn));
+        assert_eq!((exit.exit_code, exit.signal), (0, 0));
+    }
+    // ExecSync's commands too are reaped and their status routed.
+    let res = exec_ok(exec(&b, &["sh", "-c", "echo x; exit 4"], 5000));
+    assert_eq!((res.stdout.as_slice(), res.exit_code), (&b"x\n"[..], 4));
+    assert!(eventually(5, || cgroup_pids(&fx, &b) == vec![pid]), "left: {:?}", cgroup_pids(&fx, &b));
+    assert!(kill(&b, 9, false).error.is_empty());
+    wait(&b, 10_000).unwrap();
     shutdown_clean(&fx, &b);
 }

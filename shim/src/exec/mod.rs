@@ -6,11 +6,15 @@
 //! A first child closes every descriptor it was not given (another session's stdin writer, a
 //! connection: they belong to other threads of the daemon), sets the container's
 //! oom_score_adj (inherited by the command), joins the cgroup and the namespaces (mnt last)
-//! and forks the command, so that it is inside the pid namespace; it reports the command's pid
-//! and wait status on a status pipe. The command starts a session, sets the container's
-//! rlimits, takes its stdio (with a tty: as its controlling terminal) and identity, and execs.
-//! It alone holds the write end of a "started" pipe (close-on-exec), which reaches EOF once
-//! it exec'd or died: a failure before the exec is then already in the status pipe.
+//! and forks the command with CLONE_PARENT, so that it is inside the pid namespace and a child
+//! of the shim itself; it reports the command's pid on a status pipe and exits at once: no
+//! process stays beside the command. The shim's reaper reaps both and writes the command's wait
+//! status to the status pipe (reaped.rs). Should the kernel refuse CLONE_PARENT, the first
+//! child forks the command, stays its parent and relays its status itself. The command starts a
+//! session, sets the container's rlimits, takes its stdio (with a tty: as its controlling
+//! terminal) and identity, and execs. It alone holds the write end of a "started" pipe
+//! (close-on-exec), which reaches EOF once it exec'd or died: a failure before the exec is then
+//! already in the status pipe.
 //!
 //! The daemon is multi-threaded, so after the fork the children make only async-signal-safe
 //! calls: everything (files, pipes, the identity, argv, envp, the PATH candidates, the
@@ -23,6 +27,7 @@ pub mod sync;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use proto::v1::ErrorKind;
 
@@ -30,6 +35,7 @@ use crate::container::process::{self, Command, Failure, Identity, Step};
 use crate::container::spec::{merge_env, ProcessPlan};
 use crate::daemon::Shim;
 use crate::error::{errno_display, Fail};
+use crate::reaped::{Registry, Tracked};
 use crate::role::ExecTarget;
 use crate::syscall::{Linux, Syscall};
 use crate::{sys, warn};
@@ -54,7 +60,8 @@ const NAMESPACES: [(&str, i32); 6] = [
 /// PIPE_BUF, so never split or interleaved).
 type Record = [u32; 4];
 const RECORD: usize = 16;
-/// a: the command's pid.
+/// a: the command's pid; b: 1 when the first child is its parent and relays its status (no
+/// CLONE_PARENT), 0 when it is the shim's child.
 const PID: u32 = 1;
 /// a: the command's wait status.
 const EXIT: u32 = 2;
@@ -139,9 +146,15 @@ pub struct Progress {
     pub failure: Option<Record>,
     /// Bytes of a record not complete yet.
     partial: Vec<u8>,
+    /// The exec's registration, told the command's pid.
+    tracked: Option<Tracked>,
 }
 
 impl Progress {
+    pub fn new(tracked: Option<Tracked>) -> Progress {
+        Progress { tracked, ..Progress::default() }
+    }
+
     /// Takes bytes read from the status pipe; warnings go to the shim log.
     pub fn feed(&mut self, bytes: &[u8], p: &ProcessPlan) {
         self.partial.extend_from_slice(bytes);
@@ -152,7 +165,12 @@ impl Progress {
             }
             self.partial.drain(..RECORD);
             match rec[0] {
-                PID => self.pid = Some(rec[1] as i32),
+                PID => {
+                    self.pid = Some(rec[1] as i32);
+                    if let Some(t) = &self.tracked {
+                        t.command(rec[1] as i32, rec[2] != 0);
+                    }
+                }
                 EXIT => self.status = Some(rec[1] as i32),
                 WARN => warn!("{}", warning_message(rec, p)),
                 _ => self.failure = Some(rec),
@@ -174,6 +192,8 @@ pub struct Prepared<'a> {
     command: Command,
     /// The container's oom_score_adj as written to /proc/self/oom_score_adj.
     oom_score_adj: Option<Vec<u8>>,
+    /// Where the reaper sends the command's status.
+    registry: Arc<Registry>,
 }
 
 impl Prepared<'_> {
@@ -233,15 +253,19 @@ pub fn prepare<'a>(shim: &'a Shim, args: &[String], env: &[String], cwd: &str) -
     let identity = Identity::new(&plan, target.last_cap);
     let command = Command::new(&plan.args, &plan.env);
     let oom_score_adj = plan.oom_score_adj.map(|adj| adj.to_string().into_bytes());
-    Ok(Prepared { plan, target, ns, procs, identity, command, oom_score_adj })
+    let registry = shim.execs.clone();
+    Ok(Prepared { plan, target, ns, procs, identity, command, oom_score_adj, registry })
 }
 
 /// The read ends of the running children's pipes.
 pub struct Spawned {
-    /// The status pipe (records); EOF once both children are gone.
+    /// The status pipe (records); EOF once both children are gone (the command: exec'd) and
+    /// the reaper wrote the command's status (or nothing will: the first child failed).
     pub status: File,
     /// EOF once the command exec'd or died.
     pub started: File,
+    /// The registration, for the status records' [`Progress`].
+    pub tracked: Tracked,
 }
 
 fn pipe() -> Result<(io::PipeReader, io::PipeWriter), Fail> {
@@ -264,14 +288,18 @@ pub fn spawn(prep: &Prepared, stdio: [RawFd; 3], tty: bool) -> Result<Spawned, F
     keep.extend([status_w.as_raw_fd(), started_w.as_raw_fd()]);
     keep.sort_unstable();
     keep.dedup();
+    let ours = status_w.try_clone().map_err(|e| internal(format!("dup: {e}")))?;
     let child = Child { prep, stdio, tty, status: status_w.as_raw_fd(), started: started_w.as_raw_fd(), keep: &keep };
+    // Registered before the fork: the reaper may reap the first child, or the command, before
+    // their pids are known here.
+    let tracked = prep.registry.register(Box::new(move |st| report(ours.as_raw_fd(), [EXIT, st as u32, 0, 0])));
     match sys::fork().map_err(|e| internal(format!("fork: {e}")))? {
         // Only async-signal-safe calls from here on: the daemon has other threads.
         sys::Fork::Child => child.main(),
-        sys::Fork::Parent(_) => {}
+        sys::Fork::Parent(pid) => tracked.first(pid),
     }
     drop((status_w, started_w));
-    Ok(Spawned { status: file(status_r), started: file(started_r) })
+    Ok(Spawned { status: file(status_r), started: file(started_r), tracked })
 }
 
 /// Writes one record to the status pipe. Async-signal-safe.
@@ -311,8 +339,9 @@ struct Child<'a> {
 }
 
 impl Child<'_> {
-    /// The first child: its descriptors, oom_score_adj, cgroup, namespaces; forks the command,
-    /// relays its pid and status. Runs in a child of the multi-threaded daemon: async-signal-safe
+    /// The first child: its descriptors, oom_score_adj, cgroup, namespaces; forks the command as
+    /// the shim's child and reports its pid (without CLONE_PARENT: stays its parent and relays its
+    /// status too). Runs in a child of the multi-threaded daemon: async-signal-safe
     /// calls only (no allocation, no lock), on what `spawn` prepared.
     fn main(&self) -> ! {
         let (p, status) = (self.prep, self.status);
@@ -336,7 +365,11 @@ impl Child<'_> {
                 fail_setup(status, SETUP_SETNS, *index, &e);
             }
         }
-        match sys::fork() {
+        let (forked, relayed) = match sys::fork_as_sibling() {
+            Ok(f) => (Ok(f), false),
+            Err(_) => (sys::fork(), true),
+        };
+        match forked {
             Err(e) => fail_setup(status, SETUP_FORK, 0, &e),
             Ok(sys::Fork::Child) => self.command(os),
             Ok(sys::Fork::Parent(pid)) => {
@@ -345,7 +378,11 @@ impl Child<'_> {
                     sys::close(fd);
                 }
                 sys::close(self.started);
-                report(status, [PID, pid as u32, 0, 0]);
+                report(status, [PID, pid as u32, relayed as u32, 0]);
+                if !relayed {
+                    // The shim reaps the command and writes its status.
+                    sys::exit_now(0);
+                }
                 let code = match sys::waitpid(pid, false) {
                     Ok(Some((_, st))) => st,
                     _ => 255 << 8,

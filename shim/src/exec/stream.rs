@@ -113,9 +113,9 @@ fn start<'a>(shim: &'a Shim, req: &ExecStreamRequest) -> Result<Session<'a>, Fai
     let prep = prepare(shim, &req.args, &req.env, &req.cwd)?;
     let Stdio { ours, raw, theirs } = stdio(shim.pid, req)?;
     let oom_before = prep.oom_kills();
-    let Spawned { mut status, started } = spawn(&prep, raw, req.tty)?;
+    let Spawned { mut status, started, tracked } = spawn(&prep, raw, req.tty)?;
     drop(ours);
-    let mut progress = Progress::default();
+    let mut progress = Progress::new(Some(tracked));
     wait_started(&mut status, started, &mut progress, &prep)
         .map_err(|e| internal(format!("exec: reading the command's status: {e}")))?;
     if let Some(rec) = progress.failure {

@@ -32,7 +32,8 @@ pub fn run(shim: &Shim, req: &ExecRequest) -> Result<ExecResult, Fail> {
     drop((out_w, err_w, devnull, spawned.started));
 
     let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
-    let outcome = collect(file(out_r), file(err_r), spawned.status, timeout, &prep.plan);
+    let progress = Progress::new(Some(spawned.tracked));
+    let outcome = collect(file(out_r), file(err_r), spawned.status, timeout, progress, &prep.plan);
     if let Some(status) = outcome.progress.status {
         prep.finished(status, oom_before);
     }
@@ -68,8 +69,15 @@ struct Outcome {
 }
 
 /// Reads output and status until the command ended plus the drain, or the timeout.
-fn collect(out: File, err: File, st: File, timeout: Option<Duration>, plan: &ProcessPlan) -> Outcome {
-    let mut o = Outcome::default();
+fn collect(
+    out: File,
+    err: File,
+    st: File,
+    timeout: Option<Duration>,
+    progress: Progress,
+    plan: &ProcessPlan,
+) -> Outcome {
+    let mut o = Outcome { progress, ..Outcome::default() };
     let mut files: [Option<File>; 3] = [Some(out), Some(err), Some(st)];
     let start = Instant::now();
     let mut deadline = timeout.map(|t| start + t);
@@ -160,7 +168,7 @@ mod tests {
         report(st_w.as_raw_fd(), [EXIT, 127 << 8, 0, 0]);
         drop((out_w, err_w, st_w));
         let p = ProcessPlan { args: vec!["nosuch".into()], ..ProcessPlan::default() };
-        let o = collect(file(out_r), file(err_r), file(st_r), None, &p);
+        let o = collect(file(out_r), file(err_r), file(st_r), None, Progress::default(), &p);
         assert_eq!((o.stdout.as_slice(), o.stderr.as_slice()), (&b"hello"[..], &b"oops"[..]));
         assert_eq!((o.progress.pid, o.progress.status), (Some(4242), Some(127 << 8)));
         assert_eq!(
