@@ -240,13 +240,7 @@ impl Node {
 
     /// Mount points under this corrald's temp dir.
     pub fn mounts(&self) -> Vec<String> {
-        let base = self.c.dir().display().to_string();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(String::from))
-            .filter(|m| m.starts_with(&base))
-            .collect()
+        mounts_under(self.c.dir())
     }
 
     /// Cgroup directories under this test's parent, in any hierarchy.
@@ -328,4 +322,15 @@ impl Drop for Node {
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim_end().to_string()
+}
+
+/// Mount points (of this mount namespace) under `dir`.
+pub fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let base = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .filter(|m| m.starts_with(&base))
+        .collect()
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tests::cri_api::v1 as cri;
 use tests::cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use tests::net::{random_bytes, Chain, Net, BUSYBOX};
+use tests::node::mounts_under;
 use tests::{require_env, require_root};
 use tonic::Code;
 
@@ -217,16 +218,6 @@ fn shims(state: &Path) -> Vec<u32> {
                 })
                 .unwrap_or(false)
         })
-        .collect()
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let base = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(String::from))
-        .filter(|m| m.starts_with(&base))
         .collect()
 }
 

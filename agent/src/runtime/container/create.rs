@@ -109,19 +109,7 @@ impl Runtime {
                 )));
             }
             self.store.put(Table::Containers, &id, &record)?;
-            containers.insert(
-                id.clone(),
-                ContainerView {
-                    record: record.clone(),
-                    state: ContainerState::Created,
-                    pid: 0,
-                    started_at: 0,
-                    finished_at: 0,
-                    exit_code: 0,
-                    reason: String::new(),
-                    message: String::new(),
-                },
-            );
+            containers.insert(id.clone(), ContainerView::new(record.clone(), ContainerState::Created));
         }
         let mut record = record;
         let created = async {

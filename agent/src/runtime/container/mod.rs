@@ -133,6 +133,20 @@ pub struct ContainerView {
 }
 
 impl ContainerView {
+    /// A view of `record` in `state` with nothing run yet.
+    fn new(record: ContainerRecord, state: ContainerState) -> ContainerView {
+        ContainerView {
+            record,
+            state,
+            pid: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+        }
+    }
+
     fn apply_exit(&mut self, exit: &proto::v1::Exit) {
         self.state = ContainerState::Exited;
         self.exit_code = exit.exit_code;

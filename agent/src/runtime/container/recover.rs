@@ -29,16 +29,7 @@ impl Runtime {
                 self.store.delete(Table::Containers, &id)?;
                 continue;
             }
-            let mut view = ContainerView {
-                record,
-                state: ContainerState::Unknown,
-                pid: 0,
-                started_at: 0,
-                finished_at: 0,
-                exit_code: 0,
-                reason: String::new(),
-                message: String::new(),
-            };
+            let mut view = ContainerView::new(record, ContainerState::Unknown);
             let mut follow = false;
             let mut orphan = false;
             match self.shim(&id).state().await {
