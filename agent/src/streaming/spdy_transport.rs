@@ -117,13 +117,28 @@ struct Pair {
     since: Option<Instant>,
 }
 
-/// A port-forward stream needs a port (1-65535) and a type (error or data); others are reset
-/// before any reply, as kubelet does.
-fn port_forward_stream(headers: &spdy::Headers) -> Option<u32> {
+#[derive(Clone, Copy)]
+enum PairPart {
+    Error,
+    Data,
+}
+
+/// A port-forward stream's port (1-65535) and type (error or data); None when either is
+/// missing or bad.
+fn pair_part(headers: &spdy::Headers) -> Option<(u16, PairPart)> {
     let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-    let port_ok = get("port").and_then(|p| p.parse::<u16>().ok()).is_some_and(|p| p > 0);
-    let kind_ok = get("streamtype").is_some_and(|t| t.eq_ignore_ascii_case("error") || t.eq_ignore_ascii_case("data"));
-    (!(port_ok && kind_ok)).then_some(CANCEL)
+    let port = get("port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0)?;
+    let part = match get("streamtype")?.to_ascii_lowercase().as_str() {
+        "error" => PairPart::Error,
+        "data" => PairPart::Data,
+        _ => return None,
+    };
+    Some((port, part))
+}
+
+/// Streams without a valid port and type are reset before any reply, as kubelet does.
+fn port_forward_stream(headers: &spdy::Headers) -> Option<u32> {
+    pair_part(headers).is_none().then_some(CANCEL)
 }
 
 /// Serves a port-forward session: every pair of streams is one connection to a port of the pod.
@@ -149,39 +164,30 @@ where
             }
         };
         let id = stream.id();
-        let port = stream.header("port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0);
-        let kind = stream.header("streamtype").unwrap_or_default().to_ascii_lowercase();
+        // Judged before the reply already (`port_forward_stream`); a stream dropped here is reset.
+        let Some((port, part)) = pair_part(stream.headers()) else { continue };
         let request = stream.header("requestid").map(str::to_string);
         let (recv, send) = stream.split();
-        let Some(port) = port else {
-            debug!(stream = id, "port-forward stream without a valid port");
-            send.reset(CANCEL);
-            continue;
-        };
         // Clients older than requestID: the error stream comes first, two ids before its data.
-        let key = match (request, kind.as_str()) {
+        let key = match (request, part) {
             (Some(r), _) => r,
-            (None, "data") => id.saturating_sub(2).to_string(),
-            (None, _) => id.to_string(),
+            (None, PairPart::Data) => id.saturating_sub(2).to_string(),
+            (None, PairPart::Error) => id.to_string(),
         };
         let pair = pairs.entry(key.clone()).or_default();
         pair.since.get_or_insert_with(Instant::now);
         pair.port = port;
-        let slot = match kind.as_str() {
-            "error" => &mut pair.error,
-            "data" => &mut pair.data,
-            other => {
-                debug!(stream = id, kind = other, "port-forward stream of unknown type");
-                send.reset(CANCEL);
-                continue;
-            }
+        let slot = match part {
+            PairPart::Error => &mut pair.error,
+            PairPart::Data => &mut pair.data,
         };
         if slot.is_some() {
             // A second stream of the same type: the pair is broken.
             send.reset(CANCEL);
             if let Some(mut p) = pairs.remove(&key) {
                 if let Some((_, mut e)) = p.error.take() {
-                    let msg = format!("(request={key}) duplicate {kind} stream");
+                    let name = if matches!(part, PairPart::Error) { "error" } else { "data" };
+                    let msg = format!("(request={key}) duplicate {name} stream");
                     let _ = e.write_all(msg.as_bytes()).await;
                     let _ = e.shutdown().await;
                 }

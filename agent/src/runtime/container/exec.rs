@@ -5,11 +5,7 @@ use crate::runtime::{Result, Runtime, RuntimeError};
 
 impl Runtime {
     pub async fn exec_sync(&self, wanted: &str, cmd: Vec<String>, timeout_secs: i64) -> Result<ExecOutput> {
-        let id = self.require_container(wanted)?;
-        let view = self.view(&id).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))?;
-        if view.state != ContainerState::Running {
-            return Err(RuntimeError::FailedPrecondition(format!("container {id} is not running")));
-        }
+        let id = self.running_container(wanted)?;
         if cmd.is_empty() {
             return Err(RuntimeError::InvalidArgument("exec: cmd is required".into()));
         }
@@ -27,11 +23,7 @@ impl Runtime {
     }
 
     pub async fn reopen_log(&self, wanted: &str) -> Result<()> {
-        let id = self.require_container(wanted)?;
-        let view = self.view(&id).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))?;
-        if view.state != ContainerState::Running {
-            return Err(RuntimeError::FailedPrecondition(format!("container {id} is not running")));
-        }
+        let id = self.running_container(wanted)?;
         self.shim(&id).reopen_log().await.map_err(shim_err)
     }
 }

@@ -311,6 +311,18 @@ impl Runtime {
         Ok(())
     }
 
+    /// For ExecSync, ReopenContainerLog, Exec and Attach: the full id of `wanted`, which must
+    /// exist and run.
+    pub fn running_container(&self, wanted: &str) -> Result<String> {
+        let id = self.require_container(wanted)?;
+        let view = self.view(&id).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))?;
+        if view.state != ContainerState::Running {
+            let state = format!("{:?}", view.state).to_uppercase();
+            return Err(RuntimeError::FailedPrecondition(format!("container {id} is in {state} state")));
+        }
+        Ok(id)
+    }
+
     fn require_container(&self, wanted: &str) -> Result<String> {
         self.find_container_id(wanted)?.ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))
     }

@@ -15,19 +15,6 @@ use crate::streaming::{
 const ATTACH_QUEUE: usize = 64;
 
 impl Runtime {
-    /// For Exec and Attach: the full id of `wanted`, which must exist and run.
-    pub fn running_container(&self, wanted: &str) -> Result<String> {
-        let id = self.require_container(wanted)?;
-        let view = self.view(&id).ok_or_else(|| RuntimeError::NotFound(format!("container {wanted:?} not found")))?;
-        if view.state != ContainerState::Running {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {id} is in {} state",
-                format!("{:?}", view.state).to_uppercase()
-            )));
-        }
-        Ok(id)
-    }
-
     async fn exec_session(&self, p: &ExecParams) -> Result<Process> {
         let id = self.running_container(&p.container_id)?;
         let req = proto::v1::ExecStreamRequest {
