@@ -73,8 +73,11 @@ impl Hierarchies {
         for (mount, dir) in self.mounts.iter().zip(self.dirs(cgroup)) {
             let v2 = mount.join("cgroup.controllers").exists();
             for (file, value) in limit_files(r, v2) {
-                let path = dir.join(file);
-                if !path.exists() {
+                let path = dir.join(&file);
+                // A controller this kernel lacks (hugetlb, swap accounting) is skipped, as
+                // containerd tolerates a missing hugetlb controller; a unified key is asked for
+                // by name, so its file must be there.
+                if !path.exists() && !r.unified.contains_key(&file) {
                     continue;
                 }
                 std::fs::write(&path, &value)
@@ -131,8 +134,8 @@ fn collect_pids(dir: &Path, out: &mut Vec<u32>) {
 }
 
 /// The cgroup files and values of the limits `r` sets, for cgroup v1 or v2.
-fn limit_files(r: &Resources, v2: bool) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
+fn limit_files(r: &Resources, v2: bool) -> Vec<(String, String)> {
+    let mut out: Vec<(&str, String)> = Vec::new();
     if !r.cpuset_cpus.is_empty() {
         out.push(("cpuset.cpus", r.cpuset_cpus.clone()));
     }
@@ -170,15 +173,49 @@ fn limit_files(r: &Resources, v2: bool) -> Vec<(&'static str, String)> {
     if r.pids_limit > 0 {
         out.push(("pids.max", r.pids_limit.to_string()));
     }
+    let mut out: Vec<(String, String)> = out.into_iter().map(|(f, v)| (f.to_string(), v)).collect();
+    for (size, limit) in &r.hugepage_limits {
+        let file = if v2 { format!("hugetlb.{size}.max") } else { format!("hugetlb.{size}.limit_in_bytes") };
+        out.push((file, limit.to_string()));
+    }
+    if v2 {
+        // Last, so they win over the fields above where both name a file.
+        out.extend(r.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     out
+}
+
+/// The v2 controllers corral puts limits in, enabled for the children of every cgroup on the way
+/// down (a v2 cgroup has a controller's files only when its parent delegates it).
+const V2_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
+
+/// Enables, in `dir`'s `cgroup.subtree_control`, the controllers of `V2_CONTROLLERS` it has.
+fn delegate_controllers(dir: &Path) -> io::Result<()> {
+    let have = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let missing: Vec<String> = V2_CONTROLLERS
+        .iter()
+        .filter(|c| have.split_whitespace().any(|h| h == **c) && !enabled.split_whitespace().any(|e| e == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let file = dir.join("cgroup.subtree_control");
+    std::fs::write(&file, missing.join(" "))
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {:?} to {}: {e}", missing.join(" "), file.display())))
 }
 
 fn create_dir_chain(mount: &Path, dir: &Path) -> io::Result<()> {
     let is_cpuset = mount.join("cpuset.cpus").exists();
+    let v2 = mount.join("cgroup.controllers").exists();
     let rel = dir.strip_prefix(mount).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut current = mount.to_path_buf();
     for comp in rel.components() {
         let parent = current.clone();
+        if v2 {
+            delegate_controllers(&parent)?;
+        }
         current.push(comp);
         match std::fs::create_dir(&current) {
             Ok(()) => {}
@@ -231,20 +268,21 @@ mod tests {
             memory_limit: 1 << 30,
             cpuset_cpus: "0".into(),
             pids_limit: 100,
+            hugepage_limits: [("2MB".to_string(), 4 << 20)].into(),
+            unified: [("memory.low".to_string(), "1048576".to_string())].into(),
             ..Default::default()
         };
         let v1 = limit_files(&r, false);
-        assert!(v1.contains(&("cpu.shares", "1024".into())) && v1.contains(&("cpu.cfs_quota_us", "50000".into())));
-        assert!(
-            v1.contains(&("memory.limit_in_bytes", (1u64 << 30).to_string()))
-                && v1.contains(&("cpuset.cpus", "0".into()))
-        );
+        let has = |files: &[(String, String)], f: &str, v: &str| files.contains(&(f.to_string(), v.to_string()));
+        assert!(has(&v1, "cpu.shares", "1024") && has(&v1, "cpu.cfs_quota_us", "50000"));
+        assert!(has(&v1, "memory.limit_in_bytes", &(1u64 << 30).to_string()) && has(&v1, "cpuset.cpus", "0"));
+        assert!(has(&v1, "hugetlb.2MB.limit_in_bytes", "4194304"), "{v1:?}");
+        assert!(!v1.iter().any(|(f, _)| f == "memory.low"), "unified keys are v2 files");
         let v2 = limit_files(&r, true);
-        assert!(v2.contains(&("cpu.weight", "39".into())), "{v2:?}");
-        assert!(
-            v2.contains(&("cpu.max", "50000 100000".into())) && v2.contains(&("memory.max", (1u64 << 30).to_string()))
-        );
-        assert!(v2.contains(&("pids.max", "100".into())));
+        assert!(has(&v2, "cpu.weight", "39"), "{v2:?}");
+        assert!(has(&v2, "cpu.max", "50000 100000") && has(&v2, "memory.max", &(1u64 << 30).to_string()));
+        assert!(has(&v2, "pids.max", "100") && has(&v2, "hugetlb.2MB.max", "4194304"));
+        assert_eq!(v2.last(), Some(&("memory.low".to_string(), "1048576".to_string())));
         // Unset fields leave the files alone.
         assert!(limit_files(&Resources::default(), false).is_empty());
         assert!(limit_files(&Resources::default(), true).is_empty());

@@ -105,6 +105,7 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         return Err("cdi_devices: CDI devices are not supported by corral".into());
     }
     validate::resources(&req.resources).map_err(|e| format!("linux.{e}"))?;
+    validate::resources_on(&req.resources, i.cgroup_version).map_err(|e| format!("linux.{e}"))?;
     let args = args(req, i.image)?;
     let user_req = UserRequest {
         run_as_user: req.run_as_user,
@@ -174,6 +175,7 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         hostname: i.pod.hostname.clone(),
         privileged: req.privileged,
         namespaces,
+        cgroup_namespace: i.cgroup_version == Some(common::cgroup::Version::V2) && !req.privileged,
         cgroup: format!("{}/{}", i.pod.cgroup.trim_end_matches('/'), i.id),
         resources: resources(&req.resources),
         mounts,
@@ -553,6 +555,17 @@ mod tests {
         volumes: &HashMap<usize, ImageVolumeSource>,
         target_pid: Option<u32>,
     ) -> Result<Resolved> {
+        run_on(req, image, pod, volumes, target_pid, common::cgroup::Version::V1)
+    }
+
+    fn run_on(
+        req: &CreateContainer,
+        image: &ImageDefaults,
+        pod: &PodRecord,
+        volumes: &HashMap<usize, ImageVolumeSource>,
+        target_pid: Option<u32>,
+        version: common::cgroup::Version,
+    ) -> Result<Resolved> {
         let users = UserDb::parse(PASSWD, GROUP);
         let paths = paths();
         let inputs = Inputs {
@@ -567,7 +580,7 @@ mod tests {
             target_pid,
             log_path: "",
             rro_supported: true,
-            cgroup_version: Some(common::cgroup::Version::V1),
+            cgroup_version: Some(version),
         };
         resolve(&inputs)
     }
@@ -599,6 +612,30 @@ mod tests {
         assert_eq!((r.stop_signal, r.stop_signal_name.as_str()), (libc::SIGTERM, "SIGTERM"));
         // The cgroup version, decided by corrald for the shim, is the only annotation.
         assert_eq!(s.annotations, HashMap::from([(common::cgroup::VERSION_ANNOTATION.to_string(), "1".to_string())]));
+    }
+
+    #[test]
+    fn cgroup_v2_gives_unprivileged_containers_a_cgroup_namespace_and_unified_keys() {
+        use common::cgroup::Version;
+        let on = |req: &CreateContainer, v| run_on(req, &image(), &pod(), &HashMap::new(), None, v);
+        assert!(!on(&minimal(), Version::V1).unwrap().spec.cgroup_namespace);
+        assert!(on(&minimal(), Version::V2).unwrap().spec.cgroup_namespace);
+        let privileged = CreateContainer { privileged: true, ..minimal() };
+        let mut privileged_pod = pod();
+        privileged_pod.privileged = true;
+        let r = run_on(&privileged, &image(), &privileged_pod, &HashMap::new(), None, Version::V2).unwrap();
+        assert!(!r.spec.cgroup_namespace, "a privileged container sees the host's cgroups, as with containerd");
+        let unified = CreateContainer {
+            resources: spec::Resources {
+                unified: [("memory.high".to_string(), "64M".to_string())].into(),
+                ..Default::default()
+            },
+            ..minimal()
+        };
+        assert_eq!(on(&unified, Version::V2).unwrap().spec.resources.unified["memory.high"], "64M");
+        assert!(on(&unified, Version::V1)
+            .unwrap_err()
+            .contains("linux.resources.unified: memory.high needs cgroup v2"));
     }
 
     #[test]

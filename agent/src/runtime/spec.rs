@@ -8,9 +8,9 @@ use std::str::FromStr;
 
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
-    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use common::caps;
@@ -125,6 +125,13 @@ pub struct Resources {
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
     pub pids_limit: i64,
+    /// Huge page limits: page size as the kernel names it ("2MB", "1GB") → bytes.
+    #[serde(default)]
+    pub hugepage_limits: BTreeMap<String, u64>,
+    /// cgroup v2 files to write as they are ("memory.high" → "1G"), for the keys the CRI has no
+    /// field for (memory.min/low/high, io.*).
+    #[serde(default)]
+    pub unified: BTreeMap<String, String>,
 }
 
 impl Resources {
@@ -142,8 +149,21 @@ impl Resources {
             cpuset_cpus: self.cpuset_cpus.clone(),
             cpuset_mems: self.cpuset_mems.clone(),
             pids_limit: add(self.pids_limit, other.pids_limit),
+            hugepage_limits: sum_maps(&self.hugepage_limits, &other.hugepage_limits),
+            unified: self.unified.clone(),
         }
     }
+}
+
+/// Per page size, `a`'s limit plus `b`'s where both set one (as the other amounts add up).
+fn sum_maps(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut out = a.clone();
+    for (k, v) in b {
+        if let Some(mine) = out.get_mut(k) {
+            *mine += v;
+        }
+    }
+    out
 }
 
 /// Namespace paths to join (None = a new namespace, Some = setns into it); omitted kinds share
@@ -174,6 +194,9 @@ pub struct ContainerSpec {
     pub hostname: String,
     pub privileged: bool,
     pub namespaces: Namespaces,
+    /// A cgroup namespace of its own, rooted at its cgroup (containerd's choice on cgroup v2 for
+    /// containers that are not privileged).
+    pub cgroup_namespace: bool,
     pub cgroup: String,
     pub resources: Resources,
     pub mounts: Vec<BindMount>,
@@ -429,6 +452,22 @@ fn resources(s: &ContainerSpec, device_rules: Vec<LinuxDeviceCgroup>) -> SpecRes
     if r.pids_limit > 0 {
         b = b.pids(LinuxPidsBuilder::default().limit(r.pids_limit).build()?);
     }
+    if !r.hugepage_limits.is_empty() {
+        let limits = r
+            .hugepage_limits
+            .iter()
+            .map(|(size, limit)| {
+                LinuxHugepageLimitBuilder::default()
+                    .page_size(size.clone())
+                    .limit(i64::try_from(*limit).unwrap_or(i64::MAX))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        b = b.hugepage_limits(limits);
+    }
+    if !r.unified.is_empty() {
+        b = b.unified(r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+    }
     Ok(b.build()?)
 }
 
@@ -446,6 +485,9 @@ pub fn container_spec(s: &ContainerSpec) -> SpecResult<Spec> {
         if let Some(p) = path {
             namespaces.push(namespace(kind, p)?);
         }
+    }
+    if s.cgroup_namespace {
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup, &None)?);
     }
     let (nodes, rules) = devices(s)?;
     let caps = capability_set(&s.caps)?;
@@ -663,6 +705,7 @@ mod tests {
             hostname: "h".into(),
             privileged: false,
             namespaces: Namespaces::default(),
+            cgroup_namespace: false,
             cgroup: "/corral/p/c".into(),
             resources: Resources::default(),
             mounts: vec![],

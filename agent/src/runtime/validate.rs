@@ -87,7 +87,40 @@ pub fn resources(r: &Resources) -> Result<(), String> {
             return Err(format!("resources.{field} {:?} is not a list of CPU or node ranges like 0-3,6", bounded(v)));
         }
     }
+    for size in r.hugepage_limits.keys() {
+        let digits = ["KB", "MB", "GB"].iter().find_map(|u| size.strip_suffix(u));
+        if !digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("resources.hugepage_limits: page size {:?} is not like 2MB or 1GB", bounded(size)));
+        }
+    }
+    for (key, value) in &r.unified {
+        let Some((controller, file)) = key.split_once('.') else {
+            return Err(format!("resources.unified: {:?} is not a cgroup file name like memory.high", bounded(key)));
+        };
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        if !plain(controller) || !plain(file) {
+            return Err(format!("resources.unified: {:?} is not a cgroup file name like memory.high", bounded(key)));
+        }
+        if controller == "cgroup" {
+            return Err(format!("resources.unified: {key} is the cgroup's own interface, not a limit"));
+        }
+        if value.contains(['\n', '\0']) {
+            return Err(format!("resources.unified: the value of {key} spans lines"));
+        }
+    }
     Ok(())
+}
+
+/// Limits this host's cgroups can take: `unified` keys only on cgroup v2 (runc refuses them on
+/// v1 too).
+pub fn resources_on(r: &Resources, version: Option<common::cgroup::Version>) -> Result<(), String> {
+    match r.unified.keys().next() {
+        Some(key) if version != Some(common::cgroup::Version::V2) => Err(format!(
+            "resources.unified: {key} needs cgroup v2, and this node runs {}",
+            if version.is_some() { "cgroup v1" } else { "without cgroups" }
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The longest metadata name, namespace or uid taken (a Kubernetes name is at most 253).
@@ -191,6 +224,32 @@ mod tests {
             assert!(sysctl(bad, "1").is_err(), "{bad:?}");
         }
         assert!(sysctl("net.core.somaxconn", "1\nkernel.x=1").is_err());
+    }
+
+    #[test]
+    fn hugepages_and_unified_keys() {
+        use common::cgroup::Version;
+        let with = |sizes: &[&str], keys: &[(&str, &str)]| Resources {
+            hugepage_limits: sizes.iter().map(|s| (s.to_string(), 1 << 21)).collect(),
+            unified: keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        assert!(
+            resources(&with(&["2MB", "1GB", "64KB"], &[("memory.high", "1G"), ("io.weight", "default 100")])).is_ok()
+        );
+        for size in ["2M", "MB", "2 MB", "../2MB", "2mb"] {
+            assert!(resources(&with(&[size], &[])).unwrap_err().contains("page size"), "{size}");
+        }
+        for key in ["memory", "../memory.max", "memory/x.max", "cgroup.procs", "cgroup.subtree_control", ".max"] {
+            assert!(resources(&with(&[], &[(key, "1")])).unwrap_err().contains("resources.unified"), "{key}");
+        }
+        assert!(resources(&with(&[], &[("memory.high", "1\n2")])).unwrap_err().contains("spans lines"));
+        // unified keys only where cgroup v2 runs.
+        let u = with(&[], &[("memory.low", "1")]);
+        assert!(resources_on(&u, Some(Version::V2)).is_ok());
+        assert!(resources_on(&u, Some(Version::V1)).unwrap_err().contains("needs cgroup v2"));
+        assert!(resources_on(&u, None).unwrap_err().contains("without cgroups"));
+        assert!(resources_on(&with(&["2MB"], &[]), Some(Version::V1)).is_ok());
     }
 
     #[test]

@@ -196,6 +196,17 @@ pub fn signal_cri(name: &str) -> i32 {
 
 pub fn resources(r: Option<&cri::LinuxContainerResources>) -> rt::spec_types::Resources {
     let Some(r) = r else { return rt::spec_types::Resources::default() };
+    // pids.max has a field of its own (the pids controller exists on cgroup v1 too); the
+    // other unified keys are written as they are on cgroup v2.
+    let mut unified: std::collections::BTreeMap<String, String> =
+        r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let pids_limit = match unified.get("pids.max").map(|v| v.parse::<i64>()) {
+        Some(Ok(n)) => {
+            unified.remove("pids.max");
+            n
+        }
+        _ => 0,
+    };
     rt::spec_types::Resources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,
@@ -205,12 +216,15 @@ pub fn resources(r: Option<&cri::LinuxContainerResources>) -> rt::spec_types::Re
         oom_score_adj: r.oom_score_adj,
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
-        pids_limit: r.unified.get("pids.max").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
+        pids_limit,
+        hugepage_limits: r.hugepage_limits.iter().map(|h| (h.page_size.clone(), h.limit)).collect(),
+        unified,
     }
 }
 
 pub fn resources_cri(r: &rt::spec_types::Resources) -> cri::LinuxContainerResources {
-    let mut unified = std::collections::HashMap::new();
+    let mut unified: std::collections::HashMap<String, String> =
+        r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if r.pids_limit > 0 {
         unified.insert("pids.max".to_string(), r.pids_limit.to_string());
     }
@@ -222,7 +236,11 @@ pub fn resources_cri(r: &rt::spec_types::Resources) -> cri::LinuxContainerResour
         oom_score_adj: r.oom_score_adj,
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
-        hugepage_limits: vec![],
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|(page_size, limit)| cri::HugepageLimit { page_size: page_size.clone(), limit: *limit })
+            .collect(),
         unified,
         memory_swap_limit_in_bytes: r.memory_swap_limit,
     }

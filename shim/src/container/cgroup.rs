@@ -99,6 +99,11 @@ fn create_dirs(top: &Path, dir: &Path, cpuset: bool, created: &mut Vec<PathBuf>)
     Ok(())
 }
 
+/// Whether a v2 cgroup has the hugetlb controller (its files are named by page size).
+fn has_hugetlb(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
+}
+
 /// The cgroup version to use: the one corrald decided on (the bundle's annotation) when it
 /// said, else the same rule (common::cgroup) applied to our own mount table. No hierarchy at
 /// all counts as v1, whose creation then says that none is mounted.
@@ -116,7 +121,7 @@ impl Cgroup {
             // Controllers must be enabled on every ancestor for the limits to exist.
             let mut cur = top.clone();
             for (depth, c) in rel(path).components().enumerate() {
-                for ctl in ["cpu", "cpuset", "io", "memory", "pids"] {
+                for ctl in ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"] {
                     let _ = fs::write(cur.join("cgroup.subtree_control"), format!("+{ctl}"));
                 }
                 cur.push(c);
@@ -260,7 +265,73 @@ impl Cgroup {
                 }
             }
         }
+        self.apply_hugetlb(r, &mut warnings)?;
+        self.apply_unified(r)?;
         Ok(warnings)
+    }
+
+    /// Huge page limits: `hugetlb.<size>.limit_in_bytes` on v1, `hugetlb.<size>.max` on v2 (and
+    /// the reservation limit beside it where the kernel has one). A kernel without the hugetlb
+    /// controller gets a warning, as containerd tolerates it by default.
+    fn apply_hugetlb(&self, r: &LinuxResources, warnings: &mut Vec<String>) -> Result<()> {
+        let Some(limits) = r.hugepage_limits().as_ref().filter(|l| !l.is_empty()) else { return Ok(()) };
+        let (dir, v2) = match self {
+            Cgroup::V1 { .. } => (self.v1_dir("hugetlb").map(Path::to_path_buf), false),
+            Cgroup::V2 { path, .. } => (Some(path.clone()).filter(|p| has_hugetlb(p)), true),
+        };
+        let Some(dir) = dir else {
+            warnings.push("huge page limits ignored: no hugetlb controller".into());
+            return Ok(());
+        };
+        for l in limits {
+            let size = l.page_size();
+            if size.contains('/') {
+                return Err(Error::Msg(format!("hugepage limit: page size {size:?} is not a size")));
+            }
+            let files: &[String] = if v2 {
+                &[format!("hugetlb.{size}.max"), format!("hugetlb.{size}.rsvd.max")]
+            } else {
+                &[format!("hugetlb.{size}.limit_in_bytes"), format!("hugetlb.{size}.rsvd.limit_in_bytes")]
+            };
+            let main = dir.join(&files[0]);
+            if !main.exists() {
+                return Err(Error::Msg(format!(
+                    "hugepage limit: this kernel has no {size} huge pages ({} is missing)",
+                    main.display()
+                )));
+            }
+            write(&main, &l.limit().to_string())?;
+            let rsvd = dir.join(&files[1]);
+            if rsvd.exists() {
+                write(&rsvd, &l.limit().to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `unified` keys, written as given (cgroup v2 only; runc refuses them on v1 too). The
+    /// file must exist: a key for a controller that is not enabled is an error, not ignored.
+    fn apply_unified(&self, r: &LinuxResources) -> Result<()> {
+        let Some(unified) = r.unified().as_ref().filter(|u| !u.is_empty()) else { return Ok(()) };
+        let Cgroup::V2 { path, .. } = self else {
+            return Err(Error::Msg("linux.resources.unified needs cgroup v2; this host runs cgroup v1".into()));
+        };
+        let mut keys: Vec<&String> = unified.keys().collect();
+        keys.sort();
+        for key in keys {
+            if key.contains('/') || key.starts_with("cgroup.") || !key.contains('.') {
+                return Err(Error::Msg(format!("linux.resources.unified: {key:?} is not a limit file")));
+            }
+            let file = path.join(key);
+            if !file.exists() {
+                return Err(Error::Msg(format!(
+                    "linux.resources.unified: {key}: no such file in {} (is its controller enabled?)",
+                    path.display()
+                )));
+            }
+            write(&file, &unified[key])?;
+        }
+        Ok(())
     }
 
     /// The cgroup.procs files to write a pid into to join.

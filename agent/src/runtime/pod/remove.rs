@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::*;
 use crate::runtime::{io_err, namespaces, Result, Runtime, RuntimeError};
@@ -29,6 +29,12 @@ impl Runtime {
         note(namespaces::remove(&self.ns_dir(&record.id)).map_err(io_err("removing pod namespaces")));
         if record.cgroup_created {
             if let Some(cgroups) = &self.cgroups {
+                // A process that outlived its container (escaped its container's cgroup into the
+                // pod's, or left by a lost shim) would keep the cgroup: it is killed.
+                let left = cgroups.kill_all(&record.cgroup, libc::SIGKILL, std::time::Duration::from_secs(5)).await;
+                if !left.is_empty() {
+                    warn!(pod = %record.id, pids = ?left, "processes of the pod cgroup outlived SIGKILL");
+                }
                 note(cgroups.remove(&record.cgroup).map_err(io_err(format!("removing pod cgroup {}", record.cgroup))));
                 // The default parent (e.g. /corral) stays; it is shared by every pod.
             }

@@ -41,7 +41,9 @@ impl Runtime {
         overhead: Option<Resources>,
     ) -> Result<()> {
         for r in resources.iter().chain(overhead.iter()) {
-            validate::resources(r).map_err(RuntimeError::InvalidArgument)?;
+            validate::resources(r)
+                .and_then(|()| validate::resources_on(r, self.cgroups.as_ref().map(|c| c.version())))
+                .map_err(RuntimeError::InvalidArgument)?;
         }
         let id = self
             .find_pod_id(wanted)?

@@ -14,7 +14,7 @@ use crate::sys;
 
 impl Runtime {
     /// Checks the request before any side effect; returns the port mappings to pass to CNI.
-    fn validate_run_pod(req: &RunPod) -> Result<Vec<PortMapping>> {
+    fn validate_run_pod(&self, req: &RunPod) -> Result<Vec<PortMapping>> {
         // Only the name is required, as by containerd and CRI-O; uid and namespace may be empty.
         if req.name.is_empty() {
             return Err(RuntimeError::InvalidArgument("pod sandbox config: metadata.name is required".into()));
@@ -38,6 +38,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
         for r in req.resources.iter().chain(req.overhead.iter()) {
             validate::resources(r)
+                .and_then(|()| validate::resources_on(r, self.cgroups.as_ref().map(|c| c.version())))
                 .map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: linux.{e}")))?;
         }
         if !req.runtime_handler.is_empty() {
@@ -89,7 +90,7 @@ impl Runtime {
     }
 
     pub async fn run_pod(self: &Arc<Self>, req: RunPod) -> Result<String> {
-        let port_mappings = Self::validate_run_pod(&req)?;
+        let port_mappings = self.validate_run_pod(&req)?;
         let id = {
             let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
             fresh_id(pods.keys())
