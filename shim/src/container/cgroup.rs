@@ -221,8 +221,8 @@ impl Cgroup {
                 }
             }
             Cgroup::V2 { path, .. } => {
-                if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-                    warnings.push("device rules are not enforced on cgroup v2".into());
+                if let Some(rules) = r.devices() {
+                    super::devfilter::apply(path, rules)?;
                 }
                 if let Some(m) = r.memory() {
                     let max = |v: i64| {

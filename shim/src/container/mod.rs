@@ -13,6 +13,7 @@
 //! devpts, with a warning, so a terminal never keeps a container from starting.
 
 pub mod cgroup;
+pub mod devfilter;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
