@@ -37,7 +37,10 @@ pub struct Config {
     pub log_level: String,
     /// The corral-shim binary; empty means `corral-shim` next to corrald, else on PATH.
     pub shim_path: PathBuf,
-    /// cgroup under which pods get their cgroup when the sandbox config names no parent.
+    /// Who manages cgroups: corral through cgroupfs, or systemd (transient units).
+    pub cgroup_driver: CgroupDriver,
+    /// cgroup under which pods get their cgroup when the sandbox config names no parent: a path
+    /// with the cgroupfs driver, a slice with systemd's; empty: `/corral` or `corral.slice`.
     pub cgroup_parent: String,
     /// CNI network configs: the first .conflist/.conf/.json in lexical order is used.
     pub cni_conf_dir: PathBuf,
@@ -145,7 +148,8 @@ impl Default for Config {
             state: PathBuf::from("/run/corral"),
             log_level: "info".to_string(),
             shim_path: PathBuf::new(),
-            cgroup_parent: "/corral".to_string(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            cgroup_parent: String::new(),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin")],
             registry: RegistryConfig::default(),
@@ -154,7 +158,38 @@ impl Default for Config {
     }
 }
 
+/// Who makes and manages the cgroups of pods and containers.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// corral writes cgroupfs itself (containerd's default).
+    #[default]
+    Cgroupfs,
+    /// systemd: containers in transient scope units, pod cgroups are slices (kubeadm's default).
+    Systemd,
+}
+
+impl std::str::FromStr for CgroupDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cgroupfs" => Ok(CgroupDriver::Cgroupfs),
+            "systemd" => Ok(CgroupDriver::Systemd),
+            _ => Err(format!("cgroup driver {s:?} is not cgroupfs or systemd")),
+        }
+    }
+}
+
 impl Config {
+    /// The parent of pod cgroups when the sandbox config names none, with the driver's default.
+    pub fn cgroup_parent(&self) -> String {
+        match (self.cgroup_parent.as_str(), self.cgroup_driver) {
+            ("", CgroupDriver::Cgroupfs) => "/corral".into(),
+            ("", CgroupDriver::Systemd) => "corral.slice".into(),
+            (p, _) => p.into(),
+        }
+    }
+
     /// Loads the file at `path`. When `required` is false a missing file yields the defaults.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
@@ -176,11 +211,20 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be an absolute path, got {}", dir.display())));
             }
         }
-        if !self.cgroup_parent.starts_with('/') {
-            return Err(ConfigError::Invalid(format!(
-                "cgroup_parent must start with '/', got {:?}",
-                self.cgroup_parent
-            )));
+        match self.cgroup_driver {
+            CgroupDriver::Cgroupfs if !self.cgroup_parent().starts_with('/') => {
+                return Err(ConfigError::Invalid(format!(
+                    "cgroup_parent must start with '/' with the cgroupfs driver, got {:?}",
+                    self.cgroup_parent
+                )));
+            }
+            CgroupDriver::Systemd if common::systemd::expand_slice(&self.cgroup_parent()).is_err() => {
+                return Err(ConfigError::Invalid(format!(
+                    "cgroup_parent must be a slice unit name like corral.slice with the systemd driver, got {:?}",
+                    self.cgroup_parent
+                )));
+            }
+            _ => {}
         }
         self.streaming.idle_timeout()?;
         if self.streaming.address.parse::<std::net::IpAddr>().is_err() {

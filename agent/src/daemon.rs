@@ -41,7 +41,10 @@ struct Args {
     /// The corral-shim binary [default: next to corrald, else on PATH]
     #[arg(long)]
     shim_path: Option<PathBuf>,
-    /// Parent cgroup of pods whose config names none [default: /corral]
+    /// Who manages cgroups: cgroupfs or systemd [default: cgroupfs]
+    #[arg(long)]
+    cgroup_driver: Option<crate::config::CgroupDriver>,
+    /// Parent cgroup of pods whose config names none [default: /corral, or corral.slice with systemd]
     #[arg(long)]
     cgroup_parent: Option<String>,
     /// CNI network config directory [default: /etc/cni/net.d]
@@ -89,6 +92,9 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.shim_path {
         cfg.shim_path = v;
+    }
+    if let Some(v) = args.cgroup_driver {
+        cfg.cgroup_driver = v;
     }
     if let Some(v) = args.cgroup_parent {
         cfg.cgroup_parent = v;
@@ -188,7 +194,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let rt_config = runtime::RuntimeConfig {
         state: cfg.state.clone(),
         shim: shim_path(&cfg.shim_path),
-        cgroup_parent: cfg.cgroup_parent.clone(),
+        cgroup_parent: cfg.cgroup_parent(),
+        cgroup_driver: cfg.cgroup_driver,
         cni: Arc::new(cni::Cni::new(
             cfg.cni_conf_dir.clone(),
             cfg.cni_bin_dirs.clone(),

@@ -29,7 +29,7 @@ pub fn prepare(os: &dyn Syscall, plan: &Plan) -> Result<()> {
         plan.namespaces.iter().filter(|n| matches!(n.ns, Ns::Net | Ns::Ipc | Ns::Uts)).cloned().collect();
     namespaces::open_joins(&joined)?.enter(os)?;
     if let Some(path) = &plan.cgroups_path {
-        Cgroup::create(path, cgroup::version(plan.cgroup_version))?.join(0)?;
+        Cgroup::for_bundle(path, cgroup::version(plan.cgroup_version), None)?.join(0)?;
     }
     namespaces::unshare(os, libc::CLONE_NEWPID)
 }

@@ -60,7 +60,7 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
         }
     }
     let cgroup = match &plan.cgroups_path {
-        Some(path) => Some(Cgroup::create(path, cgroup::version(plan.cgroup_version))?),
+        Some(path) => Some(Cgroup::for_bundle(path, cgroup::version(plan.cgroup_version), plan.resources.as_ref())?),
         None => None,
     };
     let cleanup = |e: Error| {
@@ -69,7 +69,8 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
         }
         e
     };
-    if let (Some(cg), Some(res)) = (&cgroup, &plan.resources) {
+    // (A systemd scope is started by the container's first child, which applies them then.)
+    if let (Some(cg), Some(res)) = (cgroup.as_ref().filter(|c| c.scope().is_none()), &plan.resources) {
         for w in cg.apply(res).map_err(cleanup)? {
             warn!("{w}");
         }

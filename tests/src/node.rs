@@ -79,12 +79,69 @@ pub fn random_suffix() -> String {
     hex::encode(b)
 }
 
+/// Whether this host runs cgroup v2 only (/sys/fs/cgroup is the unified hierarchy).
+pub fn cgroup_v2() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "))
+}
+
+/// The cgroup driver the tests run corrald with: `CORRAL_TEST_CGROUP_DRIVER` (the guest runs of
+/// hack/test.sh set it), cgroupfs by default.
+pub fn systemd_driver() -> bool {
+    match std::env::var("CORRAL_TEST_CGROUP_DRIVER").as_deref() {
+        Ok("systemd") => true,
+        Ok("cgroupfs") | Err(_) => false,
+        Ok(other) => panic!("CORRAL_TEST_CGROUP_DRIVER={other:?} is not cgroupfs or systemd"),
+    }
+}
+
+/// A slice name's cgroup path (systemd's rule: each dash-separated prefix is a parent slice).
+pub fn expand_slice(slice: &str) -> String {
+    let name = slice.strip_suffix(".slice").expect("a slice name");
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in name.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push_str(&format!("/{prefix}.slice"));
+    }
+    path
+}
+
+/// A pod cgroup parent as a path: a slice expanded, a path as it is.
+pub fn expand_slice_or_path(parent: &str) -> String {
+    if parent.ends_with(".slice") {
+        expand_slice(parent)
+    } else {
+        parent.to_string()
+    }
+}
+
 impl Node {
     pub async fn boot(env: TestEnv) -> Node {
-        let cgroup_parent = format!("/corral/it-{}", random_suffix());
+        if std::env::var("CORRAL_TEST_REQUIRE_CGROUP_V2").is_ok_and(|v| v == "1") {
+            assert!(cgroup_v2(), "CORRAL_TEST_REQUIRE_CGROUP_V2=1 but /sys/fs/cgroup is not cgroup2");
+        }
+        let systemd = systemd_driver();
+        if systemd {
+            assert!(
+                Path::new("/run/systemd/private").exists(),
+                "CORRAL_TEST_CGROUP_DRIVER=systemd but systemd is not running (no /run/systemd/private)"
+            );
+        }
+        let cgroup_parent = if systemd {
+            format!("corral-it{}.slice", random_suffix())
+        } else {
+            format!("/corral/it-{}", random_suffix())
+        };
         let cni = fake_cni();
         let config = format!(
-            "cgroup_parent = \"{cgroup_parent}\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\"]\n",
+            "cgroup_driver = \"{}\"\ncgroup_parent = \"{cgroup_parent}\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\"]\n",
+            if systemd { "systemd" } else { "cgroupfs" },
             cni.path().join("net.d").display(),
             cni.path().join("bin").display()
         );
@@ -243,14 +300,49 @@ impl Node {
         mounts_under(self.c.dir())
     }
 
+    /// The test's parent cgroup as a path below a hierarchy's root.
+    pub fn cgroup_parent_path(&self) -> String {
+        expand_slice_or_path(&self.cgroup_parent)
+    }
+
+    /// The dirs of the hierarchies this host places processes in: /sys/fs/cgroup on v2, one per
+    /// v1 controller hierarchy.
+    pub fn hierarchies() -> Vec<PathBuf> {
+        if cgroup_v2() {
+            return vec![PathBuf::from("/sys/fs/cgroup")];
+        }
+        std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|h| h.path()).collect()
+    }
+
     /// Cgroup directories under this test's parent, in any hierarchy.
     pub fn cgroups(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let dir = h.path().join(self.cgroup_parent.trim_start_matches('/'));
-            collect_dirs(&dir, &mut out);
+        let rel = self.cgroup_parent_path();
+        for h in Node::hierarchies() {
+            collect_dirs(&h.join(rel.trim_start_matches('/')), &mut out);
         }
         out
+    }
+
+    /// The container's cgroup dirs (one per hierarchy): `<id>` with cgroupfs, `corral-<id>.scope`
+    /// with systemd, somewhere below the test's parent.
+    pub fn container_cgroups(&self, id: &str) -> Vec<PathBuf> {
+        let scope = format!("corral-{id}.scope");
+        self.cgroups()
+            .into_iter()
+            .filter(|d| d.file_name().is_some_and(|n| n == std::ffi::OsStr::new(id) || n == scope.as_str()))
+            .collect()
+    }
+
+    /// A file of the container's cgroup: `v1` names the v1 controller hierarchy it is in.
+    pub fn cgroup_value(&self, id: &str, v1: &str, file: &str) -> String {
+        let dirs = self.container_cgroups(id);
+        let dir = dirs
+            .iter()
+            .find(|d| cgroup_v2() || d.strip_prefix("/sys/fs/cgroup").is_ok_and(|r| r.starts_with(v1)))
+            .unwrap_or_else(|| panic!("no cgroup of {id} for {v1} in {dirs:?}"));
+        let p = dir.join(file);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string()
     }
 
     /// Fails the test unless [`Node::leftovers`] is empty within 10 s (shims exit, mounts and
@@ -271,7 +363,7 @@ impl Node {
         }
         for d in self.cgroups() {
             // The parent itself is shared by every pod and stays; anything below it is a leak.
-            if !d.ends_with(self.cgroup_parent.trim_start_matches('/')) {
+            if !d.ends_with(self.cgroup_parent_path().trim_start_matches('/')) {
                 left.push(format!("cgroup {}", d.display()));
             }
         }
@@ -314,6 +406,10 @@ impl Drop for Node {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
         std::thread::sleep(Duration::from_millis(100));
+        if self.cgroup_parent.ends_with(".slice") {
+            // systemd owns the slices and scopes: stopping the parent slice stops them all.
+            let _ = std::process::Command::new("systemctl").args(["stop", &self.cgroup_parent]).status();
+        }
         for d in self.cgroups() {
             let _ = std::fs::remove_dir(d);
         }

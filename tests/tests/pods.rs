@@ -6,7 +6,7 @@
 //! cgroups, so a failing test leaks nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tests::cri_api::v1 as cri;
@@ -726,22 +726,22 @@ async fn resources_oom_score_and_pid_namespace_modes() {
         ..Default::default()
     });
     let limited = node.run(&pod, &pc, cfg).await;
-    let cgroup_file = |ctrl: &str, file: &str| -> String {
-        let base = Path::new("/sys/fs/cgroup").join(ctrl).join(node.cgroup_parent.trim_start_matches('/'));
-        for pod_dir in std::fs::read_dir(&base).unwrap_or_else(|e| panic!("{}: {e}", base.display())).flatten() {
-            let p = pod_dir.path().join(&limited).join(file);
-            if let Ok(v) = std::fs::read_to_string(&p) {
-                return v.trim().to_string();
-            }
-        }
-        panic!("no {ctrl}/{file} for {limited}");
-    };
-    assert_eq!(cgroup_file("cpu", "cpu.shares"), "512");
-    assert_eq!(cgroup_file("cpu", "cpu.cfs_quota_us"), "50000");
-    assert_eq!(cgroup_file("cpu", "cpu.cfs_period_us"), "100000");
-    assert_eq!(cgroup_file("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
-    assert_eq!(cgroup_file("cpuset", "cpuset.cpus"), "0");
-    assert_eq!(cgroup_file("pids", "pids.max"), "100");
+    let value = |v1: &str, file: &str| node.cgroup_value(&limited, v1, file);
+    if tests::node::cgroup_v2() {
+        // runc's conversion of shares to a weight: 1 + (512 - 2) * 9999 / 262142.
+        assert_eq!(value("cpu", "cpu.weight"), "20");
+        assert_eq!(value("cpu", "cpu.max"), "50000 100000");
+        assert_eq!(value("memory", "memory.max"), (64u64 << 20).to_string());
+        // The CRI's default of no swap beyond the memory limit.
+        assert_eq!(value("memory", "memory.swap.max"), "0");
+    } else {
+        assert_eq!(value("cpu", "cpu.shares"), "512");
+        assert_eq!(value("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(value("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(value("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    }
+    assert_eq!(value("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(value("pids", "pids.max"), "100");
     assert_eq!(node.sh(&limited, "cat /proc/1/oom_score_adj").await, "500");
 
     // Lowering oom_score_adj below corrald's is refused by this kind of host (no

@@ -8,6 +8,41 @@ use common::cgroup::Version;
 
 use super::spec::Resources;
 
+pub use crate::config::CgroupDriver as Driver;
+
+/// The cgroup of a pod that names no parent: `<parent>/pod-<id16>` with cgroupfs, the slice
+/// `<parent prefix>-pod<id16>.slice` (inside the parent slice) with systemd.
+pub fn pod_cgroup(driver: Driver, parent: &str, id16: &str) -> String {
+    match driver {
+        Driver::Cgroupfs => format!("{}/pod-{id16}", parent.trim_end_matches('/')),
+        Driver::Systemd => match parent.strip_suffix(".slice") {
+            Some("-") | None => format!("pod{id16}.slice"),
+            Some(prefix) => format!("{prefix}-pod{id16}.slice"),
+        },
+    }
+}
+
+/// The cgroup of a container (or, with `name` the pod id, of a pod's pause process) in the pod
+/// cgroup: a child dir with cgroupfs, the scope `corral-<name>.scope` in the pod slice with
+/// systemd (OCI's `slice:prefix:name`; unit names are global, so it is named by the id).
+pub fn child_cgroup(driver: Driver, pod: &str, name: &str) -> String {
+    match driver {
+        Driver::Cgroupfs => format!("{}/{name}", pod.trim_end_matches('/')),
+        Driver::Systemd => format!("{pod}:corral:{name}"),
+    }
+}
+
+/// A pod's cgroup parent as the request gives it: an absolute path with cgroupfs, a slice name
+/// with systemd (the kubelet's `kubepods-burstable-pod<uid>.slice`).
+pub fn check_parent(driver: Driver, parent: &str) -> Result<(), String> {
+    match driver {
+        Driver::Cgroupfs => crate::runtime::validate::cgroup_parent(parent),
+        Driver::Systemd => common::systemd::expand_slice(parent).map(|_| ()).map_err(|e| {
+            format!("linux.cgroup_parent {parent:?} is not a systemd slice (the systemd cgroup driver is in use): {e}")
+        }),
+    }
+}
+
 /// The cgroup hierarchies mounted on this host.
 #[derive(Debug, Clone)]
 pub struct Hierarchies {
@@ -16,12 +51,13 @@ pub struct Hierarchies {
     version: Version,
     /// Mount points of the hierarchies corral places processes in.
     mounts: Vec<PathBuf>,
+    driver: Driver,
 }
 
 impl Hierarchies {
     /// Reads /proc/self/mountinfo: v1 controller hierarchies, or the v2 root when /sys/fs/cgroup is
     /// cgroup2 (an empty v2 hierarchy beside v1 controllers, as on hybrid hosts, is not used).
-    pub fn detect() -> io::Result<Hierarchies> {
+    pub fn detect(driver: Driver) -> io::Result<Hierarchies> {
         let info = std::fs::read_to_string("/proc/self/mountinfo")?;
         let version = common::cgroup::detect(&info)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup hierarchy is mounted"))?;
@@ -39,28 +75,65 @@ impl Hierarchies {
                 })
                 .collect(),
         };
-        Ok(Hierarchies { version, mounts })
+        Ok(Hierarchies { version, mounts, driver })
     }
 
     pub fn version(&self) -> Version {
         self.version
     }
 
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// A pod cgroup's path below the hierarchies' roots: itself with cgroupfs, the slice's
+    /// expansion with systemd.
+    fn path(&self, cgroup: &str) -> String {
+        match self.driver {
+            Driver::Systemd => common::systemd::expand_slice(cgroup).unwrap_or_else(|_| cgroup.to_string()),
+            Driver::Cgroupfs => cgroup.to_string(),
+        }
+    }
+
     fn dirs(&self, cgroup: &str) -> impl Iterator<Item = PathBuf> + '_ {
-        let rel = cgroup.trim_start_matches('/').to_string();
+        let rel = self.path(cgroup).trim_start_matches('/').to_string();
         self.mounts.iter().map(move |m| m.join(&rel))
     }
 
-    /// Creates the cgroup in every hierarchy (cpuset inheriting cpus and mems on v1).
-    pub fn create(&self, cgroup: &str) -> io::Result<()> {
+    /// Creates the cgroup in every hierarchy (cpuset inheriting cpus and mems on v1); with
+    /// systemd, starts the slice as a transient unit with `limits` as its properties.
+    pub fn create(&self, cgroup: &str, limits: Option<&Resources>) -> io::Result<()> {
+        if self.driver == Driver::Systemd {
+            use common::systemd::{self, Value};
+            let mut props: Vec<systemd::Property> = vec![
+                ("Description", Value::Str(format!("corral pod {cgroup}"))),
+                ("DefaultDependencies", Value::Bool(false)),
+                ("MemoryAccounting", Value::Bool(true)),
+                ("CPUAccounting", Value::Bool(true)),
+                ("TasksAccounting", Value::Bool(true)),
+            ];
+            if let Some(r) = limits {
+                props.extend(
+                    systemd::resource_properties(&unit_limits(r))
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+                );
+            }
+            return systemd_call(|conn| systemd::start_unit_and_wait(conn, cgroup, &props))
+                .map_err(|e| io::Error::other(format!("starting slice {cgroup}: {e}")));
+        }
         for (mount, dir) in self.mounts.iter().zip(self.dirs(cgroup)) {
             create_dir_chain(mount, &dir)?;
         }
         Ok(())
     }
 
-    /// Removes the cgroup and any empty child cgroups left below it. Idempotent.
+    /// Removes the cgroup and any empty child cgroups left below it (with systemd, stops the
+    /// slice first). Idempotent.
     pub fn remove(&self, cgroup: &str) -> io::Result<()> {
+        if self.driver == Driver::Systemd {
+            systemd_call(|conn| common::systemd::stop_unit(conn, cgroup))
+                .map_err(|e| io::Error::other(format!("stopping slice {cgroup}: {e}")))?;
+        }
         for dir in self.dirs(cgroup) {
             remove_tree(&dir)?;
         }
@@ -117,6 +190,30 @@ impl Hierarchies {
     /// Whether the cgroup exists in any hierarchy.
     pub fn exists(&self, cgroup: &str) -> bool {
         self.dirs(cgroup).any(|d| d.exists())
+    }
+}
+
+/// One call to systemd over a fresh D-Bus connection (pods come and go rarely enough).
+fn systemd_call<T>(
+    f: impl FnOnce(&mut common::dbus::Connection) -> common::systemd::Result<T>,
+) -> common::systemd::Result<T> {
+    let mut conn = common::dbus::Connection::system()?;
+    conn.set_timeout(std::time::Duration::from_secs(30));
+    f(&mut conn)
+}
+
+/// The limits systemd takes as unit properties.
+fn unit_limits(r: &Resources) -> common::systemd::Resources {
+    let positive = |v: i64| (v > 0).then_some(v);
+    common::systemd::Resources {
+        cpu_shares: positive(r.cpu_shares).map(|v| v as u64),
+        cpu_quota: (r.cpu_quota != 0).then_some(r.cpu_quota),
+        cpu_period: positive(r.cpu_period).map(|v| v as u64),
+        cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),
+        memory_limit: positive(r.memory_limit),
+        memory_swap: positive(r.memory_swap_limit),
+        pids_limit: positive(r.pids_limit),
     }
 }
 

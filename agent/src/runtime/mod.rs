@@ -1,7 +1,7 @@
 //! Pods and containers: their records, in-memory state, and recovery after a restart.
 //! `pod.rs` holds the sandbox lifecycle, `container.rs` the container lifecycle.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod container;
 mod namespaces;
 mod pod;
@@ -90,6 +90,7 @@ pub struct RuntimeConfig {
     pub shim: PathBuf,
     /// Parent cgroup of pods whose sandbox config names none.
     pub cgroup_parent: String,
+    pub cgroup_driver: cgroup::Driver,
     pub cni: Arc<crate::cni::Cni>,
 }
 
@@ -139,7 +140,7 @@ impl Runtime {
         let bundles = cfg.state.join("containers");
         std::fs::set_permissions(&bundles, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(format!("setting the mode of {}", bundles.display())))?;
-        let cgroups = match cgroup::Hierarchies::detect() {
+        let cgroups = match cgroup::Hierarchies::detect(cfg.cgroup_driver) {
             Ok(h) => Some(h),
             Err(e) => {
                 warn!(error = %e, "no cgroups: pods run without resource control");
@@ -187,6 +188,11 @@ impl Runtime {
 
     fn bundle_dir(&self, id: &str) -> PathBuf {
         self.cfg.state.join("containers").join(dir_name(id))
+    }
+
+    /// Who manages the cgroups (RuntimeConfig reports it to the kubelet).
+    pub fn cgroup_driver(&self) -> cgroup::Driver {
+        self.cfg.cgroup_driver
     }
 
     pub fn features(&self) -> Features {

@@ -79,6 +79,8 @@ pub struct Inputs<'a> {
     pub rro_supported: bool,
     /// The cgroup hierarchy in use, handed to the shim (None: no cgroups).
     pub cgroup_version: Option<common::cgroup::Version>,
+    /// Who makes the container's cgroup (its name in the bundle says which).
+    pub cgroup_driver: super::cgroup::Driver,
 }
 
 /// What CreateContainer then does and records.
@@ -176,7 +178,7 @@ pub fn resolve(i: &Inputs) -> Result<Resolved> {
         privileged: req.privileged,
         namespaces,
         cgroup_namespace: i.cgroup_version == Some(common::cgroup::Version::V2) && !req.privileged,
-        cgroup: format!("{}/{}", i.pod.cgroup.trim_end_matches('/'), i.id),
+        cgroup: super::cgroup::child_cgroup(i.cgroup_driver, &i.pod.cgroup, i.id),
         resources: resources(&req.resources),
         mounts,
         pod_files: i.paths.pod_files.clone(),
@@ -476,6 +478,7 @@ pub fn resolve_detached(req: &CreateContainer) -> Result<()> {
         log_path: "",
         rro_supported: true,
         cgroup_version: None,
+        cgroup_driver: super::cgroup::Driver::Cgroupfs,
     };
     let resolved = resolve(&inputs)?;
     spec::container_spec(&resolved.spec).map_err(|e| e.to_string())?;
@@ -581,6 +584,7 @@ mod tests {
             log_path: "",
             rro_supported: true,
             cgroup_version: Some(version),
+            cgroup_driver: super::super::cgroup::Driver::Cgroupfs,
         };
         resolve(&inputs)
     }
@@ -773,6 +777,7 @@ mod tests {
             log_path: "",
             rro_supported: false,
             cgroup_version: None,
+            cgroup_driver: super::super::cgroup::Driver::Cgroupfs,
         };
         assert!(resolve(&inputs).unwrap_err().contains("RROUnsupported"));
     }

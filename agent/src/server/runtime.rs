@@ -147,7 +147,12 @@ impl RuntimeService for CriRuntime {
 
     async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> Result<cri::RuntimeConfigResponse> {
         Ok(Response::new(cri::RuntimeConfigResponse {
-            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: match self.rt.cgroup_driver() {
+                    crate::config::CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+                    crate::config::CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+                } as i32,
+            }),
         }))
     }
 

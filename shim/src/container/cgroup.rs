@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::cgroup::Version;
 use oci_spec::runtime::LinuxResources;
 
+use super::systemd::Scope;
 use crate::error::{Context, Error, Result};
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -23,10 +24,12 @@ pub struct CgDir {
     pub path: PathBuf,
 }
 
+/// `created`: the dirs this shim made (removed with it). `scope`: with the systemd driver, the
+/// transient unit that holds the cgroup; systemd makes and removes its dirs.
 #[derive(Clone, Debug)]
 pub enum Cgroup {
-    V1 { dirs: Vec<CgDir>, created: Vec<PathBuf> },
-    V2 { path: PathBuf, created: Vec<PathBuf> },
+    V1 { dirs: Vec<CgDir>, created: Vec<PathBuf>, scope: Option<Box<Scope>> },
+    V2 { path: PathBuf, created: Vec<PathBuf>, scope: Option<Box<Scope>> },
 }
 
 /// The v1 controller hierarchies from a mountinfo text: (mount point, controllers).
@@ -112,6 +115,41 @@ pub fn version(planned: Option<Version>) -> Version {
 }
 
 impl Cgroup {
+    /// The container's cgroup from the bundle's `linux.cgroupsPath`: an absolute path (the
+    /// cgroupfs driver: made now) or systemd's `slice:prefix:name` (a transient unit, started
+    /// by `join` with `resources` as its properties).
+    pub fn for_bundle(cgroups_path: &Path, version: Version, resources: Option<&LinuxResources>) -> Result<Cgroup> {
+        if cgroups_path.is_absolute() {
+            return Cgroup::create(cgroups_path, version);
+        }
+        let scope = Scope::from_cgroups_path(&cgroups_path.to_string_lossy(), resources)?;
+        let rel = PathBuf::from(scope.cgroup.trim_start_matches('/'));
+        let scope = Some(Box::new(scope));
+        Ok(match version {
+            Version::V2 => Cgroup::V2 { path: PathBuf::from(ROOT).join(rel), created: vec![], scope },
+            Version::V1 => {
+                let mountinfo =
+                    fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
+                let dirs = v1_hierarchies(&mountinfo)
+                    .into_iter()
+                    .map(|(mnt, controllers)| CgDir {
+                        name: mnt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                        path: mnt.join(&rel),
+                        controllers,
+                    })
+                    .collect();
+                Cgroup::V1 { dirs, created: vec![], scope }
+            }
+        })
+    }
+
+    /// The systemd unit holding the cgroup, with the systemd driver.
+    pub fn scope(&self) -> Option<&Scope> {
+        match self {
+            Cgroup::V1 { scope, .. } | Cgroup::V2 { scope, .. } => scope.as_deref(),
+        }
+    }
+
     /// Creates (or finds) the cgroup at `path` in every hierarchy of `version`.
     pub fn create(path: &Path, version: Version) -> Result<Cgroup> {
         let mut created = Vec::new();
@@ -130,12 +168,12 @@ impl Cgroup {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => {
-                        Cgroup::V2 { path: full.clone(), created }.remove();
+                        Cgroup::V2 { path: full.clone(), created, scope: None }.remove();
                         return Err(e).ctx(|| format!("creating cgroup {}", cur.display()));
                     }
                 }
             }
-            Cgroup::V2 { path: full, created }
+            Cgroup::V2 { path: full, created, scope: None }
         } else {
             let mountinfo = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
             let mut dirs = Vec::new();
@@ -143,7 +181,7 @@ impl Cgroup {
                 let full = mnt.join(rel(path));
                 let cpuset = controllers.iter().any(|c| c == "cpuset");
                 if let Err(e) = create_dirs(&mnt, &full, cpuset, &mut created) {
-                    Cgroup::V1 { dirs: vec![], created }.remove();
+                    Cgroup::V1 { dirs: vec![], created, scope: None }.remove();
                     return Err(e);
                 }
                 let name = mnt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -152,7 +190,7 @@ impl Cgroup {
             if dirs.is_empty() {
                 return Err(Error::Msg("no cgroup v1 controller hierarchy is mounted".into()));
             }
-            Cgroup::V1 { dirs, created }
+            Cgroup::V1 { dirs, created, scope: None }
         };
         Ok(cg)
     }
@@ -342,8 +380,13 @@ impl Cgroup {
         }
     }
 
-    /// Moves `pid` (0: the caller) into the cgroup in every hierarchy.
+    /// Moves `pid` (0: the caller) into the cgroup in every hierarchy; with the systemd driver,
+    /// starts the transient unit with `pid` in it and waits until the process is inside.
     pub fn join(&self, pid: i32) -> Result<()> {
+        if let Some(scope) = self.scope() {
+            let pid = if pid == 0 { std::process::id() as i32 } else { pid };
+            return scope.start(pid);
+        }
         for f in self.procs_files() {
             write(&f, &pid.to_string())?;
         }
@@ -378,6 +421,11 @@ impl Cgroup {
             Cgroup::V1 { created, .. } | Cgroup::V2 { created, .. } => created,
         };
         let mut errors = Vec::new();
+        if let Some(scope) = self.scope() {
+            if let Err(e) = scope.stop() {
+                errors.push(e.to_string());
+            }
+        }
         for dir in created.iter().rev() {
             let deadline = Instant::now() + Duration::from_secs(2);
             loop {

@@ -18,6 +18,7 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod spec;
+pub mod systemd;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, PipeReader, PipeWriter, Read, Write};
@@ -286,6 +287,13 @@ fn stage1(
 ) -> Result<()> {
     if let Some(cg) = cgroup {
         cg.join(0)?;
+        // A systemd scope exists only now, holding us: the limits systemd has no property for
+        // go in through cgroupfs here, before anything runs in the container.
+        if let (Some(_), Some(res)) = (cg.scope(), &plan.resources) {
+            for warning in cg.apply(res)? {
+                send(w, &ChildMsg::Warn(warning));
+            }
+        }
     }
     namespaces::enter(os, joins, flags)?;
     match sys::fork().ctx(|| "fork".into())? {

@@ -386,6 +386,7 @@ mod tests {
                 },
             ],
             created: vec![],
+            scope: None,
         };
         let mut rec = Recorder::under(&t);
         // What the mounts already have (kept on remounts): nodev, relatime.

@@ -295,8 +295,12 @@ pub fn plan(spec: &Spec, pause: bool) -> Result<Plan> {
         plan.namespaces.push(NsPlan { ns: kind, path: ns.path().clone() });
     }
     if let Some(p) = linux.cgroups_path() {
-        if !p.is_absolute() {
-            return Err(Error::Spec(format!("linux.cgroupsPath {} must be absolute", p.display())));
+        // An absolute path (cgroupfs), or systemd's slice:prefix:name (checked when used).
+        if !p.is_absolute() && p.to_string_lossy().matches(':').count() != 2 {
+            return Err(Error::Spec(format!(
+                "linux.cgroupsPath {} must be absolute or systemd's slice:prefix:name",
+                p.display()
+            )));
         }
         plan.cgroups_path = Some(p.clone());
     }

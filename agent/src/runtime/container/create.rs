@@ -214,6 +214,7 @@ impl Runtime {
             log_path: &record.log_path,
             rro_supported: self.features.recursive_read_only_mounts,
             cgroup_version: self.cgroups.as_ref().map(|c| c.version()),
+            cgroup_driver: self.cfg.cgroup_driver,
         };
         let mut resolved = resolve::resolve(&inputs).map_err(RuntimeError::InvalidArgument)?;
         record.mounts = resolved.mounts.clone();

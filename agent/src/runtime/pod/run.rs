@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::*;
-use crate::runtime::{fresh_id, io_err, namespaces, now_nanos, podfiles, validate, Result, Runtime, RuntimeError};
+use crate::runtime::{
+    cgroup, fresh_id, io_err, namespaces, now_nanos, podfiles, validate, Result, Runtime, RuntimeError,
+};
 use crate::store::Table;
 use crate::sys;
 
@@ -32,7 +34,7 @@ impl Runtime {
             validate::log_directory(&req.log_directory).map_err(invalid)?;
         }
         if !req.cgroup_parent.is_empty() {
-            validate::cgroup_parent(&req.cgroup_parent).map_err(invalid)?;
+            cgroup::check_parent(self.cfg.cgroup_driver, &req.cgroup_parent).map_err(invalid)?;
         }
         let port_mappings = validate::port_mappings(&req.port_mappings)
             .map_err(|e| RuntimeError::InvalidArgument(format!("pod sandbox config: {e}")))?;
@@ -103,7 +105,7 @@ impl Runtime {
             req.hostname.clone()
         };
         let cgroup = if req.cgroup_parent.is_empty() {
-            format!("{}/pod-{}", self.cfg.cgroup_parent.trim_end_matches('/'), &id[..16])
+            cgroup::pod_cgroup(self.cfg.cgroup_driver, &self.cfg.cgroup_parent, &id[..16])
         } else {
             req.cgroup_parent.clone()
         };
@@ -213,7 +215,7 @@ impl Runtime {
             let spec = crate::runtime::spec::pause_spec(
                 &self.ns_dir(&id),
                 wanted,
-                &format!("{}/pause", record.cgroup),
+                &self.pause_cgroup(record),
                 self.cgroups.as_ref().map(|c| c.version()),
             )
             .map_err(|e| RuntimeError::Internal(format!("pod sandbox {id}: {e}")))?;
@@ -225,6 +227,14 @@ impl Runtime {
                 .map_err(io_err("pinning the pod PID namespace"))?;
         }
         Ok(())
+    }
+
+    /// The cgroup of the pod's pause process: `pause` in the pod cgroup, or its own scope.
+    fn pause_cgroup(&self, record: &PodRecord) -> String {
+        match self.cfg.cgroup_driver {
+            cgroup::Driver::Cgroupfs => cgroup::child_cgroup(cgroup::Driver::Cgroupfs, &record.cgroup, "pause"),
+            cgroup::Driver::Systemd => cgroup::child_cgroup(cgroup::Driver::Systemd, &record.cgroup, &record.id),
+        }
     }
 
     /// The pod's /dev/shm (unless it shares the host's IPC) and its cgroup.
@@ -242,7 +252,16 @@ impl Runtime {
             .map_err(io_err(format!("mounting pod /dev/shm at {}", shm.display())))?;
         }
         if let Some(cgroups) = &self.cgroups {
-            cgroups.create(&record.cgroup).map_err(io_err(format!("creating pod cgroup {}", record.cgroup)))?;
+            // A slice the kubelet made is there already; cgroupfs dirs are made where missing.
+            if record.cgroup_created || cgroups.driver() == cgroup::Driver::Cgroupfs {
+                let limits = record.resources.as_ref().map(|r| match &record.overhead {
+                    Some(o) => r.plus(o),
+                    None => r.clone(),
+                });
+                cgroups
+                    .create(&record.cgroup, limits.as_ref())
+                    .map_err(io_err(format!("creating pod cgroup {}", record.cgroup)))?;
+            }
             if record.cgroup_created {
                 self.apply_pod_resources(cgroups, record, record.resources.as_ref(), record.overhead.as_ref())?;
             }
