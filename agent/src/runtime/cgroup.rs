@@ -86,12 +86,12 @@ impl Hierarchies {
         self.driver
     }
 
-    /// A pod cgroup's path below the hierarchies' roots: itself with cgroupfs, the slice's
-    /// expansion with systemd.
+    /// A cgroup's path below the hierarchies' roots: itself with cgroupfs; with systemd, a
+    /// slice's expansion or a `slice:prefix:name` scope's.
     fn path(&self, cgroup: &str) -> String {
-        match self.driver {
-            Driver::Systemd => common::systemd::expand_slice(cgroup).unwrap_or_else(|_| cgroup.to_string()),
-            Driver::Cgroupfs => cgroup.to_string(),
+        match (self.driver, unit(cgroup)) {
+            (Driver::Systemd, Some(u)) => u.cgroup(),
+            _ => cgroup.to_string(),
         }
     }
 
@@ -130,9 +130,10 @@ impl Hierarchies {
     /// Removes the cgroup and any empty child cgroups left below it (with systemd, stops the
     /// slice first). Idempotent.
     pub fn remove(&self, cgroup: &str) -> io::Result<()> {
-        if self.driver == Driver::Systemd {
-            systemd_call(|conn| common::systemd::stop_unit(conn, cgroup))
-                .map_err(|e| io::Error::other(format!("stopping slice {cgroup}: {e}")))?;
+        if let (Driver::Systemd, Some(u)) = (self.driver, unit(cgroup)) {
+            let name = u.unit_name();
+            systemd_call(|conn| common::systemd::stop_unit(conn, &name))
+                .map_err(|e| io::Error::other(format!("stopping {name}: {e}")))?;
         }
         for dir in self.dirs(cgroup) {
             remove_tree(&dir)?;
@@ -191,6 +192,19 @@ impl Hierarchies {
     pub fn exists(&self, cgroup: &str) -> bool {
         self.dirs(cgroup).any(|d| d.exists())
     }
+}
+
+/// The systemd unit a cgroup name stands for: a slice name, or a container's
+/// `slice:prefix:name`.
+fn unit(cgroup: &str) -> Option<common::systemd::CgroupsPath> {
+    if cgroup.contains(':') {
+        return common::systemd::parse_cgroups_path(cgroup).ok();
+    }
+    let slice = common::systemd::expand_slice(cgroup).ok()?;
+    // A slice as the unit itself: its parent slice is the one its name implies.
+    let parent = slice.trim_end_matches('/').rsplit_once('/').map(|(p, _)| p.rsplit('/').next().unwrap_or(""))?;
+    let parent = if parent.is_empty() { "-.slice" } else { parent };
+    common::systemd::parse_cgroups_path(&format!("{parent}::{cgroup}")).ok()
 }
 
 /// One call to systemd over a fresh D-Bus connection (pods come and go rarely enough).
@@ -355,6 +369,34 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_paths_per_driver() {
+        let fs = Hierarchies { version: Version::V2, mounts: vec!["/sys/fs/cgroup".into()], driver: Driver::Cgroupfs };
+        let sd = Hierarchies { driver: Driver::Systemd, ..fs.clone() };
+        assert_eq!(pod_cgroup(Driver::Cgroupfs, "/corral/", "0123"), "/corral/pod-0123");
+        assert_eq!(pod_cgroup(Driver::Systemd, "corral.slice", "0123"), "corral-pod0123.slice");
+        assert_eq!(pod_cgroup(Driver::Systemd, "-.slice", "0123"), "pod0123.slice");
+        let pod = "kubepods-burstable-pod1.slice";
+        assert_eq!(child_cgroup(Driver::Systemd, pod, "abc"), "kubepods-burstable-pod1.slice:corral:abc");
+        assert_eq!(child_cgroup(Driver::Cgroupfs, "/kubepods/pod1", "abc"), "/kubepods/pod1/abc");
+        assert_eq!(sd.path(pod), "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice");
+        assert_eq!(
+            sd.path(&child_cgroup(Driver::Systemd, pod, "abc")),
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/corral-abc.scope"
+        );
+        assert_eq!(sd.path("corral.slice"), "/corral.slice");
+        assert_eq!(fs.path("/corral/pod-1/abc"), "/corral/pod-1/abc");
+        assert_eq!(unit(pod).map(|u| u.unit_name()).as_deref(), Some(pod));
+        assert_eq!(unit("corral.slice").map(|u| u.unit_name()).as_deref(), Some("corral.slice"));
+        assert_eq!(
+            unit(&child_cgroup(Driver::Systemd, pod, "abc")).map(|u| u.unit_name()).as_deref(),
+            Some("corral-abc.scope")
+        );
+        assert!(check_parent(Driver::Systemd, "/kubepods/pod1").is_err());
+        assert!(check_parent(Driver::Systemd, pod).is_ok());
+        assert!(check_parent(Driver::Cgroupfs, pod).is_err());
+    }
 
     #[test]
     fn limits_as_v1_and_v2_files() {

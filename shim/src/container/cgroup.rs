@@ -102,6 +102,14 @@ fn create_dirs(top: &Path, dir: &Path, cpuset: bool, created: &mut Vec<PathBuf>)
     Ok(())
 }
 
+/// Enables, for the children of the v2 cgroup `dir`, the controllers corral sets limits with
+/// (those it has; best effort: a limit that then has no file reports the problem).
+fn delegate(dir: &Path) {
+    for ctl in ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"] {
+        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{ctl}"));
+    }
+}
+
 /// Whether a v2 cgroup has the hugetlb controller (its files are named by page size).
 fn has_hugetlb(dir: &Path) -> bool {
     fs::read_to_string(dir.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
@@ -159,9 +167,7 @@ impl Cgroup {
             // Controllers must be enabled on every ancestor for the limits to exist.
             let mut cur = top.clone();
             for (depth, c) in rel(path).components().enumerate() {
-                for ctl in ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"] {
-                    let _ = fs::write(cur.join("cgroup.subtree_control"), format!("+{ctl}"));
-                }
+                delegate(&cur);
                 cur.push(c);
                 match fs::create_dir(&cur) {
                     Ok(()) if depth > 0 => created.push(cur.clone()),
@@ -385,7 +391,18 @@ impl Cgroup {
     pub fn join(&self, pid: i32) -> Result<()> {
         if let Some(scope) = self.scope() {
             let pid = if pid == 0 { std::process::id() as i32 } else { pid };
-            return scope.start(pid);
+            scope.start(pid)?;
+            // systemd delegates only the controllers it knows (not hugetlb): as runc, the others
+            // are enabled on the way down to the scope.
+            if let Cgroup::V2 { path, .. } = self {
+                let mut cur = PathBuf::from(ROOT);
+                for c in path.strip_prefix(ROOT).unwrap_or(path).parent().into_iter().flat_map(Path::components) {
+                    delegate(&cur);
+                    cur.push(c);
+                }
+                delegate(&cur);
+            }
+            return Ok(());
         }
         for f in self.procs_files() {
             write(&f, &pid.to_string())?;

@@ -25,7 +25,7 @@ impl Runtime {
     fn container_cgroup(&self, record: &ContainerRecord) -> Option<String> {
         self.cgroups.as_ref()?;
         let pod = self.pod(&record.pod_id)?;
-        Some(format!("{}/{}", pod.cgroup.trim_end_matches('/'), record.id))
+        Some(crate::runtime::cgroup::child_cgroup(self.cfg.cgroup_driver, &pod.cgroup, &record.id))
     }
 
     /// The container's processes as the host sees them: its cgroup's, and the recorded pid when

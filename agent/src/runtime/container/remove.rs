@@ -43,7 +43,7 @@ impl Runtime {
         // removes the pod's cgroup), also when the shim is gone. Both sides take NotFound.
         let pod = self.view(id).and_then(|v| self.pod(&v.record.pod_id));
         if let (Some(cgroups), Some(pod)) = (&self.cgroups, pod) {
-            let cgroup = format!("{}/{}", pod.cgroup.trim_end_matches('/'), id);
+            let cgroup = crate::runtime::cgroup::child_cgroup(self.cfg.cgroup_driver, &pod.cgroup, id);
             if let Err(e) = cgroups.remove(&cgroup) {
                 warn!(container = %id, shim_gone, error = %e, "removing the container's cgroup");
             }
