@@ -5,13 +5,15 @@
 //! becomes PID 1 of a pod's pid namespace.
 //!
 //! Modules, bottom up (each uses only modules listed before it):
-//! - `sys`: the raw system calls, the only `unsafe` code (allowed on its line below);
+//! - `sys`: the raw system calls, the `unsafe` code (allowed on its line below; also
+//!   `container::devfilter`'s bpf(2) calls, with their attribute structs);
 //! - `error`: setup errors and failed requests; `syscall`: the seam between container setup and
 //!   the kernel (and its recording double, in tests);
 //! - `logger` (the CRI log), `shimlog` (the shim's own log), `oom`, `exit` (reaper and exit
 //!   record), `conn` (answers, and descriptors passed on a session's connection);
 //! - `container`: config.json to a plan (`spec`), and the container process built from it
-//!   (`namespaces`, `rootfs`, `process`, `cgroup`);
+//!   (`namespaces`, `rootfs`, `process`, `cgroup` with `devfilter` for v2 device rules and
+//!   `systemd` for the systemd driver's scopes);
 //! - `state` (the shared lifecycle), `role` (what differs between a container's shim and a
 //!   pause), `daemon` (the shim's state and operations);
 //! - `workload` and `pause`: the two roles; `exec` (ExecSync and ExecStream), `attach` and
