@@ -911,10 +911,8 @@ pub fn parse_address(addrs: &str) -> Option<SocketAddr> {
     None
 }
 
-#[allow(unsafe_code)]
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::euid()
 }
 
 #[derive(Debug)]

@@ -71,3 +71,9 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
     // SAFETY: the descriptor was just opened and is owned by nobody else.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
+
+/// The effective uid of this process.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

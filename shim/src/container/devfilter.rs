@@ -57,10 +57,6 @@
 //! The system calls go through [`Bpf`], so the load/attach/replace sequence is tested without
 //! root; [`Kernel`] makes them with bpf(2).
 
-// The bpf(2) attributes are raw memory the kernel reads and writes: this module makes those
-// calls itself rather than through `sys`, so it allows unsafe code, each block with its SAFETY.
-#![allow(unsafe_code)]
-
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

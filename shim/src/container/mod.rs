@@ -13,6 +13,9 @@
 //! devpts, with a warning, so a terminal never keeps a container from starting.
 
 pub mod cgroup;
+// The bpf(2) attributes are raw memory the kernel reads and writes: the module makes those calls
+// itself rather than through `sys`, each `unsafe` block with its SAFETY comment.
+#[allow(unsafe_code)]
 pub mod devfilter;
 pub mod namespaces;
 pub mod process;
