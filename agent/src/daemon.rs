@@ -183,6 +183,12 @@ async fn shutdown_signal() {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.cgroup_driver == crate::config::CgroupDriver::Systemd && !common::systemd::booted() {
+        anyhow::bail!(
+            "cgroup_driver = \"systemd\" needs systemd as the init system, and this host has none \
+             (no /run/systemd/system): use the cgroupfs driver"
+        );
+    }
     for dir in [&cfg.root, &cfg.state] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

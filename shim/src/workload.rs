@@ -210,6 +210,9 @@ impl Role for Workload {
         }
         let (code, signal) = sys::decode_status(status);
         let finished_at = exit::now_nanos();
+        // The OOM counter first: with the systemd driver the emptied scope, and its cgroup with
+        // the counter, go away within milliseconds.
+        let counter = self.cgroup.as_ref().and_then(|c| c.oom_kills());
         // Let the copiers write the last output first.
         self.logger.wait_drained(Duration::from_secs(2));
         let (start_error, started_at) = life.settled_start();
@@ -218,7 +221,6 @@ impl Role for Workload {
                 Exit { exit_code: 128, signal: 0, finished_at, oom_killed: false, start_error: msg, started_at: 0 }
             }
             None => {
-                let counter = self.cgroup.as_ref().and_then(|c| c.oom_kills());
                 let oom_killed = lock(&self.oom).container_oom(counter, signal);
                 Exit { exit_code: code, signal, finished_at, oom_killed, start_error: String::new(), started_at }
             }

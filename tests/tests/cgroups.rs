@@ -244,3 +244,25 @@ async fn pod_cgroup_removed_when_a_process_lingers() {
     assert!(gone, "the lingering container process was not killed");
     node.assert_nothing_left().await;
 }
+
+/// The systemd driver on a host without systemd is refused at start, not pod by pod.
+#[tokio::test]
+async fn the_systemd_driver_needs_systemd() {
+    require_root!();
+    if std::path::Path::new("/run/systemd/system").exists() {
+        eprintln!("systemd runs here: nothing to refuse");
+        return;
+    }
+    let c = tests::Corrald::prepare(None);
+    // A corrald that wrongly starts is killed when the output is dropped with it.
+    let run = |driver: &str| {
+        let mut cmd = tokio::process::Command::from(c.command());
+        cmd.arg("--cgroup-driver").arg(driver).kill_on_drop(true);
+        async move { tokio::time::timeout(Duration::from_secs(20), cmd.output()).await }
+    };
+    let out = run("systemd").await.expect("corrald kept running with the systemd driver").unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs systemd as the init system"), "{err}");
+    let out = run("upstart").await.expect("corrald kept running with an unknown driver").unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not cgroupfs or systemd"), "{out:?}");
+}
