@@ -592,10 +592,15 @@ pub fn wait_signal(sigs: &[i32], timeout_ms: u64) -> Option<i32> {
     }
 }
 
-/// poll(2) over (fd, events); returns revents per fd. EINTR counts as no event.
+/// poll(2) for input over `fds`; returns revents per fd. EINTR counts as no event.
 pub fn poll(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<i16>> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    poll_for(fds, libc::POLLIN, timeout_ms)
+}
+
+/// poll(2) for `events` over `fds` (POLLPRI: a cgroup file's change); returns revents per fd.
+/// EINTR counts as no event.
+pub fn poll_for(fds: &[RawFd], events: i16, timeout_ms: i32) -> io::Result<Vec<i16>> {
+    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events, revents: 0 }).collect();
     // SAFETY: the pointer and count describe the live vector `pfds`, which the kernel reads
     // and writes (revents) during the call only.
     let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };

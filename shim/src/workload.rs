@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, PipeReader, PipeWriter, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use crate::container::{self, process, recv, ChildMsg};
 use crate::daemon::Shim;
 use crate::error::{errno_display, Context, Error, Fail, Result};
 use crate::logger::{Logger, Stream};
-use crate::oom::OomTracker;
+use crate::oom::{self, OomTracker};
 use crate::role::{ExecTarget, Role};
 use crate::state::Lifecycle;
 use crate::{exit, info, sys, warn};
@@ -31,6 +32,9 @@ pub struct Workload {
     logger: Arc<Logger>,
     last_cap: u32,
     oom: Mutex<OomTracker>,
+    /// With the systemd driver on v2, the oom_kill count followed while the container runs (the
+    /// emptied scope's cgroup may be gone when the exit is handled).
+    oom_seen: Option<Arc<AtomicU64>>,
     /// The start pipe and the sync pipe, until Start.
     start: Mutex<Option<(PipeWriter, BufReader<PipeReader>)>>,
     stdin: Mutex<Stdin>,
@@ -81,6 +85,12 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
     };
     let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills());
     let created = container::create(&plan, cgroup.as_ref()).map_err(cleanup)?;
+    let oom_seen = match &cgroup {
+        Some(cg @ Cgroup::V2 { path, .. }) if cg.scope().is_some() => oom::watch(&path.join("memory.events"))
+            .inspect_err(|e| warn!("following memory.events of {}: {e}", path.display()))
+            .ok(),
+        _ => None,
+    };
     for w in &created.warnings {
         warn!("{w}");
     }
@@ -109,6 +119,7 @@ pub fn create(bundle: &Path, id: &str, mut plan: Plan) -> Result<Shim> {
         logger: logger.clone(),
         last_cap: last,
         oom: Mutex::new(OomTracker::new(oom_before)),
+        oom_seen,
         start: Mutex::new(Some((created.start, created.sync))),
         stdin: Mutex::new(stdin),
     };
@@ -212,7 +223,10 @@ impl Role for Workload {
         let finished_at = exit::now_nanos();
         // The OOM counter first: with the systemd driver the emptied scope, and its cgroup with
         // the counter, go away within milliseconds.
-        let counter = self.cgroup.as_ref().and_then(|c| c.oom_kills());
+        let counter = match (self.cgroup.as_ref().and_then(|c| c.oom_kills()), &self.oom_seen) {
+            (Some(now), Some(seen)) => Some(now.max(seen.load(Ordering::SeqCst))),
+            (now, seen) => now.or(seen.as_ref().map(|s| s.load(Ordering::SeqCst))),
+        };
         // Let the copiers write the last output first.
         self.logger.wait_drained(Duration::from_secs(2));
         let (start_error, started_at) = life.settled_start();

@@ -54,6 +54,9 @@ impl Scope {
         conn.set_timeout(SYSTEMD_TIMEOUT);
         let mut props = systemd::unit_properties(&self.path, &[pid as u32], &format!("corral container {}", self.unit));
         props.extend(self.properties.iter().cloned());
+        // An OOM kill in the container is the container's business (its exit says OOMKilled),
+        // not a reason for systemd to stop the whole scope (its default, OOMPolicy=stop).
+        props.push(("OOMPolicy", systemd::Value::Str("continue".into())));
         systemd::start_unit_and_wait(&mut conn, &self.unit, &props).map_err(|e| fail("starting", &e))?;
         let deadline = Instant::now() + SYSTEMD_TIMEOUT;
         while !in_cgroup(pid, &self.cgroup) {
