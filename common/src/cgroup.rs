@@ -48,6 +48,29 @@ pub fn detect(mountinfo: &str) -> Option<Version> {
     v1.then_some(Version::V1)
 }
 
+/// The v2 controllers corral puts limits in.
+pub const V2_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
+
+/// Enables, in the v2 cgroup `dir`'s `cgroup.subtree_control`, those of [`V2_CONTROLLERS`] it
+/// has and has not enabled yet: a v2 cgroup has a controller's files only when its parent
+/// delegates it. Reads two files, writes one only when something is missing.
+pub fn delegate(dir: &std::path::Path) -> std::io::Result<()> {
+    let have = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let missing: Vec<String> = V2_CONTROLLERS
+        .iter()
+        .filter(|c| have.split_whitespace().any(|h| h == **c) && !enabled.split_whitespace().any(|e| e == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let file = dir.join("cgroup.subtree_control");
+    std::fs::write(&file, missing.join(" ")).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("writing {:?} to {}: {e}", missing.join(" "), file.display()))
+    })
+}
+
 /// The rule applied to this process's mount table.
 pub fn detect_host() -> Option<Version> {
     std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| detect(&m))

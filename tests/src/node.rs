@@ -97,25 +97,10 @@ pub fn systemd_driver() -> bool {
     }
 }
 
-/// A slice name's cgroup path (systemd's rule: each dash-separated prefix is a parent slice).
-pub fn expand_slice(slice: &str) -> String {
-    let name = slice.strip_suffix(".slice").expect("a slice name");
-    let mut path = String::new();
-    let mut prefix = String::new();
-    for part in name.split('-') {
-        if !prefix.is_empty() {
-            prefix.push('-');
-        }
-        prefix.push_str(part);
-        path.push_str(&format!("/{prefix}.slice"));
-    }
-    path
-}
-
 /// A pod cgroup parent as a path: a slice expanded, a path as it is.
 pub fn expand_slice_or_path(parent: &str) -> String {
     if parent.ends_with(".slice") {
-        expand_slice(parent)
+        common::systemd::expand_slice(parent).expect("a slice name")
     } else {
         parent.to_string()
     }

@@ -90,7 +90,7 @@ impl Hierarchies {
     /// slice's expansion or a `slice:prefix:name` scope's.
     fn path(&self, cgroup: &str) -> String {
         match (self.driver, unit(cgroup)) {
-            (Driver::Systemd, Some(u)) => u.cgroup(),
+            (Driver::Systemd, Some((_, path))) => path,
             _ => cgroup.to_string(),
         }
     }
@@ -130,8 +130,7 @@ impl Hierarchies {
     /// Removes the cgroup and any empty child cgroups left below it (with systemd, stops the
     /// slice first). Idempotent.
     pub fn remove(&self, cgroup: &str) -> io::Result<()> {
-        if let (Driver::Systemd, Some(u)) = (self.driver, unit(cgroup)) {
-            let name = u.unit_name();
+        if let (Driver::Systemd, Some((name, _))) = (self.driver, unit(cgroup)) {
             systemd_call(|conn| common::systemd::stop_unit(conn, &name))
                 .map_err(|e| io::Error::other(format!("stopping {name}: {e}")))?;
         }
@@ -194,17 +193,14 @@ impl Hierarchies {
     }
 }
 
-/// The systemd unit a cgroup name stands for: a slice name, or a container's
-/// `slice:prefix:name`.
-fn unit(cgroup: &str) -> Option<common::systemd::CgroupsPath> {
+/// With systemd, a cgroup name is a slice (`a-b.slice`) or a container's `slice:prefix:name`:
+/// its unit and its path below the hierarchies' roots. None: not a systemd name.
+fn unit(cgroup: &str) -> Option<(String, String)> {
     if cgroup.contains(':') {
-        return common::systemd::parse_cgroups_path(cgroup).ok();
+        let u = common::systemd::parse_cgroups_path(cgroup).ok()?;
+        return Some((u.unit_name(), u.cgroup()));
     }
-    let slice = common::systemd::expand_slice(cgroup).ok()?;
-    // A slice as the unit itself: its parent slice is the one its name implies.
-    let parent = slice.trim_end_matches('/').rsplit_once('/').map(|(p, _)| p.rsplit('/').next().unwrap_or(""))?;
-    let parent = if parent.is_empty() { "-.slice" } else { parent };
-    common::systemd::parse_cgroups_path(&format!("{parent}::{cgroup}")).ok()
+    Some((cgroup.to_string(), common::systemd::expand_slice(cgroup).ok()?))
 }
 
 /// One call to systemd over a fresh D-Bus connection (pods come and go rarely enough).
@@ -296,27 +292,6 @@ fn limit_files(r: &Resources, v2: bool) -> Vec<(String, String)> {
     out
 }
 
-/// The v2 controllers corral puts limits in, enabled for the children of every cgroup on the way
-/// down (a v2 cgroup has a controller's files only when its parent delegates it).
-const V2_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
-
-/// Enables, in `dir`'s `cgroup.subtree_control`, the controllers of `V2_CONTROLLERS` it has.
-fn delegate_controllers(dir: &Path) -> io::Result<()> {
-    let have = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
-    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-    let missing: Vec<String> = V2_CONTROLLERS
-        .iter()
-        .filter(|c| have.split_whitespace().any(|h| h == **c) && !enabled.split_whitespace().any(|e| e == **c))
-        .map(|c| format!("+{c}"))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let file = dir.join("cgroup.subtree_control");
-    std::fs::write(&file, missing.join(" "))
-        .map_err(|e| io::Error::new(e.kind(), format!("writing {:?} to {}: {e}", missing.join(" "), file.display())))
-}
-
 fn create_dir_chain(mount: &Path, dir: &Path) -> io::Result<()> {
     let is_cpuset = mount.join("cpuset.cpus").exists();
     let v2 = mount.join("cgroup.controllers").exists();
@@ -325,7 +300,7 @@ fn create_dir_chain(mount: &Path, dir: &Path) -> io::Result<()> {
     for comp in rel.components() {
         let parent = current.clone();
         if v2 {
-            delegate_controllers(&parent)?;
+            common::cgroup::delegate(&parent)?;
         }
         current.push(comp);
         match std::fs::create_dir(&current) {
@@ -387,12 +362,10 @@ mod tests {
         );
         assert_eq!(sd.path("corral.slice"), "/corral.slice");
         assert_eq!(fs.path("/corral/pod-1/abc"), "/corral/pod-1/abc");
-        assert_eq!(unit(pod).map(|u| u.unit_name()).as_deref(), Some(pod));
-        assert_eq!(unit("corral.slice").map(|u| u.unit_name()).as_deref(), Some("corral.slice"));
-        assert_eq!(
-            unit(&child_cgroup(Driver::Systemd, pod, "abc")).map(|u| u.unit_name()).as_deref(),
-            Some("corral-abc.scope")
-        );
+        assert_eq!(unit(pod).map(|u| u.0).as_deref(), Some(pod));
+        assert_eq!(unit("corral.slice").map(|u| u.0).as_deref(), Some("corral.slice"));
+        assert_eq!(unit(&child_cgroup(Driver::Systemd, pod, "abc")).map(|u| u.0).as_deref(), Some("corral-abc.scope"));
+        assert_eq!(unit("/corral/pod-1"), None);
         assert!(check_parent(Driver::Systemd, "/kubepods/pod1").is_err());
         assert!(check_parent(Driver::Systemd, pod).is_ok());
         assert!(check_parent(Driver::Cgroupfs, pod).is_err());

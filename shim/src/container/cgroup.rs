@@ -24,6 +24,14 @@ pub struct CgDir {
     pub path: PathBuf,
 }
 
+impl CgDir {
+    /// The dir `path` in the hierarchy mounted at `mount`.
+    fn new(mount: &Path, controllers: Vec<String>, path: PathBuf) -> CgDir {
+        let name = mount.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        CgDir { name, controllers, path }
+    }
+}
+
 /// `created`: the dirs this shim made (removed with it). `scope`: with the systemd driver, the
 /// transient unit that holds the cgroup; systemd makes and removes its dirs.
 #[derive(Clone, Debug)]
@@ -102,12 +110,10 @@ fn create_dirs(top: &Path, dir: &Path, cpuset: bool, created: &mut Vec<PathBuf>)
     Ok(())
 }
 
-/// Enables, for the children of the v2 cgroup `dir`, the controllers corral sets limits with
-/// (those it has; best effort: a limit that then has no file reports the problem).
+/// Enables the controllers corral sets limits with for the children of the v2 cgroup `dir`;
+/// best effort: a limit that then has no file reports the problem.
 fn delegate(dir: &Path) {
-    for ctl in ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"] {
-        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{ctl}"));
-    }
+    let _ = common::cgroup::delegate(dir);
 }
 
 /// Whether a v2 cgroup has the hugetlb controller (its files are named by page size).
@@ -140,11 +146,7 @@ impl Cgroup {
                     fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
                 let dirs = v1_hierarchies(&mountinfo)
                     .into_iter()
-                    .map(|(mnt, controllers)| CgDir {
-                        name: mnt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                        path: mnt.join(&rel),
-                        controllers,
-                    })
+                    .map(|(mnt, controllers)| CgDir::new(&mnt, controllers, mnt.join(&rel)))
                     .collect();
                 Cgroup::V1 { dirs, created: vec![], scope }
             }
@@ -190,8 +192,7 @@ impl Cgroup {
                     Cgroup::V1 { dirs: vec![], created, scope: None }.remove();
                     return Err(e);
                 }
-                let name = mnt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                dirs.push(CgDir { name, controllers, path: full });
+                dirs.push(CgDir::new(&mnt, controllers, full));
             }
             if dirs.is_empty() {
                 return Err(Error::Msg("no cgroup v1 controller hierarchy is mounted".into()));
